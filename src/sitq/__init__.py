@@ -1,0 +1,64 @@
+"""sitq: an async-first task queue that is correct on every backend.
+
+Enqueue a function, run it on workers, get its result, over SQLite (the embedded default),
+PostgreSQL, Redis or NATS JetStream.
+"""
+
+from __future__ import annotations
+
+from sitq.backends import backend_from_url
+from sitq.backends.base import Backend
+from sitq.backends.memory import MemoryBackend
+from sitq.backends.sqlite import SQLiteBackend
+from sitq.errors import (
+    BackendError,
+    ConfigurationError,
+    LockTimeout,
+    MissingDependencyError,
+    Retry,
+    SerializationError,
+    SitqError,
+    TaskFailedError,
+    TaskNotFound,
+)
+from sitq.models import QueueStats, Result, TaskStatus
+from sitq.queue import TaskOptionsView, TaskQueue
+from sitq.retry import ExponentialBackoff, FixedBackoff, RetryPolicy
+from sitq.serializers import JsonSerializer, PickleSerializer, Serializer
+from sitq.sync import SyncTaskQueue
+from sitq.worker import AsyncWorker, ProcessWorker, ThreadWorker, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncWorker",
+    "Backend",
+    "BackendError",
+    "ConfigurationError",
+    "ExponentialBackoff",
+    "FixedBackoff",
+    "JsonSerializer",
+    "LockTimeout",
+    "MemoryBackend",
+    "MissingDependencyError",
+    "PickleSerializer",
+    "ProcessWorker",
+    "QueueStats",
+    "Result",
+    "Retry",
+    "RetryPolicy",
+    "SQLiteBackend",
+    "SerializationError",
+    "Serializer",
+    "SitqError",
+    "SyncTaskQueue",
+    "TaskFailedError",
+    "TaskNotFound",
+    "TaskOptionsView",
+    "TaskQueue",
+    "TaskStatus",
+    "ThreadWorker",
+    "Worker",
+    "__version__",
+    "backend_from_url",
+]

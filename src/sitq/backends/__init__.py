@@ -1,0 +1,104 @@
+"""Backends, and ``backend_from_url``: a URL scheme picks the backend module, imported lazily
+so that the core install needs no server driver."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from sitq.backends.base import Backend
+from sitq.errors import ConfigurationError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from sitq.backends.memory import MemoryBackend
+    from sitq.backends.sqlite import SQLiteBackend
+
+__all__ = ["Backend", "MemoryBackend", "SQLiteBackend", "backend_from_url", "resolve_backend"]
+
+_SCHEMES: dict[str, tuple[str, str]] = {
+    "memory": ("sitq.backends.memory", "MemoryBackend"),
+    "sqlite": ("sitq.backends.sqlite", "SQLiteBackend"),
+}
+
+
+def _load(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def __getattr__(name: str) -> Any:
+    for module, cls in _SCHEMES.values():
+        if cls == name:
+            return _load(module, cls)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def require(module: str, extra: str, backend: str) -> Any:
+    """Import an optional driver or raise an error naming the ``pip install`` that fixes it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{backend} needs the {module!r} package, which is not installed: "
+            f"run  pip install 'sitq[{extra}]'"
+        ) from exc
+
+
+def backend_from_url(url: str) -> Backend:
+    """The backend a URL names; options travel as query parameters.
+
+    ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``memory://``.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"{url!r} is not a backend URL: use e.g. sqlite:///sitq.db, "
+            "postgresql://user@host/db, redis://host:6379/0 or nats://host:4222"
+        )
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"unknown backend scheme {scheme!r} in {redact_url(url)}: "
+            f"known schemes are {', '.join(sorted(_SCHEMES))}"
+        )
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if scheme == "memory":
+        if params:
+            raise ConfigurationError(f"memory:// takes no options, got {sorted(params)}")
+        return _load(*_SCHEMES["memory"])()  # type: ignore[no-any-return]
+    if scheme == "sqlite":
+        path = unquote(parts.path)
+        if parts.netloc:
+            raise ConfigurationError(
+                f"{url!r}: a sqlite URL has no host; use sqlite:///relative.db or "
+                "sqlite:////absolute/path.db"
+            )
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise ConfigurationError(f"{url!r} names no database file")
+        cls = _load(*_SCHEMES["sqlite"])
+        return cls(path, **cls.options_from_query(params))  # type: ignore[no-any-return]
+    raise AssertionError(scheme)  # pragma: no cover
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def resolve_backend(backend: Backend | str | None) -> Backend:
+    """A backend object from an object, a URL, or ``None`` (``SQLiteBackend("sitq.db")``)."""
+    if backend is None:
+        return _load(*_SCHEMES["sqlite"])("sitq.db")  # type: ignore[no-any-return]
+    if isinstance(backend, str):
+        return backend_from_url(backend)
+    if isinstance(backend, Backend):
+        return backend
+    raise ConfigurationError(
+        f"backend must be a Backend object, a URL string or None, not {backend!r}"
+    )

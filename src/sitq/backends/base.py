@@ -1,0 +1,140 @@
+"""The backend interface: the storage steps every backend implements.
+
+A backend stores tasks and hands them out; it never decides anything about retries, backoff,
+timeouts or cron. Each method is one step with one guarantee, stated in its docstring. The
+conformance suite (``tests/conformance``) checks those guarantees on every backend.
+
+Times are POSIX timestamps. A backend measures leases with its own clock (the server's clock for
+a server backend), so workers on machines with skewed clocks still agree on who holds a task.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Sequence
+
+from sitq.models import (
+    CancelOutcome,
+    Claim,
+    ClaimRef,
+    LeaseState,
+    NewTask,
+    QueueStats,
+    Settlement,
+    TaskSnapshot,
+)
+
+
+class Backend(abc.ABC):
+    """Stores tasks and hands them out. Subclass it to add a store; see the module docstring."""
+
+    #: The URL scheme(s) of this backend, for ``backend_from_url`` and display.
+    scheme: str = ""
+
+    #: True if several processes can share this backend (everything but the memory backend).
+    shared_across_processes: bool = True
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections and create what the store needs. Idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close connections and wake every waiter. Idempotent."""
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool:
+        """True between ``connect()`` and ``close()``."""
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
+        """Store tasks as pending, all in one step where the store allows.
+
+        Guarantee: when this returns, the tasks are durable. A task whose id the backend still
+        knows (pending, running, or finished with an unexpired result) is left as it is; the
+        returned list says, per task, whether it was newly stored.
+        """
+
+    @abc.abstractmethod
+    async def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease: float
+    ) -> list[Claim]:
+        """Hand out up to ``limit`` due tasks from ``queues``, each under a new claim.
+
+        A task is due when it is pending with ``eta <= now``, or running with an expired lease
+        (its worker was lost). Order: higher priority first, then earlier ETA, then enqueue
+        order. Each claim atomically sets the task running, increments ``attempts``, sets a new
+        fencing token and a lease of ``lease`` seconds. Guarantee: no task is handed out twice
+        while a lease on it holds.
+        """
+
+    @abc.abstractmethod
+    async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
+        """Extend each current claim's lease to ``now + lease``; report per claim what it found.
+
+        A claim whose token is no longer current is ``LOST`` and is not extended.
+        """
+
+    @abc.abstractmethod
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Record outcomes of claims (finish, reschedule, release), fenced, in one step.
+
+        Each settlement applies only if its fencing token is the task's current claim and the
+        task is running; the returned list says which applied. A finished task keeps its result
+        until ``expires_at``; a finished task's payload may be dropped.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str, now: float) -> CancelOutcome:
+        """Cancel a pending task (it finishes as ``cancelled``, its result kept for its
+        ``result_ttl``), or flag a running one so its worker stops it."""
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> TaskSnapshot | None:
+        """The task's current state, or ``None`` if unknown or its result has expired."""
+
+    async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
+        """Wait up to ``timeout`` seconds for the task to finish; return its final snapshot.
+
+        Returns ``None`` if it has not finished in time, or the snapshot of an unknown task as
+        ``None`` at once. Backends that can push override this; the default polls with a
+        growing interval, never a busy loop.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            snap = await self.get_task(task_id)
+            if snap is None or snap.status.is_final:
+                return snap
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return snap
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+
+    @abc.abstractmethod
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a task on ``queues`` may have become due, or ``timeout`` passes.
+
+        Returning early without work is allowed (the worker then claims and finds nothing);
+        returning late is not: a scheduled task's ETA must end the wait. Never a busy loop.
+        """
+
+    @abc.abstractmethod
+    async def purge_expired(self, now: float, limit: int = 10_000) -> int:
+        """Remove up to ``limit`` finished tasks whose results expired by ``now``; the count."""
+
+    @abc.abstractmethod
+    async def stats(self, now: float) -> list[QueueStats]:
+        """Per-queue counts of tasks by state, sorted by queue name."""
+
+    def describe(self) -> str:
+        """Where this backend points, for logs and ``sitq info``, never with a password."""
+        return type(self).__name__

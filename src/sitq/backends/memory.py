@@ -1,0 +1,369 @@
+"""The in-memory backend: the reference statement of the backend contract.
+
+It keeps everything in this process and loses it on exit, so it suits tests and trying things
+out; several workers in one process (one event loop) can share it. It is the shortest readable
+implementation of each step in :mod:`sitq.backends.base`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sitq.backends.base import Backend
+from sitq.errors import BackendError
+from sitq.models import (
+    CancelOutcome,
+    Claim,
+    ClaimRef,
+    Finish,
+    LeaseState,
+    NewTask,
+    QueueStats,
+    Release,
+    Reschedule,
+    Settlement,
+    TaskSnapshot,
+    TaskStatus,
+)
+
+
+@dataclass(slots=True)
+class _Record:
+    task: NewTask
+    seq: int
+    status: TaskStatus = TaskStatus.PENDING
+    eta: float = 0.0
+    attempts: int = 0
+    retries: int = 0
+    fence: int = 0
+    lease_until: float = 0.0
+    worker_id: str | None = None
+    cancel_requested: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    value: bytes | None = None
+    error: str | None = None
+    traceback: str | None = None
+    payload: bytes | None = field(default=None)
+
+
+class MemoryBackend(Backend):
+    """Tasks in a dict, due tasks in heaps; nothing survives the process."""
+
+    scheme = "memory"
+    shared_across_processes = False
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, _Record] = {}
+        self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
+        self._scheduled: list[tuple[float, int, str]] = []
+        self._running: dict[str, _Record] = {}
+        self._seq = itertools.count()
+        self._connected = False
+        self._work: asyncio.Event | None = None
+        self._finished: asyncio.Condition | None = None
+
+    async def connect(self) -> None:
+        """Mark the backend usable (there is nothing to open)."""
+        if not self._connected:
+            self._work = asyncio.Event()
+            self._finished = asyncio.Condition()
+            self._connected = True
+
+    async def close(self) -> None:
+        """Mark the backend closed and wake every waiter; the tasks stay for a reconnect."""
+        if self._connected:
+            self._connected = False
+            assert self._work is not None
+            assert self._finished is not None
+            self._work.set()
+            async with self._finished:
+                self._finished.notify_all()
+
+    @property
+    def connected(self) -> bool:
+        """True between ``connect()`` and ``close()``."""
+        return self._connected
+
+    def _check(self) -> None:
+        if not self._connected:
+            raise BackendError("MemoryBackend is not connected: call `await backend.connect()`")
+
+    def _live(self, task_id: str, now: float) -> _Record | None:
+        rec = self._tasks.get(task_id)
+        if rec is not None and rec.expires_at is not None and rec.expires_at <= now:
+            del self._tasks[task_id]
+            return None
+        return rec
+
+    def _make_ready(self, rec: _Record) -> None:
+        entry = (-rec.task.priority, rec.eta, rec.seq, rec.task.id)
+        heapq.heappush(self._ready.setdefault(rec.task.queue, []), entry)
+
+    def _schedule(self, rec: _Record, now: float) -> None:
+        if rec.eta <= now:
+            self._make_ready(rec)
+        else:
+            heapq.heappush(self._scheduled, (rec.eta, rec.seq, rec.task.id))
+        assert self._work is not None
+        self._work.set()
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
+        """Store new tasks; an id still known is left alone."""
+        self._check()
+        now = time.time()
+        stored: list[bool] = []
+        for task in tasks:
+            if self._live(task.id, now) is not None:
+                stored.append(False)
+                continue
+            rec = _Record(task=task, seq=next(self._seq), eta=task.eta, payload=task.payload)
+            self._tasks[task.id] = rec
+            self._schedule(rec, now)
+            stored.append(True)
+        return stored
+
+    def _promote_due(self, now: float) -> None:
+        while self._scheduled and self._scheduled[0][0] <= now:
+            eta, seq, task_id = heapq.heappop(self._scheduled)
+            rec = self._tasks.get(task_id)
+            if (
+                rec is not None
+                and rec.status is TaskStatus.PENDING
+                and rec.seq == seq
+                and rec.eta == eta
+            ):
+                self._make_ready(rec)
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease: float
+    ) -> list[Claim]:
+        """Hand out due tasks: expired leases first, then the ready heaps in priority order."""
+        self._check()
+        now = time.time()
+        self._promote_due(now)
+        chosen: list[_Record] = []
+        wanted = set(queues)
+        for rec in self._running.values():
+            if len(chosen) >= limit:
+                break
+            if rec.lease_until <= now and rec.task.queue in wanted:
+                chosen.append(rec)
+        while len(chosen) < limit:
+            best: tuple[tuple[int, float, int, str], str] | None = None
+            for queue in queues:
+                heap = self._ready.get(queue)
+                while heap:
+                    _, eta, seq, task_id = heap[0]
+                    head = self._tasks.get(task_id)
+                    if (
+                        head is None
+                        or head.status is not TaskStatus.PENDING
+                        or head.seq != seq
+                        or head.eta != eta
+                    ):
+                        heapq.heappop(heap)
+                        continue
+                    break
+                if heap and (best is None or heap[0] < best[0]):
+                    best = (heap[0], queue)
+            if best is None:
+                break
+            heapq.heappop(self._ready[best[1]])
+            chosen.append(self._tasks[best[0][3]])
+        claims = []
+        for rec in chosen:
+            rec.status = TaskStatus.RUNNING
+            rec.attempts += 1
+            rec.fence += 1
+            rec.lease_until = now + lease
+            rec.worker_id = worker_id
+            rec.started_at = now
+            self._running[rec.task.id] = rec
+            assert rec.payload is not None
+            claims.append(
+                Claim(
+                    task_id=rec.task.id,
+                    queue=rec.task.queue,
+                    payload=rec.payload,
+                    options=rec.task.options,
+                    priority=rec.task.priority,
+                    fencing_token=rec.fence,
+                    attempts=rec.attempts,
+                    retries=rec.retries,
+                    enqueued_at=rec.task.enqueued_at,
+                    started_at=now,
+                    result_ttl=rec.task.result_ttl,
+                    cancel_requested=rec.cancel_requested,
+                )
+            )
+        return claims
+
+    def _current(self, ref: ClaimRef) -> _Record | None:
+        rec = self._tasks.get(ref.task_id)
+        if rec is None or rec.status is not TaskStatus.RUNNING or rec.fence != ref.fencing_token:
+            return None
+        return rec
+
+    async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
+        """Extend current claims; report lost ones."""
+        self._check()
+        now = time.time()
+        states = []
+        for ref in claims:
+            rec = self._current(ref)
+            if rec is None:
+                states.append(LeaseState.LOST)
+                continue
+            rec.lease_until = now + lease
+            states.append(LeaseState.CANCEL_REQUESTED if rec.cancel_requested else LeaseState.HELD)
+        return states
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Apply each settlement whose claim is current."""
+        self._check()
+        now = time.time()
+        applied = []
+        finished_any = False
+        for item in settlements:
+            rec = self._current(item.claim)
+            if rec is None:
+                applied.append(False)
+                continue
+            rec.worker_id = None
+            del self._running[rec.task.id]
+            if isinstance(item, Finish):
+                rec.status = item.status
+                rec.value = item.value
+                rec.error = item.error
+                rec.traceback = item.traceback
+                rec.finished_at = item.finished_at
+                rec.expires_at = item.expires_at
+                rec.payload = None
+                finished_any = True
+            elif isinstance(item, Reschedule):
+                rec.status = TaskStatus.PENDING
+                rec.retries += 1
+                rec.eta = item.eta
+                rec.error = item.error
+                rec.traceback = item.traceback
+                rec.seq = next(self._seq)
+                self._schedule(rec, now)
+            elif isinstance(item, Release):
+                rec.status = TaskStatus.PENDING
+                rec.attempts -= 1
+                rec.seq = next(self._seq)
+                self._schedule(rec, now)
+            applied.append(True)
+        if finished_any:
+            await self._notify_finished()
+        return applied
+
+    async def _notify_finished(self) -> None:
+        assert self._finished is not None
+        async with self._finished:
+            self._finished.notify_all()
+
+    async def cancel(self, task_id: str, now: float) -> CancelOutcome:
+        """Cancel a pending task or flag a running one."""
+        self._check()
+        rec = self._live(task_id, now)
+        if rec is None:
+            return CancelOutcome.NOT_FOUND
+        if rec.status.is_final:
+            return CancelOutcome.ALREADY_FINISHED
+        if rec.status is TaskStatus.RUNNING:
+            rec.cancel_requested = True
+            return CancelOutcome.REQUESTED
+        rec.status = TaskStatus.CANCELLED
+        rec.error = "cancelled before it started"
+        rec.finished_at = now
+        rec.expires_at = now + rec.task.result_ttl
+        rec.payload = None
+        await self._notify_finished()
+        return CancelOutcome.CANCELLED
+
+    async def get_task(self, task_id: str) -> TaskSnapshot | None:
+        """The task's current state."""
+        self._check()
+        rec = self._live(task_id, time.time())
+        if rec is None:
+            return None
+        return TaskSnapshot(
+            task_id=rec.task.id,
+            queue=rec.task.queue,
+            status=rec.status,
+            attempts=rec.attempts,
+            enqueued_at=rec.task.enqueued_at,
+            eta=rec.eta,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            value=rec.value,
+            error=rec.error,
+            traceback=rec.traceback,
+        )
+
+    async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
+        """Wait on the finish condition, woken by every settle that finishes a task."""
+        self._check()
+        assert self._finished is not None
+        deadline = time.monotonic() + timeout
+        async with self._finished:
+            while True:
+                snap = await self.get_task(task_id)
+                remaining = deadline - time.monotonic()
+                if snap is None or snap.status.is_final or remaining <= 0 or not self._connected:
+                    return snap
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), remaining)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Wait for an enqueue or reschedule, or for the earliest scheduled ETA."""
+        self._check()
+        assert self._work is not None
+        now = time.time()
+        if self._scheduled:
+            timeout = min(timeout, max(self._scheduled[0][0] - now, 0.0))
+        if self._running:
+            first_expiry = min(r.lease_until for r in self._running.values())
+            timeout = min(timeout, max(first_expiry - now, 0.0))
+        self._work.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout)
+
+    async def purge_expired(self, now: float, limit: int = 10_000) -> int:
+        """Drop finished tasks whose results expired."""
+        self._check()
+        expired = [
+            tid
+            for tid, rec in self._tasks.items()
+            if rec.expires_at is not None and rec.expires_at <= now
+        ][:limit]
+        for tid in expired:
+            del self._tasks[tid]
+        return len(expired)
+
+    async def stats(self, now: float) -> list[QueueStats]:
+        """Count tasks per queue and state."""
+        self._check()
+        counts: dict[str, dict[str, int]] = {}
+        for rec in self._tasks.values():
+            if rec.expires_at is not None and rec.expires_at <= now:
+                continue
+            c = counts.setdefault(rec.task.queue, {})
+            key = {
+                TaskStatus.PENDING: "scheduled" if rec.eta > now else "pending",
+                TaskStatus.RUNNING: "running",
+                TaskStatus.SUCCESS: "succeeded",
+                TaskStatus.FAILED: "failed",
+                TaskStatus.CANCELLED: "cancelled",
+            }[rec.status]
+            c[key] = c.get(key, 0) + 1
+        return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]

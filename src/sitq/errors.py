@@ -1,0 +1,85 @@
+"""The errors sitq raises.
+
+Every error is a subclass of :class:`SitqError`::
+
+    SitqError
+    ├── ConfigurationError      a bad argument or option, raised where it is given
+    │   └── MissingDependencyError   a backend's optional driver is not installed
+    ├── SerializationError      a value the serializer cannot carry (raised at enqueue)
+    ├── BackendError            the backend's server or file failed (carries its message)
+    ├── TaskNotFound            an id the backend does not know
+    ├── TaskFailedError         the task finished as failed or cancelled (get_value)
+    └── LockTimeout             a lock was not acquired in time
+
+:class:`Retry` is not an error: a task raises it to ask for another attempt.
+"""
+
+from __future__ import annotations
+
+
+class SitqError(Exception):
+    """Base class of every error sitq raises."""
+
+
+class ConfigurationError(SitqError, ValueError):
+    """An argument or option is invalid; the message names it and what would be valid."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """A backend's optional dependency is not installed; the message names the ``pip install``."""
+
+
+class SerializationError(SitqError):
+    """The serializer cannot carry a value (or cannot read a payload)."""
+
+
+class BackendError(SitqError):
+    """The backend failed: a connection, server or file error, with the backend's own message."""
+
+
+class TaskNotFound(SitqError, KeyError):
+    """No task with this id is known to the backend."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return f"no task with id {self.task_id!r} (unknown, or its result has expired)"
+
+
+class TaskFailedError(SitqError):
+    """A task finished without a value: it failed or was cancelled.
+
+    ``error`` is the one-line error, ``remote_traceback`` the traceback from the worker.
+    """
+
+    def __init__(
+        self, task_id: str, status: str, error: str | None, remote_traceback: str | None
+    ) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.error = error
+        self.remote_traceback = remote_traceback
+        message = f"task {task_id} {status}: {error or 'no error recorded'}"
+        if remote_traceback:
+            message += f"\n\nRemote traceback:\n{remote_traceback}"
+        super().__init__(message)
+
+
+class LockTimeout(SitqError, TimeoutError):
+    """A distributed lock was not acquired within its timeout."""
+
+
+class Retry(Exception):
+    """Raise from a task to ask for another attempt, after ``delay`` seconds if given.
+
+    The attempt counts against the task's ``RetryPolicy.max_attempts``; without a delay the
+    policy's backoff decides when the next attempt starts.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        if delay is not None and delay < 0:
+            raise ConfigurationError(f"Retry(delay={delay!r}): delay must be >= 0 seconds")
+        super().__init__(f"retry requested (delay={delay})")
+        self.delay = delay

@@ -1,0 +1,214 @@
+"""Records that cross the line between the engine and a backend, and the public result types.
+
+Times inside records are POSIX timestamps (``float`` seconds, UTC); the public :class:`Result`
+turns them into timezone-aware datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its life. ``str(status)`` is the bare value (``"success"``)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for ``success``, ``failed`` and ``cancelled``."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def to_datetime(ts: float | None) -> datetime | None:
+    """A POSIX timestamp as an aware UTC datetime (``None`` stays ``None``)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task as the engine hands it to ``Backend.enqueue``.
+
+    ``payload`` is the serialized call and ``options`` the engine's own settings (JSON text); a
+    backend stores both as they are and never reads them.
+    """
+
+    id: str
+    queue: str
+    payload: bytes
+    options: str
+    priority: int
+    eta: float
+    enqueued_at: float
+    result_ttl: float
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A task handed to one worker, held until ``lease`` runs out unless extended.
+
+    ``fencing_token`` changes with every claim of the task: a settlement or lease extension is
+    accepted only with the token of the current claim. ``attempts`` counts every start, this one
+    included; ``retries`` counts the attempts that ended in a reschedule.
+    """
+
+    task_id: str
+    queue: str
+    payload: bytes
+    options: str
+    priority: int
+    fencing_token: int
+    attempts: int
+    retries: int
+    enqueued_at: float
+    started_at: float
+    result_ttl: float
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRef:
+    """Names one claim: the task and the fencing token it was claimed with."""
+
+    task_id: str
+    fencing_token: int
+
+
+class LeaseState(enum.Enum):
+    """What ``Backend.extend_lease`` found for one claim."""
+
+    HELD = "held"
+    """The claim is current and its lease was extended."""
+    CANCEL_REQUESTED = "cancel_requested"
+    """The claim is current (lease extended) but ``cancel`` was asked for the task."""
+    LOST = "lost"
+    """The claim is no longer current: its lease ran out and another worker may own the task."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Record the final result of a claim (fenced)."""
+
+    claim: ClaimRef
+    status: TaskStatus
+    value: bytes | None
+    error: str | None
+    traceback: str | None
+    finished_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reschedule:
+    """Put a claimed task back as pending, due at ``eta``, as a retry (fenced).
+
+    The backend increments the task's ``retries`` and keeps ``error`` as its last error.
+    """
+
+    claim: ClaimRef
+    eta: float
+    error: str | None
+    traceback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a claimed task back, due now, without charging the attempt (fenced).
+
+    The backend decrements ``attempts``, since the attempt did not really happen.
+    """
+
+    claim: ClaimRef
+
+
+Settlement = Finish | Reschedule | Release
+
+
+class CancelOutcome(enum.Enum):
+    """What ``Backend.cancel`` did."""
+
+    CANCELLED = "cancelled"
+    """The task was pending and is now cancelled, with a ``cancelled`` result."""
+    REQUESTED = "requested"
+    """The task is running; its worker is asked to stop it."""
+    ALREADY_FINISHED = "already_finished"
+    """The task had already finished; nothing changed."""
+    NOT_FOUND = "not_found"
+    """No task with this id."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSnapshot:
+    """What a backend knows about one task at one moment."""
+
+    task_id: str
+    queue: str
+    status: TaskStatus
+    attempts: int
+    enqueued_at: float
+    eta: float
+    started_at: float | None
+    finished_at: float | None
+    value: bytes | None
+    error: str | None
+    traceback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The final outcome of a task.
+
+    ``value`` holds the serialized return value (``bytes``) and is ``None`` unless ``status`` is
+    ``"success"``; read it with ``queue.serializer.loads(result.value)`` or use
+    ``queue.get_value``. ``error`` is one line (exception type and message) and ``traceback`` the
+    worker's traceback, for failed tasks.
+    """
+
+    task_id: str
+    status: TaskStatus
+    value: bytes | None
+    error: str | None
+    traceback: str | None
+    attempts: int
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_snapshot(cls, snap: TaskSnapshot) -> Result:
+        """Build the result of a finished task from its snapshot."""
+        return cls(
+            task_id=snap.task_id,
+            status=snap.status,
+            value=snap.value if snap.status is TaskStatus.SUCCESS else None,
+            error=snap.error,
+            traceback=snap.traceback,
+            attempts=snap.attempts,
+            enqueued_at=to_datetime(snap.enqueued_at),
+            started_at=to_datetime(snap.started_at),
+            finished_at=to_datetime(snap.finished_at),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts of one queue's tasks by state, as ``sitq info`` prints them."""
+
+    queue: str
+    pending: int = 0
+    scheduled: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0

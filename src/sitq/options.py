@@ -1,0 +1,181 @@
+"""Task options: what ``TaskQueue(...)`` takes as defaults and ``queue.options(...)`` per task.
+
+Every option is checked where it is given, with an error that names it and what is valid.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sitq.errors import ConfigurationError
+from sitq.retry import NO_RETRY, RetryPolicy
+
+DEFAULT_RESULT_TTL = 86_400.0
+DEFAULT_MAX_DELIVERIES = 5
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+OPTION_NAMES = frozenset(
+    {
+        "queue",
+        "retry",
+        "timeout",
+        "priority",
+        "task_id",
+        "result_ttl",
+        "max_deliveries",
+        "concurrency_key",
+        "concurrency_limit",
+    }
+)
+
+
+def check_queue_name(name: Any, what: str = "queue") -> str:
+    """A valid queue name (1-100 letters, digits, ``_``, ``-``) or :class:`ConfigurationError`."""
+    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+        raise ConfigurationError(
+            f"{what}={name!r} is not a valid queue name: use 1-100 letters, digits, '_' or '-' "
+            "(the same names must work on every backend)"
+        )
+    return name
+
+
+def check_task_id(task_id: Any) -> str:
+    """A valid explicit task id: 1-255 printable characters without whitespace."""
+    if (
+        not isinstance(task_id, str)
+        or not 1 <= len(task_id) <= 255
+        or not task_id.isprintable()
+        or any(c.isspace() for c in task_id)
+    ):
+        raise ConfigurationError(
+            f"task_id={task_id!r} is not valid: use 1-255 printable characters without spaces"
+        )
+    return task_id
+
+
+def _seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or math.isinf(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """The options of one task; see SPEC §1.1 for each."""
+
+    queue: str = "default"
+    retry: RetryPolicy = NO_RETRY
+    timeout: float | None = None
+    priority: int = 0
+    task_id: str | None = None
+    result_ttl: float = DEFAULT_RESULT_TTL
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+
+    def merge(self, **changes: Any) -> TaskOptions:
+        """These options with ``changes`` applied, each one checked."""
+        unknown = set(changes) - OPTION_NAMES
+        if unknown:
+            raise ConfigurationError(
+                f"unknown task option(s) {sorted(unknown)}; valid options are "
+                f"{sorted(OPTION_NAMES)}"
+            )
+        checked: dict[str, Any] = {}
+        for name, value in changes.items():
+            checked[name] = _check(name, value)
+        merged = replace(self, **checked)
+        if (merged.concurrency_key is None) != (merged.concurrency_limit is None):
+            raise ConfigurationError(
+                "concurrency_key and concurrency_limit go together: give both or neither"
+            )
+        return merged
+
+    def engine_options(self) -> str:
+        """The options the engine needs at run time, as the JSON text stored with the task."""
+        return json.dumps(
+            {
+                "v": 1,
+                "timeout": self.timeout,
+                "retry": None if self.retry is NO_RETRY else self.retry.to_dict(),
+                "max_deliveries": self.max_deliveries,
+            },
+            separators=(",", ":"),
+        )
+
+
+def _check(name: str, value: Any) -> Any:
+    if name == "queue":
+        return check_queue_name(value)
+    if name == "retry":
+        if value is None:
+            return NO_RETRY
+        if not isinstance(value, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy or None, not {value!r}")
+        return value
+    if name == "timeout":
+        return _seconds("timeout", value, allow_none=True)
+    if name == "result_ttl":
+        return _seconds("result_ttl", value, allow_none=False)
+    if name == "priority":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigurationError(f"priority must be an int, not {value!r}")
+        if not _PRIORITY_RANGE[0] <= value <= _PRIORITY_RANGE[1]:
+            raise ConfigurationError(f"priority must fit in 32 bits, not {value}")
+        return value
+    if name == "task_id":
+        return None if value is None else check_task_id(value)
+    if name == "max_deliveries":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"max_deliveries must be an int >= 1, not {value!r}")
+        return value
+    if name == "concurrency_key":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigurationError(f"concurrency_key must be a non-empty str, not {value!r}")
+        return value
+    if name == "concurrency_limit":
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigurationError(f"concurrency_limit must be an int >= 1, not {value!r}")
+        return value
+    raise AssertionError(name)  # pragma: no cover - names are checked by the caller
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """The run-time options a worker reads back from a claimed task."""
+
+    timeout: float | None
+    retry: RetryPolicy
+    max_deliveries: int
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_engine_options(text: str) -> EngineOptions:
+    """Read the JSON text made by ``TaskOptions.engine_options``; raise ``ValueError`` if bad."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("task options are not a JSON object")
+    version = data.get("v")
+    if version != 1:
+        raise ValueError(
+            f"task options have format version {version!r}; this worker reads version 1 "
+            "(upgrade the worker to the version of sitq that enqueued the task)"
+        )
+    retry = data.get("retry")
+    timeout = data.get("timeout")
+    return EngineOptions(
+        timeout=None if timeout is None else float(timeout),
+        retry=NO_RETRY if retry is None else RetryPolicy.from_dict(retry),
+        max_deliveries=int(data.get("max_deliveries", DEFAULT_MAX_DELIVERIES)),
+    )

@@ -1,0 +1,264 @@
+"""``TaskQueue``: enqueue calls, read their results. The client side of sitq."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from sitq._task import check_signature
+from sitq.backends import resolve_backend
+from sitq.backends.base import Backend
+from sitq.errors import ConfigurationError, TaskFailedError, TaskNotFound
+from sitq.models import CancelOutcome, NewTask, QueueStats, Result, TaskStatus
+from sitq.options import TaskOptions
+from sitq.serializers import PickleSerializer, Serializer
+
+CallSpec = (
+    tuple[Callable[..., Any], Sequence[Any]]
+    | tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]
+)
+
+
+def _to_timestamp(when: datetime) -> float:
+    if not isinstance(when, datetime):
+        raise ConfigurationError(f"enqueue_at needs a datetime, not {when!r}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _delay_seconds(delay: float | timedelta) -> float:
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise ConfigurationError(f"enqueue_in needs seconds or a timedelta, not {delay!r}")
+    if seconds != seconds or seconds < 0:
+        raise ConfigurationError(f"enqueue_in needs a delay >= 0, not {delay!r}")
+    return seconds
+
+
+def _wait_seconds(timeout: float | None) -> float:
+    if timeout is None:
+        return 0.0
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise ConfigurationError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
+    return float(timeout)
+
+
+class TaskOptionsView:
+    """The ``enqueue*`` methods of a queue with some options set; from ``queue.options(...)``."""
+
+    def __init__(self, queue: TaskQueue, options: TaskOptions) -> None:
+        self._queue = queue
+        self._options = options
+
+    @property
+    def task_options(self) -> TaskOptions:
+        """The options tasks enqueued through this view get."""
+        return self._options
+
+    def options(self, **options: Any) -> TaskOptionsView:
+        """A view with more options set on top of these."""
+        return TaskOptionsView(self._queue, self._options.merge(**options))
+
+    async def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Enqueue ``func(*args, **kwargs)`` to run now; return the task id."""
+        return await self._queue._submit(self._options, [(func, args, kwargs)], None)
+
+    async def enqueue_at(
+        self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """Enqueue to run at ``when`` (a naive datetime means UTC); return the task id."""
+        return await self._queue._submit(self._options, [(func, args, kwargs)], _to_timestamp(when))
+
+    async def enqueue_in(
+        self, delay: float | timedelta, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """Enqueue to run after ``delay`` (seconds or a timedelta); return the task id."""
+        eta = time.time() + _delay_seconds(delay)
+        return await self._queue._submit(self._options, [(func, args, kwargs)], eta)
+
+    async def enqueue_many(self, calls: Iterable[CallSpec]) -> list[str]:
+        """Enqueue many calls, ``(func, args)`` or ``(func, args, kwargs)``, in one step.
+
+        Returns the ids in order. With an explicit ``task_id`` option only one call is allowed.
+        """
+        normalized: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        for i, spec in enumerate(calls):
+            if not isinstance(spec, tuple | list) or len(spec) not in (2, 3):
+                raise ConfigurationError(
+                    f"enqueue_many item {i} must be (func, args) or (func, args, kwargs), "
+                    f"not {spec!r}"
+                )
+            func, args = spec[0], spec[1]
+            kwargs = spec[2] if len(spec) == 3 else {}
+            if not isinstance(args, tuple | list):
+                raise ConfigurationError(f"enqueue_many item {i}: args must be a tuple or list")
+            if not isinstance(kwargs, dict):
+                raise ConfigurationError(f"enqueue_many item {i}: kwargs must be a dict")
+            normalized.append((func, tuple(args), kwargs))
+        if self._options.task_id is not None and len(normalized) > 1:
+            raise ConfigurationError("task_id names one task: it cannot be used with many calls")
+        return await self._queue._submit_many(self._options, normalized, None)
+
+
+class TaskQueue(TaskOptionsView):
+    """Enqueue calls and read their results.
+
+    ``backend`` is a backend object, a URL, or ``None`` for ``SQLiteBackend("sitq.db")``;
+    ``serializer`` defaults to :class:`PickleSerializer`. Other keyword arguments are the
+    default task options (``retry``, ``timeout``, ``priority``, ``result_ttl``, ...).
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str | None = None,
+        serializer: Serializer | None = None,
+        *,
+        queue: str = "default",
+        **defaults: Any,
+    ) -> None:
+        self.backend: Backend = resolve_backend(backend)
+        self.serializer: Serializer = serializer if serializer is not None else PickleSerializer()
+        if not isinstance(self.serializer, Serializer):
+            raise ConfigurationError(
+                f"serializer must be a sitq Serializer (PickleSerializer, JsonSerializer or a "
+                f"subclass of Serializer), not {serializer!r}"
+            )
+        super().__init__(self, TaskOptions().merge(queue=queue, **defaults))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect the backend. Idempotent."""
+        if not self.backend.connected:
+            await self.backend.connect()
+
+    async def close(self) -> None:
+        """Close the backend. Idempotent."""
+        await self.backend.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- enqueueing -------------------------------------------------------------------------
+
+    def _build(
+        self,
+        opts: TaskOptions,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        eta: float | None,
+        now: float,
+    ) -> NewTask:
+        if not callable(func):
+            raise ConfigurationError(f"enqueue needs a callable as the task, not {func!r}")
+        bad = check_signature(func, args, kwargs)
+        if bad is not None:
+            raise ConfigurationError(f"cannot enqueue: {bad}")
+        payload = self.serializer.dumps_call(func, args, kwargs)
+        return NewTask(
+            id=opts.task_id or str(uuid.uuid4()),
+            queue=opts.queue,
+            payload=payload,
+            options=opts.engine_options(),
+            priority=opts.priority,
+            eta=now if eta is None else eta,
+            enqueued_at=now,
+            result_ttl=opts.result_ttl,
+            concurrency_key=opts.concurrency_key,
+            concurrency_limit=opts.concurrency_limit,
+        )
+
+    async def _submit(
+        self,
+        opts: TaskOptions,
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        eta: float | None,
+    ) -> str:
+        return (await self._submit_many(opts, calls, eta))[0]
+
+    async def _submit_many(
+        self,
+        opts: TaskOptions,
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        eta: float | None,
+    ) -> list[str]:
+        now = time.time()
+        tasks = [self._build(opts, f, a, k, eta, now) for f, a, k in calls]
+        if not tasks:
+            return []
+        await self.connect()
+        await self.backend.enqueue(tasks)
+        return [t.id for t in tasks]
+
+    # -- results ----------------------------------------------------------------------------
+
+    async def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:
+        """The task's :class:`Result`, waiting up to ``timeout`` seconds for it to finish.
+
+        ``None`` if it has not finished in time (``timeout=None`` or ``0``: do not wait).
+        Raises :class:`TaskNotFound` for an id the backend does not know.
+        """
+        wait = _wait_seconds(timeout)
+        await self.connect()
+        if wait > 0:
+            snap = await self.backend.wait_for_result(task_id, wait)
+        else:
+            snap = await self.backend.get_task(task_id)
+        if snap is None:
+            raise TaskNotFound(task_id)
+        return Result.from_snapshot(snap) if snap.status.is_final else None
+
+    async def get_value(self, task_id: str, timeout: float | None = None) -> Any:
+        """The task's deserialized return value, waiting up to ``timeout`` seconds.
+
+        Raises :class:`TaskFailedError` if it failed or was cancelled, ``TimeoutError`` if it
+        has not finished in time, :class:`TaskNotFound` for an unknown id.
+        """
+        result = await self.get_result(task_id, timeout)
+        if result is None:
+            raise TimeoutError(f"task {task_id} has not finished within {timeout} s")
+        if result.status is not TaskStatus.SUCCESS:
+            raise TaskFailedError(task_id, result.status, result.error, result.traceback)
+        assert result.value is not None
+        return self.serializer.loads(result.value)
+
+    async def get_status(self, task_id: str) -> TaskStatus | None:
+        """The task's :class:`TaskStatus`, or ``None`` for an unknown id."""
+        await self.connect()
+        snap = await self.backend.get_task(task_id)
+        return None if snap is None else snap.status
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task: ``True`` if it was pending (now cancelled) or running (asked to
+        stop), ``False`` if it had already finished. Raises :class:`TaskNotFound`."""
+        await self.connect()
+        outcome = await self.backend.cancel(task_id, time.time())
+        if outcome is CancelOutcome.NOT_FOUND:
+            raise TaskNotFound(task_id)
+        return outcome is not CancelOutcome.ALREADY_FINISHED
+
+    async def stats(self) -> list[QueueStats]:
+        """Per-queue counts of pending, scheduled, running, succeeded and failed tasks."""
+        await self.connect()
+        return await self.backend.stats(time.time())
+
+    def __repr__(self) -> str:
+        return f"TaskQueue({self.backend.describe()}, queue={self.task_options.queue!r})"

@@ -1,0 +1,242 @@
+"""How calls and results travel: :class:`PickleSerializer` (cloudpickle) and
+:class:`JsonSerializer` (stdlib json, functions by import path).
+
+A serializer turns a task call ``(func, args, kwargs)`` and a task's return value into bytes and
+back. Whatever a serializer cannot carry fails at enqueue with :class:`SerializationError`, which
+names the offending value, never later in a worker.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import json
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cloudpickle
+
+from sitq.errors import ConfigurationError, SerializationError
+
+TaskCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__module__}.{type(value).__qualname__} {text}"
+
+
+def function_path(func: Callable[..., Any]) -> str:
+    """``module:qualname`` of a function, as :class:`JsonSerializer` carries it."""
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not module or not qualname:
+        raise SerializationError(f"{func!r} has no __module__/__qualname__ to import it by")
+    return f"{module}:{qualname}"
+
+
+def import_path(path: str) -> Any:
+    """Import ``module:qualname`` and return the object it names."""
+    module_name, sep, qualname = path.partition(":")
+    if not sep or not module_name or not qualname:
+        raise SerializationError(f"{path!r} is not an import path of the form 'module:qualname'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SerializationError(
+            f"cannot import module {module_name!r} for {path!r}: {exc}"
+        ) from exc
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise SerializationError(
+                f"{path!r}: module {module_name!r} has no attribute {qualname!r}"
+            ) from exc
+    return obj
+
+
+class Serializer(abc.ABC):
+    """Turns values into bytes and back. Subclass it and implement ``dumps``/``loads``."""
+
+    #: A short name for logs and the command line.
+    name: str = "custom"
+
+    @abc.abstractmethod
+    def dumps(self, obj: Any) -> bytes:
+        """Serialize a value; raise :class:`SerializationError` naming what cannot be carried."""
+
+    @abc.abstractmethod
+    def loads(self, data: bytes) -> Any:
+        """Deserialize bytes made by ``dumps``, or raise :class:`SerializationError`."""
+
+    def dumps_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> bytes:
+        """Serialize a task call. The default carries ``[func, args, kwargs]`` through ``dumps``."""
+        return self.dumps([func, tuple(args), dict(kwargs)])
+
+    def loads_call(self, data: bytes) -> TaskCall:
+        """Read a task call made by ``dumps_call``."""
+        obj = self.loads(data)
+        if not (isinstance(obj, list | tuple) and len(obj) == 3):
+            raise SerializationError("payload is not a task call [func, args, kwargs]")
+        func, args, kwargs = obj
+        if not callable(func):
+            raise SerializationError(f"payload's function is not callable: {_describe(func)}")
+        if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+            raise SerializationError("payload's args must be a list and kwargs a mapping")
+        return func, tuple(args), kwargs
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _find_unpicklable(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    candidates: list[tuple[str, Any]] = [("the task function", func)]
+    candidates += [(f"positional argument {i}", a) for i, a in enumerate(args)]
+    candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in candidates:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            return f"{label} ({_describe(value)}) cannot be pickled: {exc}"
+    return "the call cannot be pickled"
+
+
+class PickleSerializer(Serializer):
+    """cloudpickle: carries closures, lambdas and functions defined in ``__main__`` by value.
+
+    Unpickling runs code: only let workers read a backend that only trusted code can write to.
+    """
+
+    name = "pickle"
+
+    def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+        if not 2 <= protocol <= pickle.HIGHEST_PROTOCOL:
+            raise ConfigurationError(
+                f"PickleSerializer(protocol={protocol}): use 2..{pickle.HIGHEST_PROTOCOL}"
+            )
+        self.protocol = protocol
+
+    def dumps(self, obj: Any) -> bytes:
+        """Pickle ``obj`` with cloudpickle."""
+        try:
+            return bytes(cloudpickle.dumps(obj, protocol=self.protocol))
+        except Exception as exc:
+            raise SerializationError(f"{_describe(obj)} cannot be pickled: {exc}") from exc
+
+    def loads(self, data: bytes) -> Any:
+        """Unpickle bytes made by ``dumps``."""
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            raise SerializationError(
+                f"payload cannot be unpickled ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def dumps_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> bytes:
+        """Pickle a task call; on failure, name the argument that cannot be pickled."""
+        try:
+            return bytes(
+                cloudpickle.dumps((func, tuple(args), dict(kwargs)), protocol=self.protocol)
+            )
+        except Exception as exc:
+            raise SerializationError(_find_unpicklable(func, args, kwargs)) from exc
+
+
+def _json_default_path(obj: Any, path: str) -> str:
+    return f"{path} ({_describe(obj)}) is not JSON serializable"
+
+
+def _check_json(value: Any, path: str) -> None:
+    if value is None or isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{path} has a non-string key {key!r}: JSON object keys must be strings"
+                )
+            _check_json(item, f"{path}[{key!r}]")
+        return
+    raise SerializationError(_json_default_path(value, path))
+
+
+class JsonSerializer(Serializer):
+    """Standard-library JSON. The task function travels as its import path ``module:qualname``,
+    so it must be a module-level function importable by the worker; tuples come back as lists.
+    """
+
+    name = "json"
+
+    def dumps(self, obj: Any) -> bytes:
+        """Encode ``obj`` as compact UTF-8 JSON."""
+        try:
+            return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            if not isinstance(exc, RecursionError):
+                _check_json(obj, "value")
+            raise SerializationError(f"value cannot be encoded as JSON: {exc}") from exc
+
+    def loads(self, data: bytes) -> Any:
+        """Decode JSON bytes."""
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SerializationError(f"payload is not valid JSON ({exc})") from exc
+
+    def dumps_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> bytes:
+        """Encode a call as ``{"f": "module:qualname", "a": [...], "k": {...}}``."""
+        path = function_path(func)
+        module, _, qualname = path.partition(":")
+        if "<lambda>" in qualname or "<locals>" in qualname or module == "__main__":
+            raise SerializationError(
+                f"JsonSerializer carries a task function by its import path, and {path} cannot "
+                "be imported by a worker: define the function at module level in an importable "
+                "module, or use PickleSerializer"
+            )
+        try:
+            found = import_path(path)
+        except SerializationError as exc:
+            raise SerializationError(f"JsonSerializer cannot import {path}: {exc}") from exc
+        if found is not func and getattr(found, "__wrapped__", None) is not func:
+            raise SerializationError(
+                f"JsonSerializer: {path} does not import back to the same function"
+            )
+        _check_json(list(args), "args")
+        _check_json(dict(kwargs), "kwargs")
+        return self.dumps({"f": path, "a": list(args), "k": dict(kwargs)})
+
+    def loads_call(self, data: bytes) -> TaskCall:
+        """Decode a call and import its function."""
+        obj = self.loads(data)
+        if not isinstance(obj, dict) or not {"f", "a", "k"} <= obj.keys():
+            raise SerializationError("payload is not a JSON task call {f, a, k}")
+        path, args, kwargs = obj["f"], obj["a"], obj["k"]
+        if not isinstance(path, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise SerializationError("JSON task call has wrong types for f, a or k")
+        func = import_path(path)
+        if not callable(func):
+            raise SerializationError(f"{path} is not callable")
+        return func, tuple(args), kwargs
+
+
+def serializer_from_name(name: str) -> Serializer:
+    """``"pickle"`` or ``"json"`` as a serializer (for the command line)."""
+    if name == "pickle":
+        return PickleSerializer()
+    if name == "json":
+        return JsonSerializer()
+    raise ConfigurationError(f"unknown serializer {name!r}: use 'pickle' or 'json'")

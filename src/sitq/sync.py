@@ -1,0 +1,179 @@
+"""``SyncTaskQueue``: the blocking face of :class:`TaskQueue`, for code that is not async.
+
+It runs one event loop in a background thread (the blocking-portal pattern) and hands every
+call to it, so it also works where a loop is already running in the calling thread (a
+notebook, an async web framework's sync view).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import Future
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from sitq.backends.base import Backend
+from sitq.errors import SitqError
+from sitq.models import QueueStats, Result, TaskStatus
+from sitq.queue import CallSpec, TaskOptionsView, TaskQueue
+from sitq.serializers import Serializer
+
+T = TypeVar("T")
+
+
+class _Portal:
+    """An event loop running in a daemon thread; ``call`` runs a coroutine there and waits."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="sitq-sync", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(self._ready.set)
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise SitqError("SyncTaskQueue cannot be called from its own event loop thread")
+        if self._loop.is_closed():
+            coro.close()
+            raise SitqError("SyncTaskQueue is closed")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+
+class SyncOptionsView:
+    """The blocking ``enqueue*`` methods with some options set; from ``queue.options(...)``."""
+
+    def __init__(
+        self, portal_call: Callable[[Coroutine[Any, Any, Any]], Any], view: TaskOptionsView
+    ) -> None:
+        self._call = portal_call
+        self._view = view
+
+    def options(self, **options: Any) -> SyncOptionsView:
+        """A view with more options set on top of these."""
+        return SyncOptionsView(self._call, self._view.options(**options))
+
+    def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Enqueue ``func(*args, **kwargs)``; return the task id."""
+        return self._call(self._view.enqueue(func, *args, **kwargs))  # type: ignore[no-any-return]
+
+    def enqueue_at(
+        self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """Enqueue to run at ``when`` (naive means UTC); return the task id."""
+        return self._call(  # type: ignore[no-any-return]
+            self._view.enqueue_at(when, func, *args, **kwargs)
+        )
+
+    def enqueue_in(
+        self, delay: float | timedelta, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """Enqueue to run after ``delay``; return the task id."""
+        return self._call(  # type: ignore[no-any-return]
+            self._view.enqueue_in(delay, func, *args, **kwargs)
+        )
+
+    def enqueue_many(self, calls: Iterable[CallSpec]) -> list[str]:
+        """Enqueue many calls in one step; return their ids."""
+        return self._call(self._view.enqueue_many(list(calls)))  # type: ignore[no-any-return]
+
+
+class SyncTaskQueue(SyncOptionsView):
+    """The same methods as :class:`TaskQueue`, blocking. Use it as a context manager, or call
+    :meth:`close` when done."""
+
+    def __init__(
+        self,
+        backend: Backend | str | None = None,
+        serializer: Serializer | None = None,
+        *,
+        queue: str = "default",
+        **defaults: Any,
+    ) -> None:
+        self._queue = TaskQueue(backend, serializer, queue=queue, **defaults)
+        self._portal: _Portal | None = _Portal()
+        super().__init__(self._portal_call, self._queue)
+
+    def _portal_call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._portal is None:
+            coro.close()
+            raise SitqError("SyncTaskQueue is closed")
+        return self._portal.call(coro)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend (its methods are async: call them through a :class:`TaskQueue`)."""
+        return self._queue.backend
+
+    @property
+    def serializer(self) -> Serializer:
+        """The serializer; ``queue.serializer.loads(result.value)`` reads a result value."""
+        return self._queue.serializer
+
+    def connect(self) -> None:
+        """Connect the backend. Idempotent."""
+        self._portal_call(self._queue.connect())
+
+    def close(self) -> None:
+        """Close the backend and stop the background loop. Idempotent."""
+        if self._portal is None:
+            return
+        try:
+            self._portal.call(self._queue.close())
+        finally:
+            self._portal.stop()
+            self._portal = None
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:
+        """The task's :class:`Result`, waiting up to ``timeout`` seconds."""
+        return self._portal_call(self._queue.get_result(task_id, timeout))
+
+    def get_value(self, task_id: str, timeout: float | None = None) -> Any:
+        """The task's return value; see :meth:`TaskQueue.get_value`."""
+        return self._portal_call(self._queue.get_value(task_id, timeout))
+
+    def get_status(self, task_id: str) -> TaskStatus | None:
+        """The task's status, or ``None`` for an unknown id."""
+        return self._portal_call(self._queue.get_status(task_id))
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task; see :meth:`TaskQueue.cancel`."""
+        return self._portal_call(self._queue.cancel(task_id))
+
+    def stats(self) -> list[QueueStats]:
+        """Per-queue counts by state."""
+        return self._portal_call(self._queue.stats())
+
+    def __del__(self) -> None:
+        portal = getattr(self, "_portal", None)
+        if portal is not None:
+            portal.stop()

@@ -1,0 +1,532 @@
+"""The worker engine, and the three worker kinds that differ only in their executor.
+
+One :class:`Worker` claims tasks sized to its free slots, holds each claim under a lease that a
+heartbeat renews, runs the task through its executor, and settles the claim (finish, retry or
+release) with the claim's fencing token, in batches. Everything a task's life means — retries,
+backoff, timeouts, cancellation, lost workers, shutdown — is decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from sitq._task import Outcome
+from sitq.backends import resolve_backend
+from sitq.backends.base import Backend
+from sitq.errors import ConfigurationError, SitqError
+from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
+from sitq.models import (
+    Claim,
+    ClaimRef,
+    Finish,
+    LeaseState,
+    Release,
+    Reschedule,
+    Settlement,
+    TaskStatus,
+)
+from sitq.options import check_queue_name, parse_engine_options
+from sitq.serializers import PickleSerializer, Serializer
+
+log = logging.getLogger("sitq.worker")
+
+PURGE_INTERVAL = 30.0
+"""Seconds between sweeps for expired results (SPEC §2.7: removed within a minute)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A claim this worker holds: executing, then settling."""
+
+    claim: Claim
+    ref: ClaimRef
+    task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+    settling: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _check_positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number > 0, not {value!r}")
+    return float(value)
+
+
+class Worker:
+    """The engine. Use :class:`AsyncWorker`, :class:`ThreadWorker` or :class:`ProcessWorker`."""
+
+    executor_class: type[Executor] = AsyncExecutor
+
+    def __init__(
+        self,
+        backend: Backend | str | None,
+        serializer: Serializer | None = None,
+        concurrency: int | None = 10,
+        *,
+        queues: Iterable[str] = ("default",),
+        lease: float = 30.0,
+        shutdown_timeout: float = 30.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if concurrency is None:
+            concurrency = os.cpu_count() or 1
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        if isinstance(queues, str):
+            queues = (queues,)
+        self.queues: tuple[str, ...] = tuple(check_queue_name(q, "queues") for q in queues)
+        if not self.queues:
+            raise ConfigurationError("queues must name at least one queue")
+        self.backend: Backend = resolve_backend(backend)
+        self.serializer: Serializer = serializer if serializer is not None else PickleSerializer()
+        self.concurrency = concurrency
+        self.lease = _check_positive("lease", lease)
+        if shutdown_timeout < 0:
+            raise ConfigurationError(f"shutdown_timeout must be >= 0, not {shutdown_timeout!r}")
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.poll_interval = _check_positive("poll_interval", poll_interval)
+        self.heartbeat_interval = min(self.lease / 3, 2.0)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.executor: Executor = self.executor_class(self.serializer, concurrency)
+        self._held: dict[str, _Held] = {}
+        self._executing = 0
+        self._slot_freed = asyncio.Event()
+        self._pending: list[tuple[_Held, Settlement]] = []
+        self._settle_wanted = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._claim_task: asyncio.Task[None] | None = None
+        self._waiting_for_work = False
+        self._started = False
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._signals = 0
+        self._force = False
+        self._owns_connection = False
+        self.counters = {
+            "claimed": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "retried": 0,
+            "released": 0,
+            "lost": 0,
+            "refused": 0,
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the backend if needed, start the executor and begin claiming; returns at once."""
+        if self._started:
+            return
+        self._started = True
+        self._force = False
+        self._signals = 0
+        self._stopped = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._settle_wanted = asyncio.Event()
+        if not self.backend.connected:
+            await self.backend.connect()
+            self._owns_connection = True
+        await self.executor.start()
+        self._claim_task = asyncio.create_task(self._claim_loop(), name="sitq-claim")
+        self._background = [
+            asyncio.create_task(self._heartbeat_loop(), name="sitq-heartbeat"),
+            asyncio.create_task(self._settle_loop(), name="sitq-settle"),
+            asyncio.create_task(self._purge_loop(), name="sitq-purge"),
+        ]
+        log.info(
+            "worker %s started on %s, queues %s",
+            self.worker_id,
+            self.backend.describe(),
+            ",".join(self.queues),
+        )
+
+    async def stop(self) -> None:
+        """Stop claiming, let running tasks finish for up to ``shutdown_timeout`` seconds, then
+        release the rest back to the queue (not counted as an attempt)."""
+        await self._shutdown(grace=self.shutdown_timeout, release=True)
+
+    async def _shutdown(self, grace: float, release: bool) -> None:
+        if not self._started:
+            return
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            await self._stop_claiming()
+            running = [h.task for h in self._held.values() if h.task is not None and not h.settling]
+            if running and grace > 0:
+                await asyncio.wait(running, timeout=grace)
+            reason = "shutdown" if release and not self._force else "abandon"
+            for held in list(self._held.values()):
+                if held.task is not None and not held.task.done():
+                    held.stop_reason = reason
+                    held.task.cancel()
+            tasks = [h.task for h in self._held.values() if h.task is not None]
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if release:
+                await self._drain_settlements()
+        finally:
+            current = asyncio.current_task()
+            for task in self._background:
+                if task is not current:
+                    task.cancel()
+            await asyncio.gather(
+                *(t for t in self._background if t is not current), return_exceptions=True
+            )
+            self._background = []
+            await self.executor.close()
+            if self._owns_connection:
+                await self.backend.close()
+                self._owns_connection = False
+            self._started = False
+            self._stopping = False
+            self._stopped.set()
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _stop_claiming(self) -> None:
+        task = self._claim_task
+        self._claim_task = None
+        if task is None:
+            return
+        self._slot_freed.set()
+        if self._waiting_for_work:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _drain_settlements(self) -> None:
+        deadline = time.monotonic() + max(self.shutdown_timeout, 5.0)
+        while self._pending and time.monotonic() < deadline:
+            if not await self._settle_batch():
+                await asyncio.sleep(0.2)
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called or the process gets SIGINT/SIGTERM.
+
+        The first signal stops gracefully; a second SIGINT stops at once, leaving running tasks
+        to come back when their leases run out.
+        """
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            await self._stopped.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning("%s: stopping gracefully (again to stop at once)", sig.name)
+            task = asyncio.get_running_loop().create_task(self.stop())
+            self._background.append(task)
+        else:
+            log.warning("%s: stopping at once; leases bring running tasks back", sig.name)
+            self._abandon_running()
+
+    def _abandon_running(self) -> None:
+        self._force = True
+        for held in self._held.values():
+            if held.task is not None and not held.task.done() and not held.settling:
+                held.stop_reason = "abandon"
+                held.task.cancel()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and the end of ``stop()``."""
+        return self._started
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            free = self.concurrency - self._executing
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                claims = await self.backend.claim(self.queues, free, self.worker_id, self.lease)
+                failures = 0
+            except SitqError as exc:
+                failures += 1
+                delay = min(self.poll_interval * 2 ** min(failures, 6), 30.0)
+                log.warning("claim failed (%s); retrying in %.1f s", exc, delay)
+                await self._idle(delay, wait_for_work=False)
+                continue
+            for claim in claims:
+                self._launch(claim)
+            if len(claims) < free:
+                await self._idle(self.poll_interval, wait_for_work=True)
+
+    async def _idle(self, timeout: float, *, wait_for_work: bool) -> None:
+        if self._stopping:
+            return
+        self._waiting_for_work = True
+        try:
+            if wait_for_work:
+                await self.backend.wait_for_work(self.queues, timeout)
+            else:
+                await asyncio.sleep(timeout)
+        except SitqError as exc:
+            log.warning("waiting for work failed: %s", exc)
+            await asyncio.sleep(min(timeout, 1.0))
+        finally:
+            self._waiting_for_work = False
+
+    def _launch(self, claim: Claim) -> None:
+        self.counters["claimed"] += 1
+        held = _Held(claim=claim, ref=ClaimRef(claim.task_id, claim.fencing_token))
+        previous = self._held.get(claim.task_id)
+        if previous is not None and previous.task is not None:
+            # Our own earlier claim of this task expired and we claimed it again.
+            previous.stop_reason = "lost"
+            previous.task.cancel()
+        self._held[claim.task_id] = held
+        self._executing += 1
+        held.task = asyncio.create_task(self._execute(held), name=f"sitq-task-{claim.task_id}")
+
+    # -- running one task -------------------------------------------------------------------
+
+    async def _execute(self, held: _Held) -> None:
+        claim = held.claim
+        settlement: Settlement | None
+        try:
+            settlement = await self._attempt(held)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            settlement = self._after_stop(held)
+        except Exception as exc:  # an engine bug must not kill the worker or lose the task
+            log.exception("internal error running task %s", claim.task_id)
+            settlement = self._finish(
+                held, TaskStatus.FAILED, None, f"sitq internal error: {exc!r}", None
+            )
+        finally:
+            self._executing -= 1
+            self._slot_freed.set()
+        if settlement is None:
+            self._forget(held)
+        else:
+            held.settling = True
+            self._pending.append((held, settlement))
+            self._settle_wanted.set()
+
+    async def _attempt(self, held: _Held) -> Settlement | None:
+        claim = held.claim
+        try:
+            opts = parse_engine_options(claim.options)
+        except Exception as exc:
+            return self._finish(
+                held, TaskStatus.FAILED, None, f"cannot read task options: {exc}", None
+            )
+        lost = claim.attempts - 1 - claim.retries
+        if lost >= opts.max_deliveries:
+            return self._finish(
+                held,
+                TaskStatus.FAILED,
+                None,
+                f"WorkerLost: the task was started {lost} times and each time its worker was "
+                f"lost before it finished (max_deliveries={opts.max_deliveries}); it is failed "
+                "instead of being started again",
+                None,
+            )
+        if claim.cancel_requested:
+            return self._finish(held, TaskStatus.CANCELLED, None, "cancelled while running", None)
+        outcome = await self.executor.run(claim.payload, opts.timeout)
+        if outcome.ok:
+            self.counters["succeeded"] += 1
+            return self._finish(held, TaskStatus.SUCCESS, outcome.value, None, None)
+        delay = None
+        if not outcome.permanent:
+            delay = opts.retry.decide(
+                claim.retries + 1, outcome.exc_types, outcome.retry_delay, outcome.retry_requested
+            )
+        if delay is not None:
+            self.counters["retried"] += 1
+            return Reschedule(held.ref, time.time() + delay, outcome.error, outcome.traceback)
+        self.counters["failed"] += 1
+        return self._finish(held, TaskStatus.FAILED, None, _error_line(outcome), outcome.traceback)
+
+    def _after_stop(self, held: _Held) -> Settlement | None:
+        reason = held.stop_reason
+        if reason == "cancelled":
+            return self._finish(held, TaskStatus.CANCELLED, None, "cancelled while running", None)
+        if reason == "shutdown":
+            self.counters["released"] += 1
+            return Release(held.ref)
+        return None  # lost lease, or abandoned at a hard stop: the lease brings it back
+
+    def _finish(
+        self,
+        held: _Held,
+        status: TaskStatus,
+        value: bytes | None,
+        error: str | None,
+        traceback: str | None,
+    ) -> Finish:
+        now = time.time()
+        return Finish(held.ref, status, value, error, traceback, now, now + held.claim.result_ttl)
+
+    def _forget(self, held: _Held) -> None:
+        if self._held.get(held.claim.task_id) is held:
+            del self._held[held.claim.task_id]
+        held.settled.set()
+
+    # -- settling ---------------------------------------------------------------------------
+
+    async def _settle_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._settle_wanted.wait()
+            self._settle_wanted.clear()
+            while self._pending:
+                if await self._settle_batch():
+                    failures = 0
+                else:
+                    failures += 1
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def _settle_batch(self) -> bool:
+        batch, self._pending = self._pending, []
+        try:
+            applied = await self.backend.settle([s for _, s in batch])
+        except SitqError as exc:
+            log.warning("recording %d outcomes failed (%s); retrying", len(batch), exc)
+            self._pending = batch + self._pending
+            return False
+        for (held, _), ok in zip(batch, applied, strict=True):
+            if not ok:
+                self.counters["refused"] += 1
+                log.warning(
+                    "outcome of task %s refused: its claim is no longer current", held.claim.task_id
+                )
+            self._forget(held)
+        return True
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                states = await self.backend.extend_lease([h.ref for h in held], self.lease)
+            except SitqError as exc:
+                log.warning("extending %d leases failed: %s", len(held), exc)
+                continue
+            for item, state in zip(held, states, strict=True):
+                if state is LeaseState.HELD:
+                    continue
+                if item.task is None or item.task.done() or item.settling:
+                    continue
+                if state is LeaseState.LOST:
+                    self.counters["lost"] += 1
+                    log.warning("lease on task %s lost; stopping it", item.claim.task_id)
+                    item.stop_reason = "lost"
+                    item.task.cancel()
+                elif state is LeaseState.CANCEL_REQUESTED and item.stop_reason is None:
+                    item.stop_reason = "cancelled"
+                    item.task.cancel()
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                removed = await self.backend.purge_expired(time.time())
+                if removed:
+                    log.debug("removed %d expired results", removed)
+            except SitqError as exc:
+                log.warning("purging expired results failed: %s", exc)
+            await asyncio.sleep(PURGE_INTERVAL)
+
+
+def _error_line(outcome: Outcome) -> str:
+    return outcome.error or "failed without an error message"
+
+
+class AsyncWorker(Worker):
+    """Awaits coroutine functions on its event loop; runs sync functions in threads."""
+
+    executor_class = AsyncExecutor
+
+
+class ThreadWorker(Worker):
+    """Runs every task in its own pool of ``concurrency`` threads."""
+
+    executor_class = ThreadExecutor
+
+
+class ProcessWorker(Worker):
+    """Runs every task in a pool of ``concurrency`` child processes (default: one per CPU)."""
+
+    executor_class = ProcessExecutor
+
+    def __init__(
+        self,
+        backend: Backend | str | None,
+        serializer: Serializer | None = None,
+        concurrency: int | None = None,
+        *,
+        queues: Iterable[str] = ("default",),
+        lease: float = 30.0,
+        shutdown_timeout: float = 30.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        super().__init__(
+            backend,
+            serializer,
+            concurrency,
+            queues=queues,
+            lease=lease,
+            shutdown_timeout=shutdown_timeout,
+            poll_interval=poll_interval,
+        )
+
+
+WORKER_KINDS: dict[str, type[Worker]] = {
+    "async": AsyncWorker,
+    "thread": ThreadWorker,
+    "process": ProcessWorker,
+}
+
+
+def worker_kinds() -> Sequence[str]:
+    """The names ``sitq worker --kind`` accepts."""
+    return tuple(WORKER_KINDS)
