@@ -79,15 +79,21 @@ def timed_out(timeout: float) -> Outcome:
 def load_call(serializer: Serializer, payload: bytes) -> TaskCall | Outcome:
     """Read a task call and check its signature; a permanent failure outcome if it cannot run."""
     try:
-        func, args, kwargs = serializer.loads_call(payload)
+        return serializer.loads_call(payload)
     except Exception as exc:
         return failure(exc, permanent=True, prefix=f"cannot load task ({serializer.name}): ")
+
+
+def bad_call(call: TaskCall, exc: TypeError) -> Outcome:
+    """The outcome of a call that raised ``TypeError``: permanent if the arguments do not fit
+    the function's signature (checked only now, so the common path pays nothing for it)."""
+    func, args, kwargs = call
     bad = check_signature(func, args, kwargs)
-    if bad is not None:
-        return Outcome(
-            ok=False, error=bad, traceback="", permanent=True, exc_types=exception_names(TypeError)
-        )
-    return func, args, kwargs
+    if bad is None:
+        return failure(exc)
+    return Outcome(
+        ok=False, error=bad, traceback="", permanent=True, exc_types=exception_names(TypeError)
+    )
 
 
 _signature_cache: dict[Any, inspect.Signature | None] = {}
@@ -142,9 +148,9 @@ def call_sync(serializer: Serializer, call: TaskCall) -> Outcome:
         result = func(*args, **kwargs)
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit) and not isinstance(exc, SystemExit):
-            raise
+    except TypeError as exc:
+        return bad_call(call, exc)
+    except Exception as exc:
         return failure(exc)
     return succeeded(serializer, result)
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sitq._task import (
     Outcome,
+    bad_call,
     call_sync,
     failure,
     is_async_callable,
@@ -104,8 +105,8 @@ class AsyncExecutor(_ThreadPoolMixin, Executor):
                 assert timeout is not None
                 return timed_out(timeout)
             return failure(exc)
-        except asyncio.CancelledError:
-            raise
+        except TypeError as exc:
+            return bad_call(call, exc)
         except Exception as exc:
             return failure(exc)
         return succeeded(self.serializer, value)
