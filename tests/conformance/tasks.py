@@ -1,0 +1,123 @@
+"""Task functions the conformance tests enqueue; importable by worker subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import sitq
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+async def async_add(x: int, y: int) -> int:
+    await asyncio.sleep(0)
+    return x + y
+
+
+async def noop() -> None:
+    return None
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def record(log_dir: str, label: str, sleep: float = 0.0) -> str:
+    """Append one line per execution to ``log_dir/label``; return the executing pid."""
+    started = time.time()
+    if sleep:
+        time.sleep(sleep)
+    line = json.dumps({"pid": os.getpid(), "start": started, "end": time.time()})
+    with open(Path(log_dir) / f"{label}.log", "a") as f:
+        f.write(line + "\n")
+    return f"{label}:{os.getpid()}"
+
+
+async def async_record(log_dir: str, label: str, sleep: float = 0.0) -> str:
+    """``record`` as a coroutine that sleeps without blocking the loop."""
+    started = time.time()
+    if sleep:
+        await asyncio.sleep(sleep)
+    line = json.dumps({"pid": os.getpid(), "start": started, "end": time.time()})
+    with open(Path(log_dir) / f"{label}.log", "a") as f:
+        f.write(line + "\n")
+    return f"{label}:{os.getpid()}"
+
+
+def executions(log_dir: str | Path, label: str) -> list[dict[str, float]]:
+    """The executions ``record`` logged for ``label``."""
+    path = Path(log_dir) / f"{label}.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mark_then_block(log_dir: str, label: str) -> None:
+    """Log the start, then block until killed (the crash tests kill the worker here)."""
+    with open(Path(log_dir) / f"{label}.started", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(3600)
+
+
+def started_pids(log_dir: str | Path, label: str) -> list[int]:
+    path = Path(log_dir) / f"{label}.started"
+    if not path.exists():
+        return []
+    return [int(p) for p in path.read_text().split()]
+
+
+def crash_first_time(log_dir: str, label: str) -> str:
+    """Kill the whole worker process on the first execution; succeed on later ones."""
+    marker = Path(log_dir) / f"{label}.crashed"
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def always_exit(code: int) -> None:
+    os._exit(code)
+
+
+def flaky(log_dir: str, label: str, failures: int) -> int:
+    """Fail ``failures`` times, then return the number of the attempt that succeeded."""
+    path = Path(log_dir) / f"{label}.count"
+    n = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(n))
+    if n <= failures:
+        raise ConnectionError(f"attempt {n} fails")
+    return n
+
+
+def retry_me(log_dir: str, label: str, times: int) -> int:
+    path = Path(log_dir) / f"{label}.count"
+    n = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(n))
+    if n <= times:
+        raise sitq.Retry(delay=0.05)
+    return n
+
+
+def sleep_sync(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+async def sleep_async(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom() -> None:
+    raise CustomError("custom")

@@ -1,0 +1,159 @@
+"""SPEC §1.1: enqueueing, results and state, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from sitq import (
+    AsyncWorker,
+    ConfigurationError,
+    Result,
+    SerializationError,
+    TaskFailedError,
+    TaskNotFound,
+    TaskQueue,
+    TaskStatus,
+)
+from tests.conformance import tasks
+from tests.conftest import BackendFactory
+
+
+async def test_enqueue_returns_id_and_task_is_pending(queue: TaskQueue) -> None:
+    task_id = await queue.enqueue(tasks.add, 1, 2)
+    assert isinstance(task_id, str) and task_id
+    assert await queue.get_status(task_id) == TaskStatus.PENDING
+    assert await queue.get_result(task_id) is None
+
+
+async def test_result_of_a_finished_task(queue: TaskQueue) -> None:
+    before = datetime.now(UTC)
+    task_id = await queue.enqueue(tasks.add, 2, 3)
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        result = await queue.get_result(task_id, timeout=10)
+    assert isinstance(result, Result)
+    assert result.status == "success" and str(result.status) == "success"
+    assert f"{result.status}" == "success"
+    assert result.value is not None and queue.serializer.loads(result.value) == 5
+    assert result.error is None and result.attempts == 1
+    assert result.enqueued_at is not None and result.started_at is not None
+    assert result.finished_at is not None
+    assert before <= result.enqueued_at <= result.started_at <= result.finished_at
+    assert result.finished_at.tzinfo is not None
+    assert await queue.get_status(task_id) == TaskStatus.SUCCESS
+    assert await queue.get_value(task_id) == 5
+
+
+async def test_failed_task_raises_with_remote_traceback(queue: TaskQueue) -> None:
+    task_id = await queue.enqueue(tasks.fail, "boom")
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        result = await queue.get_result(task_id, timeout=10)
+    assert result is not None and result.status == TaskStatus.FAILED
+    assert result.value is None
+    assert result.error == "ValueError: boom"
+    assert result.traceback and "in fail" in result.traceback
+    with pytest.raises(TaskFailedError) as info:
+        await queue.get_value(task_id)
+    assert "boom" in str(info.value) and "in fail" in str(info.value)
+
+
+async def test_get_value_times_out_and_unknown_ids_are_errors(queue: TaskQueue) -> None:
+    task_id = await queue.enqueue(tasks.add, 1, 1)
+    with pytest.raises(TimeoutError):
+        await queue.get_value(task_id, timeout=0.1)
+    assert await queue.get_status("no-such-task") is None
+    with pytest.raises(TaskNotFound):
+        await queue.get_result("no-such-task")
+    with pytest.raises(TaskNotFound):
+        await queue.cancel("no-such-task")
+
+
+async def test_get_result_waits_for_the_result(queue: TaskQueue) -> None:
+    task_id = await queue.enqueue(tasks.async_add, 4, 4)
+    waiter = asyncio.create_task(queue.get_result(task_id, timeout=10))
+    await asyncio.sleep(0)
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        result = await waiter
+    assert result is not None and result.status == TaskStatus.SUCCESS
+
+
+async def test_enqueue_many(queue: TaskQueue) -> None:
+    ids = await queue.enqueue_many(
+        [(tasks.add, (i, i)) for i in range(50)] + [(tasks.add, (1,), {"y": 9})]
+    )
+    assert len(ids) == len(set(ids)) == 51
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        values = [await queue.get_value(i, timeout=10) for i in ids]
+    assert values == [i + i for i in range(50)] + [10]
+
+
+async def test_explicit_task_id_makes_enqueue_idempotent(queue: TaskQueue) -> None:
+    view = queue.options(task_id="order-42")
+    assert await view.enqueue(tasks.add, 1, 1) == "order-42"
+    assert await view.enqueue(tasks.add, 100, 100) == "order-42"
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        assert await queue.get_value("order-42", timeout=10) == 2
+    # Finished with its result kept: still a no-op.
+    assert await view.enqueue(tasks.add, 5, 5) == "order-42"
+    assert await queue.get_value("order-42") == 2
+
+
+async def test_options_do_not_clash_with_task_kwargs(queue: TaskQueue) -> None:
+    def takes_options(timeout: int, priority: int, queue: str) -> str:
+        return f"{timeout}-{priority}-{queue}"
+
+    task_id = await queue.options(timeout=10).enqueue(
+        takes_options, timeout=1, priority=2, queue="q"
+    )
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        assert await queue.get_value(task_id, timeout=10) == "1-2-q"
+
+
+async def test_bad_input_fails_at_enqueue(queue: TaskQueue) -> None:
+    import socket
+
+    with pytest.raises(ConfigurationError, match="cannot take these arguments"):
+        await queue.enqueue(tasks.add, 1)
+    with pytest.raises(ConfigurationError, match="callable"):
+        await queue.enqueue("not a function")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="priority"):
+        queue.options(priority="high")
+    with pytest.raises(ConfigurationError, match="unknown task option"):
+        queue.options(retries=3)
+    with pytest.raises(ConfigurationError, match="queue"):
+        queue.options(queue="has space")
+    with pytest.raises(ConfigurationError, match="timeout"):
+        queue.options(timeout=-1)
+    with socket.socket() as sock:
+        with pytest.raises(SerializationError, match="positional argument 0"):
+            await queue.enqueue(tasks.record, sock, "x")
+    stats = await queue.stats()
+    assert sum(s.pending for s in stats) == 0
+
+
+async def test_queues_are_separate(queue: TaskQueue) -> None:
+    other = await queue.options(queue="emails").enqueue(tasks.add, 1, 2)
+    default = await queue.enqueue(tasks.add, 3, 4)
+    async with AsyncWorker(queue.backend, queues=["emails"], poll_interval=0.2):
+        assert await queue.get_value(other, timeout=10) == 3
+        assert await queue.get_status(default) == TaskStatus.PENDING
+    stats = {s.queue: s for s in await queue.stats()}
+    assert stats["emails"].succeeded == 1 and stats["default"].pending == 1
+
+
+async def test_durable_across_close_and_a_new_client(backends: BackendFactory) -> None:
+    """SPEC §2.1: an enqueued task survives the client closing (for memory: the same object)."""
+    first = TaskQueue(backends.make())
+    await first.connect()
+    task_id = await first.enqueue(tasks.add, 20, 22)
+    await first.close()
+    second = TaskQueue(backends.make())
+    await second.connect()
+    try:
+        assert await second.get_status(task_id) == TaskStatus.PENDING
+        async with AsyncWorker(second.backend, poll_interval=0.2):
+            assert await second.get_value(task_id, timeout=10) == 42
+    finally:
+        await second.close()

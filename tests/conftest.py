@@ -1,0 +1,175 @@
+"""Shared fixtures: one parametrized backend fixture for the conformance suite, worker
+subprocesses that are always cleaned up, and waiting on conditions with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sitq import MemoryBackend, SQLiteBackend, TaskQueue
+from sitq.backends.base import Backend
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BackendFactory:
+    """Makes backend objects that all point at one store, and its URL for subprocesses."""
+
+    name: str
+    make: Callable[[], Backend]
+    url: str | None
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
+
+
+def _memory(tmp_path: Path) -> BackendFactory:
+    backend = MemoryBackend()
+    return BackendFactory("memory", lambda: backend, None)
+
+
+def _sqlite(tmp_path: Path) -> BackendFactory:
+    path = tmp_path / "sitq.db"
+    return BackendFactory("sqlite", lambda: SQLiteBackend(path), f"sqlite:///{path}")
+
+
+FACTORIES: dict[str, Callable[[Path], BackendFactory]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+SHARED = [name for name in FACTORIES if name != "memory"]
+
+
+@pytest.fixture(params=list(FACTORIES))
+def backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
+    """Every backend, one test run each."""
+    return FACTORIES[request.param](tmp_path)
+
+
+@pytest.fixture(params=SHARED)
+def shared_backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
+    """Every backend that several processes can share (all but memory)."""
+    return FACTORIES[request.param](tmp_path)
+
+
+@pytest.fixture
+async def queue(backends: BackendFactory) -> AsyncIterator[TaskQueue]:
+    """A connected queue on each backend."""
+    q = TaskQueue(backends.make())
+    await q.connect()
+    yield q
+    await q.close()
+
+
+@pytest.fixture
+async def shared_queue(shared_backends: BackendFactory) -> AsyncIterator[TaskQueue]:
+    """A connected queue on each backend that processes can share."""
+    q = TaskQueue(shared_backends.make())
+    await q.connect()
+    yield q
+    await q.close()
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 15.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> None:
+    """Wait for ``condition`` to hold, failing the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+class WorkerProcesses:
+    """Starts ``sitq worker`` subprocesses and kills whatever is left at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        url: str,
+        *,
+        kind: str = "async",
+        concurrency: int = 4,
+        lease: float = 30.0,
+        queues: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (),
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            sys.executable,
+            "-m",
+            "sitq",
+            "worker",
+            url,
+            "--kind",
+            kind,
+            "-c",
+            str(concurrency),
+            "--lease",
+            str(lease),
+            "--import",
+            "tests.conformance.tasks",
+            "--log-level",
+            "WARNING",
+            "--poll-interval",
+            "0.5",
+            *extra,
+        ]
+        for q in queues:
+            args += ["-q", q]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp_path,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        return (self.tmp_path / f"worker-{self.procs.index(proc)}.log").read_text()
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+
+
+@pytest.fixture
+def worker_processes(tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Worker subprocesses for one test; all killed (with their children) afterwards."""
+    workers = WorkerProcesses(tmp_path)
+    yield workers
+    workers.kill_all()
