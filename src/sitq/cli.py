@@ -140,10 +140,13 @@ async def _run_worker(args: argparse.Namespace) -> None:
     backend = backend_from_url(args.url)
     kind = WORKER_KINDS[args.kind]
     queues = args.queues or _env_list("SITQ_QUEUES") or ["default"]
+    concurrency = args.concurrency
+    if concurrency is None and args.kind != "process":
+        concurrency = 10
     worker = kind(
         backend,
         serializer_from_name(args.serializer),
-        args.concurrency,
+        concurrency,
         queues=queues,
         lease=args.lease,
         shutdown_timeout=args.shutdown_timeout,

@@ -121,3 +121,34 @@ class CustomError(Exception):
 
 def raise_custom() -> None:
     raise CustomError("custom")
+
+
+def block_first_time(log_dir: str, label: str) -> str:
+    """Block forever in the first process that runs it (to be killed there); return at once
+    in any later one."""
+    marker = Path(log_dir) / f"{label}.first"
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        time.sleep(3600)
+    return f"done by {os.getpid()}"
+
+
+def sleep_then_pid(seconds: float) -> int:
+    """Sleep, then return the pid of the process that ran the task."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def record_item(log_dir: str, label: str, item: int) -> int:
+    """Append ``item`` to ``log_dir/label.log`` (one short line: atomic with O_APPEND)."""
+    fd = os.open(Path(log_dir) / f"{label}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{item} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return item
+
+
+def kill_own_process() -> None:
+    """Kill the process running the task (the worker itself, under an async worker)."""
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,130 @@
+"""SPEC §1.2 and §2.8: a task that cannot be loaded fails alone; the worker goes on."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from sitq import (
+    AsyncWorker,
+    JsonSerializer,
+    PickleSerializer,
+    ProcessWorker,
+    RetryPolicy,
+    TaskQueue,
+    TaskStatus,
+    ThreadWorker,
+)
+from sitq.models import NewTask
+from sitq.options import TaskOptions
+from sitq.worker import Worker
+from tests.conformance import tasks
+
+
+def _raw_task(payload: bytes, options: str | None = None) -> NewTask:
+    now = time.time()
+    return NewTask(
+        id=str(uuid.uuid4()),
+        queue="default",
+        payload=payload,
+        options=options if options is not None else TaskOptions().engine_options(),
+        priority=0,
+        eta=now,
+        enqueued_at=now,
+        result_ttl=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "kind", [AsyncWorker, ThreadWorker, ProcessWorker], ids=lambda k: k.__name__
+)
+async def test_corrupt_payload_fails_that_task_and_worker_goes_on(
+    queue: TaskQueue, kind: type[Worker]
+) -> None:
+    bad = _raw_task(b"\x80\x05garbage that is not a pickle")
+    await queue.backend.enqueue([bad])
+    good = await queue.enqueue(tasks.add, 1, 1)
+    async with kind(queue.backend, concurrency=1, poll_interval=0.2):
+        result = await queue.get_result(bad.id, timeout=20)
+        assert await queue.get_value(good, timeout=20) == 2
+    assert result is not None and result.status == TaskStatus.FAILED
+    assert result.error is not None and "cannot load task" in result.error
+
+
+async def test_bad_signature_fails_without_retry(queue: TaskQueue) -> None:
+    payload = PickleSerializer().dumps_call(tasks.add, (1,), {"z": 3})
+    options = TaskOptions(retry=RetryPolicy(max_attempts=5)).engine_options()
+    bad = _raw_task(payload, options)
+    await queue.backend.enqueue([bad])
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        result = await queue.get_result(bad.id, timeout=10)
+    assert result is not None and result.status == TaskStatus.FAILED
+    assert result.attempts == 1
+    assert result.error is not None and "cannot take these arguments" in result.error
+
+
+async def test_unknown_function_with_json(backends) -> None:  # type: ignore[no-untyped-def]
+    queue = TaskQueue(backends.make(), JsonSerializer())
+    await queue.connect()
+    try:
+        payload = json.dumps({"f": "no_such_module_xyz:func", "a": [], "k": {}}).encode()
+        bad = _raw_task(payload)
+        await queue.backend.enqueue([bad])
+        good = await queue.enqueue(tasks.add, 2, 3)
+        async with AsyncWorker(queue.backend, JsonSerializer(), poll_interval=0.2):
+            result = await queue.get_result(bad.id, timeout=10)
+            assert await queue.get_value(good, timeout=10) == 5
+        assert result is not None and result.status == TaskStatus.FAILED
+        assert "no_such_module_xyz" in (result.error or "")
+    finally:
+        await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("{not json", "cannot read task options"),
+        ('{"v": 99}', "format version 99"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+)
+async def test_unreadable_options_fail_the_task(
+    queue: TaskQueue, options: str, message: str
+) -> None:
+    bad = _raw_task(PickleSerializer().dumps_call(tasks.add, (1, 2), {}), options)
+    await queue.backend.enqueue([bad])
+    good = await queue.enqueue(tasks.add, 1, 1)
+    async with AsyncWorker(queue.backend, concurrency=1, poll_interval=0.2):
+        result = await queue.get_result(bad.id, timeout=10)
+        assert await queue.get_value(good, timeout=10) == 2
+    assert result is not None and result.status == TaskStatus.FAILED
+    assert message in (result.error or "")
+
+
+async def test_unserializable_return_value_fails_the_task(queue: TaskQueue) -> None:
+    import threading
+
+    task_id = await queue.enqueue(threading.Lock)
+    async with AsyncWorker(queue.backend, poll_interval=0.2):
+        result = await queue.get_result(task_id, timeout=10)
+    assert result is not None and result.status == TaskStatus.FAILED
+    assert "return value cannot be serialized" in (result.error or "")
+
+
+def test_json_serializer_rejects_what_it_cannot_carry_at_enqueue() -> None:
+    from sitq import SerializationError
+
+    queue = TaskQueue("memory://", JsonSerializer())
+    with pytest.raises(SerializationError, match="import path"):
+        _run(queue.enqueue(lambda: 1))
+    with pytest.raises(SerializationError, match=r"args\[0\]"):
+        _run(queue.enqueue(tasks.add, {1, 2}, 3))
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    import asyncio
+
+    return asyncio.run(coro)
