@@ -99,10 +99,32 @@ def bad_call(call: TaskCall, exc: TypeError) -> Outcome:
 _signature_cache: dict[Any, inspect.Signature | None] = {}
 
 
+_fitting_shapes: set[tuple[Any, int, frozenset[str]]] = set()
+
+
 def check_signature(
     func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> str | None:
-    """A clear message if ``func`` cannot be called with these arguments, else ``None``."""
+    """A clear message if ``func`` cannot be called with these arguments, else ``None``.
+
+    Whether arguments bind depends only on how many are positional and which keywords are
+    given, so a shape that fitted once is remembered and not checked again.
+    """
+    try:
+        shape = (func, len(args), frozenset(kwargs))
+        if shape in _fitting_shapes:
+            return None
+    except TypeError:  # unhashable callable
+        shape = None
+    message = _bind_message(func, args, kwargs)
+    if message is None and shape is not None and len(_fitting_shapes) < 4096:
+        _fitting_shapes.add(shape)
+    return message
+
+
+def _bind_message(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str | None:
     try:
         sig = _signature_cache.get(func)
         if sig is None and func not in _signature_cache:

@@ -102,15 +102,20 @@ class TaskOptions:
 
     def engine_options(self) -> str:
         """The options the engine needs at run time, as the JSON text stored with the task."""
-        return json.dumps(
-            {
-                "v": 1,
-                "timeout": self.timeout,
-                "retry": None if self.retry is NO_RETRY else self.retry.to_dict(),
-                "max_deliveries": self.max_deliveries,
-            },
-            separators=(",", ":"),
-        )
+        return _engine_options_text(self.timeout, self.retry, self.max_deliveries)
+
+
+@functools.lru_cache(maxsize=256)
+def _engine_options_text(timeout: float | None, retry: RetryPolicy, max_deliveries: int) -> str:
+    return json.dumps(
+        {
+            "v": 1,
+            "timeout": timeout,
+            "retry": None if retry == NO_RETRY else retry.to_dict(),
+            "max_deliveries": max_deliveries,
+        },
+        separators=(",", ":"),
+    )
 
 
 def _check(name: str, value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""sitq's benchmarks: ``python -m benchmarks`` (see README, Performance)."""

@@ -1,0 +1,239 @@
+"""Run sitq's benchmarks and print a markdown table; write the figures as JSON.
+
+    python -m benchmarks [--backend sqlite] [--runs 3] [--tasks 20000] [--json PATH]
+
+Workloads (medians over ``--runs`` runs, each on a fresh store):
+
+* enqueue (one at a time): ``await queue.enqueue(noop)`` in a loop, one client.
+* enqueue_many: batches of 1,000.
+* drain: tasks already queued, one worker *process* (``AsyncWorker``, concurrency 10),
+  from the moment it is told to start until the last result is stored.
+* latency: enqueue-to-result with an idle worker in another process, one task at a time;
+  p50/p95/p99 in milliseconds.
+* idle CPU: CPU seconds an idle worker process uses per wall second.
+
+Speed is measured here and only here; the test suite asserts no timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import tasks
+from sitq import TaskQueue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def sqlite_store() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="sitq-bench-") as tmp:
+        yield f"sqlite:///{tmp}/bench.db"
+
+
+STORES: dict[str, Callable[[], Any]] = {"sqlite": sqlite_store}
+
+
+class WorkerProcess:
+    """A worker in its own process, driven over stdin."""
+
+    def __init__(self, url: str, kind: str = "async", concurrency: int = 10) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._worker", url, kind, str(concurrency)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self._expect("ready")
+
+    def _expect(self, word: str) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != word:
+            raise RuntimeError(f"benchmark worker said {line!r}, expected {word!r}")
+
+    def _send(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+
+    def go(self) -> None:
+        self._send("go")
+        self._expect("started")
+
+    def stop(self) -> None:
+        self._send("stop")
+        self.proc.wait(timeout=60)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_enqueue(url: str, n: int) -> float:
+    async with TaskQueue(url) as queue:
+        start = time.perf_counter()
+        for _ in range(n):
+            await queue.enqueue(tasks.noop)
+        return n / (time.perf_counter() - start)
+
+
+async def bench_enqueue_many(url: str, n: int, batch: int = 1000) -> float:
+    async with TaskQueue(url) as queue:
+        calls = [(tasks.noop, ())] * batch
+        start = time.perf_counter()
+        for _ in range(n // batch):
+            await queue.enqueue_many(calls)
+        return (n // batch) * batch / (time.perf_counter() - start)
+
+
+async def bench_drain(url: str, n: int, func: Callable[[], Any] = tasks.noop) -> float:
+    async with TaskQueue(url) as queue:
+        ids: list[str] = []
+        for _ in range(n // 1000):
+            ids += await queue.enqueue_many([(func, ())] * 1000)
+        worker = WorkerProcess(url)
+        try:
+            start = time.perf_counter()
+            worker.go()
+            await queue.get_result(ids[-1], timeout=600)
+            while True:
+                done = sum(s.succeeded for s in await queue.stats())
+                if done >= len(ids):
+                    break
+                await asyncio.sleep(0.01)
+            return len(ids) / (time.perf_counter() - start)
+        finally:
+            worker.stop()
+
+
+async def bench_latency(url: str, n: int) -> dict[str, float]:
+    async with TaskQueue(url) as queue:
+        worker = WorkerProcess(url)
+        try:
+            worker.go()
+            await queue.get_result(await queue.enqueue(tasks.noop), timeout=30)
+            samples = []
+            cpu_before, wall_before = worker.cpu_seconds(), time.perf_counter()
+            for _ in range(n):
+                start = time.perf_counter()
+                result = await queue.get_result(await queue.enqueue(tasks.noop), timeout=30)
+                samples.append((time.perf_counter() - start) * 1000)
+                assert result is not None
+            cpu_busy = worker.cpu_seconds() - cpu_before
+            busy_wall = time.perf_counter() - wall_before
+            await asyncio.sleep(2.0)
+            idle_cpu = (worker.cpu_seconds() - cpu_before - cpu_busy) / 2.0
+        finally:
+            worker.stop()
+    samples.sort()
+    return {
+        "p50_ms": statistics.median(samples),
+        "p95_ms": samples[int(len(samples) * 0.95) - 1],
+        "p99_ms": samples[int(len(samples) * 0.99) - 1],
+        "worker_cpu_per_task_ms": cpu_busy / n * 1000,
+        "wall_s": busy_wall,
+        "idle_cpu_fraction": idle_cpu,
+    }
+
+
+async def run_backend(name: str, runs: int, n: int, latency_n: int) -> dict[str, Any]:
+    store = STORES[name]
+    collected: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        collected.setdefault(key, []).append(value)
+
+    for run in range(runs):
+        with store() as url:
+            add("enqueue_per_s", await bench_enqueue(url, min(n, 5000)))
+        with store() as url:
+            add("enqueue_many_per_s", await bench_enqueue_many(url, n))
+        with store() as url:
+            add("drain_per_s", await bench_drain(url, n))
+        with store() as url:
+            add("drain_sleep_10ms_per_s", await bench_drain(url, min(n, 5000), tasks.sleep_10ms))
+        with store() as url:
+            for key, value in (await bench_latency(url, latency_n)).items():
+                add(f"latency_{key}", value)
+        print(f"  {name}: run {run + 1}/{runs} done", file=sys.stderr, flush=True)
+    return {
+        "runs": collected,
+        "median": {key: statistics.median(values) for key, values in collected.items()},
+    }
+
+
+ROWS = [
+    ("enqueue, one at a time (tasks/s)", "enqueue_per_s", "{:,.0f}"),
+    ("enqueue_many, batches of 1,000 (tasks/s)", "enqueue_many_per_s", "{:,.0f}"),
+    ("drain, 1 worker process, no-op (tasks/s)", "drain_per_s", "{:,.0f}"),
+    ("drain, 1 worker process, 10 ms sleep (tasks/s)", "drain_sleep_10ms_per_s", "{:,.0f}"),
+    ("enqueue-to-result p50 (ms)", "latency_p50_ms", "{:.2f}"),
+    ("enqueue-to-result p95 (ms)", "latency_p95_ms", "{:.2f}"),
+    ("enqueue-to-result p99 (ms)", "latency_p99_ms", "{:.2f}"),
+    ("idle worker CPU (fraction of a core)", "latency_idle_cpu_fraction", "{:.4f}"),
+]
+
+
+def table(results: dict[str, Any]) -> str:
+    names = list(results)
+    lines = ["| workload | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, key, fmt in ROWS:
+        cells = [fmt.format(results[b]["median"][key]) for b in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--backend", action="append", choices=sorted(STORES))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
+    )
+    args = parser.parse_args()
+    results = {}
+    for name in args.backend or list(STORES):
+        results[name] = asyncio.run(run_backend(name, args.runs, args.tasks, args.latency_samples))
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "results": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"\n{report['date']}, {report['command']}, medians of {args.runs} runs\n")
+    print(table(results))
+    print(f"\nfigures: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

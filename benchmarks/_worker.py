@@ -1,0 +1,30 @@
+"""One benchmark worker process: connects, says ``ready``, starts on ``go``, stops on ``stop``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from sitq import backend_from_url
+from sitq.worker import WORKER_KINDS
+
+
+async def main(url: str, kind: str, concurrency: int) -> None:
+    worker = WORKER_KINDS[kind](backend_from_url(url), concurrency=concurrency, poll_interval=1.0)
+    await worker.backend.connect()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("ready", flush=True)
+    while line := (await reader.readline()).decode().strip():
+        if line == "go":
+            await worker.start()
+            print("started", flush=True)
+        elif line == "stop":
+            break
+    await worker.stop()
+    await worker.backend.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
