@@ -17,7 +17,7 @@ from sitq.retry import NO_RETRY, RetryPolicy
 
 DEFAULT_RESULT_TTL = 86_400.0
 DEFAULT_MAX_DELIVERIES = 5
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 OPTION_NAMES = frozenset(
     {
@@ -36,7 +36,7 @@ OPTION_NAMES = frozenset(
 
 def check_queue_name(name: Any, what: str = "queue") -> str:
     """A valid queue name (1-100 letters, digits, ``_``, ``-``) or :class:`ConfigurationError`."""
-    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise ConfigurationError(
             f"{what}={name!r} is not a valid queue name: use 1-100 letters, digits, '_' or '-' "
             "(the same names must work on every backend)"
@@ -63,9 +63,13 @@ def _seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or math.isinf(value) or value <= 0:
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if math.isnan(number) or math.isinf(number) or number <= 0:
         raise ConfigurationError(f"{name} must be a finite number of seconds > 0, not {value!r}")
-    return float(value)
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,15 @@ class EngineOptions:
 @functools.lru_cache(maxsize=1024)
 def parse_engine_options(text: str) -> EngineOptions:
     """Read the JSON text made by ``TaskOptions.engine_options``; raise ``ValueError`` if bad."""
+    try:
+        return _parse_engine_options(text)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"task options are malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _parse_engine_options(text: str) -> EngineOptions:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("task options are not a JSON object")

@@ -17,11 +17,15 @@ from sitq.errors import ConfigurationError
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if math.isnan(number) or number < 0 or (number == 0 and not allow_zero) or math.isinf(number):
         raise ConfigurationError(f"{name} must be a finite number >= 0, not {value!r}")
-    return float(value)
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +68,22 @@ class ExponentialBackoff:
         if factor < 1:
             raise ConfigurationError(f"ExponentialBackoff.factor must be >= 1, not {factor!r}")
         object.__setattr__(self, "factor", factor)
+        if not isinstance(self.jitter, bool):
+            raise ConfigurationError(
+                f"ExponentialBackoff.jitter must be True or False, not {self.jitter!r}"
+            )
 
     def delay_for(self, retry_number: int) -> float:
         """Seconds to wait before retry number ``retry_number`` (1 for the first retry)."""
         exponent = max(retry_number - 1, 0)
-        try:
-            base = min(self.initial * self.factor**exponent, self.max_delay)
-        except OverflowError:
+        if self.initial == 0 or self.factor == 1:
+            base = min(self.initial, self.max_delay)
+        elif _log_growth(exponent, self.factor) + math.log(self.initial) >= math.log(
+            self.max_delay or math.ulp(0)
+        ):
             base = self.max_delay
+        else:
+            base = min(self.initial * self.factor**exponent, self.max_delay)
         return random.uniform(0, base) if self.jitter else base
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +95,13 @@ class ExponentialBackoff:
             "max_delay": self.max_delay,
             "jitter": self.jitter,
         }
+
+
+def _log_growth(exponent: int, factor: float) -> float:
+    try:
+        return exponent * math.log(factor)
+    except OverflowError:
+        return math.inf
 
 
 Backoff = FixedBackoff | ExponentialBackoff
@@ -137,7 +156,7 @@ class RetryPolicy:
                 f"not {self.backoff!r}"
             )
         retry_on: Iterable[Any] = self.retry_on
-        if isinstance(retry_on, type):
+        if isinstance(retry_on, type | str):
             retry_on = (retry_on,)
         names: list[str] = []
         for item in retry_on:

@@ -47,9 +47,9 @@ def import_path(path: str) -> Any:
         raise SerializationError(f"{path!r} is not an import path of the form 'module:qualname'")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or whatever the module raised while importing
         raise SerializationError(
-            f"cannot import module {module_name!r} for {path!r}: {exc}"
+            f"cannot import module {module_name!r} for {path!r}: {type(exc).__name__}: {exc}"
         ) from exc
     for part in qualname.split("."):
         try:
@@ -179,20 +179,25 @@ def _json_default_path(obj: Any, path: str) -> str:
     return f"{path} ({_describe(obj)}) is not JSON serializable"
 
 
-def _check_json(value: Any, path: str) -> None:
+def _check_json(value: Any, path: str, parents: frozenset[int] = frozenset()) -> None:
     if value is None or isinstance(value, bool | int | float | str):
         return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_json(item, f"{path}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise SerializationError(
-                    f"{path} has a non-string key {key!r}: JSON object keys must be strings"
-                )
-            _check_json(item, f"{path}[{key!r}]")
+    if isinstance(value, list | tuple | dict):
+        if id(value) in parents:
+            raise SerializationError(f"{path} refers back to itself: JSON cannot carry cycles")
+        if len(parents) > 500:
+            raise SerializationError(f"{path} is nested too deeply for JSON")
+        inner = parents | {id(value)}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise SerializationError(
+                        f"{path} has a non-string key {key!r}: JSON object keys must be strings"
+                    )
+                _check_json(item, f"{path}[{key!r}]", inner)
+        else:
+            for i, item in enumerate(value):
+                _check_json(item, f"{path}[{i}]", inner)
         return
     raise SerializationError(_json_default_path(value, path))
 
@@ -209,15 +214,14 @@ class JsonSerializer(Serializer):
         try:
             return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
         except (TypeError, ValueError, RecursionError) as exc:
-            if not isinstance(exc, RecursionError):
-                _check_json(obj, "value")
+            _check_json(obj, "value")
             raise SerializationError(f"value cannot be encoded as JSON: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
         """Decode JSON bytes."""
         try:
             return json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"payload is not valid JSON ({exc})") from exc
 
     def dumps_call(

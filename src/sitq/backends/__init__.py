@@ -54,7 +54,11 @@ def backend_from_url(url: str) -> Backend:
             f"{url!r} is not a backend URL: use e.g. sqlite:///sitq.db, "
             "postgresql://user@host/db, redis://host:6379/0 or nats://host:4222"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise ConfigurationError(
@@ -84,9 +88,12 @@ def backend_from_url(url: str) -> Backend:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "<unparsable URL>"
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
 

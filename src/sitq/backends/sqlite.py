@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sqlite3
 import threading
@@ -122,7 +123,7 @@ class SQLiteBackend(Backend):
         busy_timeout: float = 30.0,
     ) -> None:
         self.db_path = os.fspath(db_path)
-        if not self.db_path or self.db_path == ":memory:":
+        if not self.db_path or self.db_path == ":memory:" or os.path.isdir(self.db_path):
             raise ConfigurationError(
                 "SQLiteBackend needs a file path (worker processes share the file); "
                 "for an in-process queue use MemoryBackend()"
@@ -132,7 +133,7 @@ class SQLiteBackend(Backend):
                 f"synchronous={synchronous!r}: use one of {', '.join(_SYNCHRONOUS)}"
             )
         self.synchronous = synchronous.lower()
-        if busy_timeout <= 0:
+        if not 0 < busy_timeout < math.inf:
             raise ConfigurationError(f"busy_timeout must be > 0 seconds, not {busy_timeout!r}")
         self.busy_timeout = float(busy_timeout)
         self._conn: sqlite3.Connection | None = None

@@ -1,0 +1,268 @@
+"""Task options: each option checked where it is given, and the engine's JSON form."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from sitq.errors import ConfigurationError
+from sitq.options import (
+    DEFAULT_MAX_DELIVERIES,
+    OPTION_NAMES,
+    EngineOptions,
+    TaskOptions,
+    check_queue_name,
+    check_task_id,
+    parse_engine_options,
+)
+from sitq.retry import NO_RETRY, ExponentialBackoff, FixedBackoff, RetryPolicy
+
+# -- merge ---------------------------------------------------------------------------------
+
+
+def test_merge_returns_new_options_and_leaves_original_alone() -> None:
+    base = TaskOptions()
+    merged = base.merge(queue="emails", priority=5, timeout=3)
+    assert (merged.queue, merged.priority, merged.timeout) == ("emails", 5, 3.0)
+    assert isinstance(merged.timeout, float)
+    assert base == TaskOptions()
+
+
+def test_merge_with_nothing_is_equal() -> None:
+    options = TaskOptions(queue="q", priority=3)
+    assert options.merge() == options
+
+
+def test_merge_retry_none_means_no_retry() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert TaskOptions().merge(retry=policy).retry is policy
+    assert TaskOptions().merge(retry=policy).merge(retry=None).retry is NO_RETRY
+
+
+def test_merge_accepts_boundary_values() -> None:
+    options = TaskOptions().merge(
+        queue="a" * 100,
+        priority=2**31 - 1,
+        task_id="x" * 255,
+        result_ttl=0.001,
+        max_deliveries=1,
+        concurrency_key="k",
+        concurrency_limit=1,
+        timeout=None,
+    )
+    assert options.priority == 2**31 - 1
+    assert TaskOptions().merge(priority=-(2**31)).priority == -(2**31)
+    assert TaskOptions().merge(queue="A-z_0-9").queue == "A-z_0-9"
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("queue", ""),
+        ("queue", "has space"),
+        ("queue", "dots.not.allowed"),
+        ("queue", "q" * 101),
+        ("queue", "ünïcode"),
+        ("queue", None),
+        ("queue", 5),
+        ("retry", "3 times"),
+        ("retry", 3),
+        ("retry", FixedBackoff(1)),
+        ("timeout", 0),
+        ("timeout", -1),
+        ("timeout", math.nan),
+        ("timeout", math.inf),
+        ("timeout", True),
+        ("timeout", "5"),
+        ("result_ttl", None),
+        ("result_ttl", 0),
+        ("result_ttl", -5.0),
+        ("result_ttl", math.inf),
+        ("priority", 1.5),
+        ("priority", True),
+        ("priority", "1"),
+        ("priority", None),
+        ("priority", 2**31),
+        ("priority", -(2**31) - 1),
+        ("task_id", ""),
+        ("task_id", "has space"),
+        ("task_id", "tab\there"),
+        ("task_id", "nul\x00"),
+        ("task_id", "x" * 256),
+        ("task_id", 123),
+        ("max_deliveries", 0),
+        ("max_deliveries", -1),
+        ("max_deliveries", True),
+        ("max_deliveries", 2.0),
+        ("max_deliveries", None),
+        ("concurrency_key", ""),
+        ("concurrency_key", 5),
+        ("concurrency_limit", 0),
+        ("concurrency_limit", True),
+        ("concurrency_limit", 1.5),
+    ],
+)
+def test_merge_rejects_bad_values_naming_the_option(name: str, bad: Any) -> None:
+    changes: dict[str, Any] = {name: bad}
+    # Give the partner of a concurrency option so only the bad value can be blamed.
+    if name == "concurrency_key":
+        changes["concurrency_limit"] = 2
+    if name == "concurrency_limit":
+        changes["concurrency_key"] = "k"
+    with pytest.raises(ConfigurationError) as info:
+        TaskOptions().merge(**changes)
+    assert name in str(info.value)
+
+
+def test_merge_lists_unknown_options_and_valid_ones() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        TaskOptions().merge(queue="ok", retries=3, delay=1)
+    message = str(info.value)
+    assert "['delay', 'retries']" in message
+    assert str(sorted(OPTION_NAMES)) in message
+
+
+def test_merge_unknown_option_is_rejected_before_values_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="unknown task option"):
+        TaskOptions().merge(queue="bad name", bogus=1)
+
+
+def test_concurrency_key_without_limit_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="concurrency_key and concurrency_limit"):
+        TaskOptions().merge(concurrency_key="user-1")
+
+
+def test_concurrency_limit_without_key_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="concurrency_key and concurrency_limit"):
+        TaskOptions().merge(concurrency_limit=2)
+
+
+def test_concurrency_pair_can_be_set_and_cleared_together() -> None:
+    options = TaskOptions().merge(concurrency_key="user-1", concurrency_limit=2)
+    assert (options.concurrency_key, options.concurrency_limit) == ("user-1", 2)
+    cleared = options.merge(concurrency_key=None, concurrency_limit=None)
+    assert (cleared.concurrency_key, cleared.concurrency_limit) == (None, None)
+    with pytest.raises(ConfigurationError, match="go together"):
+        options.merge(concurrency_limit=None)
+
+
+def test_concurrency_limit_can_change_alone_when_key_is_set() -> None:
+    options = TaskOptions().merge(concurrency_key="k", concurrency_limit=2)
+    assert options.merge(concurrency_limit=5).concurrency_limit == 5
+
+
+# -- queue names and task ids --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "a", "Q_1-x", "9" * 100])
+def test_check_queue_name_accepts_valid_names(name: str) -> None:
+    assert check_queue_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", " ", "a/b", "a:b", "é", "x" * 101, b"default", None])
+def test_check_queue_name_rejects_invalid_names(name: Any) -> None:
+    with pytest.raises(ConfigurationError, match="not a valid queue name"):
+        check_queue_name(name)
+
+
+def test_check_queue_name_names_the_argument() -> None:
+    with pytest.raises(ConfigurationError, match=r"^queues='a b'"):
+        check_queue_name("a b", "queues")
+
+
+@pytest.mark.parametrize("task_id", ["a", "order-42", "ünïcode-ok", "x" * 255, "a:b/c?d"])
+def test_check_task_id_accepts_valid_ids(task_id: str) -> None:
+    assert check_task_id(task_id) == task_id
+
+
+@pytest.mark.parametrize(
+    "task_id", ["", "a b", "a\nb", "trailing\n", "\u00a0nbsp", "bell\x07", "x" * 256, 1, None]
+)
+def test_check_task_id_rejects_invalid_ids(task_id: Any) -> None:
+    with pytest.raises(ConfigurationError, match="task_id="):
+        check_task_id(task_id)
+
+
+# -- engine options ------------------------------------------------------------------------
+
+
+def test_engine_options_default_round_trip() -> None:
+    text = TaskOptions().engine_options()
+    assert json.loads(text) == {
+        "v": 1,
+        "timeout": None,
+        "retry": None,
+        "max_deliveries": DEFAULT_MAX_DELIVERIES,
+    }
+    parsed = parse_engine_options(text)
+    assert parsed == EngineOptions(
+        timeout=None, retry=NO_RETRY, max_deliveries=DEFAULT_MAX_DELIVERIES
+    )
+    assert parsed.retry is NO_RETRY
+
+
+def test_engine_options_round_trip_with_retry_and_timeout() -> None:
+    policy = RetryPolicy(
+        max_attempts=4,
+        backoff=ExponentialBackoff(initial=0.5, factor=3, max_delay=20, jitter=False),
+        retry_on=("builtins:KeyError", "app.errors:Flaky"),
+    )
+    options = TaskOptions().merge(timeout=2.5, retry=policy, max_deliveries=7)
+    parsed = parse_engine_options(options.engine_options())
+    assert parsed == EngineOptions(timeout=2.5, retry=policy, max_deliveries=7)
+
+
+def test_engine_options_leave_out_what_the_engine_does_not_need() -> None:
+    options = TaskOptions().merge(queue="q", priority=9, task_id="t1", result_ttl=60)
+    assert set(json.loads(options.engine_options())) == {
+        "v",
+        "timeout",
+        "retry",
+        "max_deliveries",
+    }
+
+
+def test_parse_engine_options_defaults_missing_fields() -> None:
+    parsed = parse_engine_options('{"v": 1}')
+    assert parsed == EngineOptions(
+        timeout=None, retry=NO_RETRY, max_deliveries=DEFAULT_MAX_DELIVERIES
+    )
+
+
+@pytest.mark.parametrize("text", ["", "not json", "{", "{'v': 1}"])
+def test_parse_engine_options_rejects_bad_json(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - json's own error, any message
+        parse_engine_options(text)
+
+
+@pytest.mark.parametrize("text", ["[]", "[1]", '"v"', "1", "null"])
+def test_parse_engine_options_rejects_non_objects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a JSON object"):
+        parse_engine_options(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"), [('{"v": 2}', "2"), ("{}", "None"), ('{"v": "1"}', "'1'")]
+)
+def test_parse_engine_options_rejects_other_versions_naming_both(text: str, shown: str) -> None:
+    with pytest.raises(ValueError, match="version") as info:
+        parse_engine_options(text)
+    message = str(info.value)
+    assert f"format version {shown}" in message
+    assert "reads version 1" in message
+
+
+# -- edge cases that once slipped through ------------------------------------------------
+
+
+def test_check_queue_name_rejects_trailing_newline() -> None:
+    with pytest.raises(ConfigurationError):
+        check_queue_name("default\n")
+
+
+def test_merge_timeout_int_too_large_for_float_raises_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        TaskOptions().merge(timeout=10**400)
