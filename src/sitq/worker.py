@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -54,7 +54,6 @@ class _Held:
     task: asyncio.Task[None] | None = None
     stop_reason: str | None = None
     settling: bool = False
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -406,7 +405,6 @@ class Worker:
     def _forget(self, held: _Held) -> None:
         if self._held.get(held.claim.task_id) is held:
             del self._held[held.claim.task_id]
-        held.settled.set()
 
     # -- settling ---------------------------------------------------------------------------
 

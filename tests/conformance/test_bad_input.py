@@ -1,7 +1,8 @@
-"""SPEC §1.2 and §2.8: a task that cannot be loaded fails alone; the worker goes on."""
+"""SPEC §2.8: a task that cannot be loaded fails alone; the worker goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -14,6 +15,7 @@ from sitq import (
     PickleSerializer,
     ProcessWorker,
     RetryPolicy,
+    SerializationError,
     TaskQueue,
     TaskStatus,
     ThreadWorker,
@@ -22,6 +24,8 @@ from sitq.models import NewTask
 from sitq.options import TaskOptions
 from sitq.worker import Worker
 from tests.conformance import tasks
+
+KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
 
 def _raw_task(payload: bytes, options: str | None = None) -> NewTask:
@@ -115,7 +119,6 @@ async def test_unserializable_return_value_fails_the_task(queue: TaskQueue) -> N
 
 
 def test_json_serializer_rejects_what_it_cannot_carry_at_enqueue() -> None:
-    from sitq import SerializationError
 
     queue = TaskQueue("memory://", JsonSerializer())
     with pytest.raises(SerializationError, match="import path"):
@@ -125,6 +128,5 @@ def test_json_serializer_rejects_what_it_cannot_carry_at_enqueue() -> None:
 
 
 def _run(coro):  # type: ignore[no-untyped-def]
-    import asyncio
 
     return asyncio.run(coro)

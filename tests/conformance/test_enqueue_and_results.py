@@ -1,24 +1,30 @@
-"""SPEC §1.1: enqueueing, results and state, on every backend."""
+"""SPEC §1.1: enqueueing, results, state and cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from sitq import (
     AsyncWorker,
     ConfigurationError,
+    ProcessWorker,
     Result,
     SerializationError,
     TaskFailedError,
     TaskNotFound,
     TaskQueue,
     TaskStatus,
+    ThreadWorker,
 )
+from sitq.worker import Worker
 from tests.conformance import tasks
-from tests.conftest import BackendFactory
+from tests.conftest import wait_until
+
+KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
 
 async def test_enqueue_returns_id_and_task_is_pending(queue: TaskQueue) -> None:
@@ -143,17 +149,20 @@ async def test_queues_are_separate(queue: TaskQueue) -> None:
     assert stats["emails"].succeeded == 1 and stats["default"].pending == 1
 
 
-async def test_durable_across_close_and_a_new_client(backends: BackendFactory) -> None:
-    """SPEC §2.1: an enqueued task survives the client closing (for memory: the same object)."""
-    first = TaskQueue(backends.make())
-    await first.connect()
-    task_id = await first.enqueue(tasks.add, 20, 22)
-    await first.close()
-    second = TaskQueue(backends.make())
-    await second.connect()
-    try:
-        assert await second.get_status(task_id) == TaskStatus.PENDING
-        async with AsyncWorker(second.backend, poll_interval=0.2):
-            assert await second.get_value(task_id, timeout=10) == 42
-    finally:
-        await second.close()
+async def test_cancel_pending_and_running(queue: TaskQueue, tmp_path: Path) -> None:
+    pending = await queue.enqueue_in(60, tasks.add, 1, 1)
+    assert await queue.cancel(pending) is True
+    result = await queue.get_result(pending)
+    assert result is not None and result.status == TaskStatus.CANCELLED
+    assert await queue.cancel(pending) is False
+    running = await queue.enqueue(tasks.sleep_async, 60)
+    async with AsyncWorker(queue.backend, lease=1.5, poll_interval=0.2):
+        await wait_until(lambda: queue.get_status(running), message="running")
+        await wait_until(lambda: _status_is(queue, running, TaskStatus.RUNNING), message="running")
+        assert await queue.cancel(running) is True
+        result = await queue.get_result(running, timeout=10)
+    assert result is not None and result.status == TaskStatus.CANCELLED
+
+
+async def _status_is(queue: TaskQueue, task_id: str, status: TaskStatus) -> bool:
+    return await queue.get_status(task_id) == status

@@ -1,4 +1,4 @@
-"""SPEC §1.3 and §2.4: retries, timeouts, scheduling, priority order, cancellation."""
+"""SPEC §1.3: retries, timeouts and scheduling."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from sitq import (
 )
 from sitq.worker import Worker
 from tests.conformance import tasks
-from tests.conftest import wait_until
 
 KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
@@ -91,20 +90,6 @@ async def test_timeout_is_retried_as_timeout_error(queue: TaskQueue) -> None:
     assert result is not None and result.status == TaskStatus.FAILED and result.attempts == 2
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
-async def test_every_kind_runs_sync_and_async_functions(
-    queue: TaskQueue, kind: type[Worker]
-) -> None:
-    ids = [
-        await queue.enqueue(tasks.add, 1, 2),
-        await queue.enqueue(tasks.async_add, 3, 4),
-        await queue.enqueue(lambda: "lambda"),
-    ]
-    async with kind(queue.backend, concurrency=2, poll_interval=0.2):
-        values = [await queue.get_value(i, timeout=20) for i in ids]
-    assert values == [3, 7, "lambda"]
-
-
 async def test_enqueue_in_and_at_do_not_start_early(queue: TaskQueue, tmp_path: Path) -> None:
     start = time.time()
     later = await queue.enqueue_in(0.8, tasks.record, str(tmp_path), "later")
@@ -120,58 +105,3 @@ async def test_enqueue_in_and_at_do_not_start_early(queue: TaskQueue, tmp_path: 
     for label in ("later", "at", "naive"):
         (run,) = tasks.executions(tmp_path, label)
         assert run["start"] >= start + 0.75, label
-
-
-async def test_higher_priority_first_then_fifo(queue: TaskQueue, tmp_path: Path) -> None:
-    labels = []
-    for i, priority in enumerate([0, 5, 0, 9, 5, 0]):
-        label = f"p{priority}-{i}"
-        labels.append((priority, i, label))
-        await queue.options(priority=priority).enqueue(tasks.record, str(tmp_path), "order", 0.0)
-        await queue.options(priority=priority).enqueue(tasks.record, str(tmp_path), label)
-    # One slot: the order of execution is the order of claims.
-    async with AsyncWorker(queue.backend, concurrency=1, poll_interval=0.2):
-        await wait_until(lambda: len(tasks.executions(tmp_path, "order")) == 6)
-        await wait_until(lambda: all(tasks.executions(tmp_path, lb) for _, _, lb in labels))
-    starts = {lb: tasks.executions(tmp_path, lb)[0]["start"] for _, _, lb in labels}
-    expected = [lb for _, _, lb in sorted(labels, key=lambda t: (-t[0], t[1]))]
-    assert sorted(starts, key=lambda lb: starts[lb]) == expected
-
-
-async def test_cancel_pending_and_running(queue: TaskQueue, tmp_path: Path) -> None:
-    pending = await queue.enqueue_in(60, tasks.add, 1, 1)
-    assert await queue.cancel(pending) is True
-    result = await queue.get_result(pending)
-    assert result is not None and result.status == TaskStatus.CANCELLED
-    assert await queue.cancel(pending) is False
-    running = await queue.enqueue(tasks.sleep_async, 60)
-    async with AsyncWorker(queue.backend, lease=1.5, poll_interval=0.2):
-        await wait_until(lambda: queue.get_status(running), message="running")
-        await wait_until(lambda: _status_is(queue, running, TaskStatus.RUNNING), message="running")
-        assert await queue.cancel(running) is True
-        result = await queue.get_result(running, timeout=10)
-    assert result is not None and result.status == TaskStatus.CANCELLED
-
-
-async def _status_is(queue: TaskQueue, task_id: str, status: TaskStatus) -> bool:
-    return await queue.get_status(task_id) == status
-
-
-async def test_stop_releases_unfinished_tasks_without_charging(queue: TaskQueue) -> None:
-    task_id = await queue.enqueue(tasks.sleep_async, 60)
-    worker = AsyncWorker(queue.backend, shutdown_timeout=0.2, poll_interval=0.2)
-    await worker.start()
-    await wait_until(lambda: _status_is(queue, task_id, TaskStatus.RUNNING), message="running")
-    await worker.stop()
-    assert await queue.get_status(task_id) == TaskStatus.PENDING
-    snap = await queue.backend.get_task(task_id)
-    assert snap is not None and snap.attempts == 0
-
-
-async def test_stop_waits_for_running_tasks(queue: TaskQueue) -> None:
-    task_id = await queue.enqueue(tasks.sleep_async, 0.5)
-    worker = AsyncWorker(queue.backend, shutdown_timeout=10, poll_interval=0.2)
-    await worker.start()
-    await wait_until(lambda: _status_is(queue, task_id, TaskStatus.RUNNING), message="running")
-    await worker.stop()
-    assert await queue.get_value(task_id) == "slept"

@@ -23,7 +23,6 @@ import contextlib
 import math
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -144,7 +143,7 @@ class SQLiteBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: DirectoryWatch | None = None
         self._changed = asyncio.Event()
-        self._lock = threading.Lock()
+        self._claim_generation: asyncio.Event | None = None
 
     @classmethod
     def options_from_query(cls, params: dict[str, str]) -> dict[str, Any]:
@@ -386,6 +385,8 @@ class SQLiteBackend(Backend):
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
     ) -> list[Claim]:
         """Claim expired leases first, then due pending tasks in priority order, atomically."""
+        # A commit noticed from now on must end the wait that follows an empty claim.
+        self._claim_generation = self._changed
         if limit <= 0:
             return []
         marks = ",".join("?" * len(queues))
@@ -586,7 +587,8 @@ class SQLiteBackend(Backend):
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Wait for a commit, the next scheduled ETA or lease expiry, or ``timeout``."""
-        changed = self._changed
+        changed = self._claim_generation or self._changed
+        self._claim_generation = None
         marks = ",".join("?" * len(queues))
 
         def next_due(conn: sqlite3.Connection) -> float | None:
