@@ -10,14 +10,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sitq import MemoryBackend, SQLiteBackend, TaskQueue
+from sitq import MemoryBackend, PostgresBackend, SQLiteBackend, TaskQueue
 from sitq.backends.base import Backend
+from tests.services import postgres_dsn, require
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,19 +37,46 @@ class BackendFactory:
         return self.url is not None
 
 
-def _memory(tmp_path: Path) -> BackendFactory:
+def _memory(tmp_path: Path, request: pytest.FixtureRequest) -> BackendFactory:
     backend = MemoryBackend()
     return BackendFactory("memory", lambda: backend, None)
 
 
-def _sqlite(tmp_path: Path) -> BackendFactory:
+def _sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> BackendFactory:
     path = tmp_path / "sitq.db"
     return BackendFactory("sqlite", lambda: SQLiteBackend(path), f"sqlite:///{path}")
 
 
-FACTORIES: dict[str, Callable[[Path], BackendFactory]] = {
+def with_query(url: str, **params: str) -> str:
+    """``url`` with query parameters added."""
+    joiner = "&" if "?" in url else "?"
+    return url + joiner + "&".join(f"{k}={v}" for k, v in params.items())
+
+
+async def drop_postgres_schema(dsn: str, schema: str) -> None:
+    """Remove a test's schema (and everything in it)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def _postgres(tmp_path: Path, request: pytest.FixtureRequest) -> BackendFactory:
+    dsn = postgres_dsn()
+    require("postgres", dsn)
+    schema = "t_" + uuid.uuid4().hex[:16]
+    url = with_query(dsn, schema=schema)
+    request.addfinalizer(lambda: asyncio.run(drop_postgres_schema(dsn, schema)))
+    return BackendFactory("postgres", lambda: PostgresBackend.from_url(url), url)
+
+
+FACTORIES: dict[str, Callable[[Path, pytest.FixtureRequest], BackendFactory]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "postgres": _postgres,
 }
 SHARED = [name for name in FACTORIES if name != "memory"]
 
@@ -55,13 +84,13 @@ SHARED = [name for name in FACTORIES if name != "memory"]
 @pytest.fixture(params=list(FACTORIES))
 def backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
     """Every backend, one test run each."""
-    return FACTORIES[request.param](tmp_path)
+    return FACTORIES[request.param](tmp_path, request)
 
 
 @pytest.fixture(params=SHARED)
 def shared_backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
     """Every backend that several processes can share (all but memory)."""
-    return FACTORIES[request.param](tmp_path)
+    return FACTORIES[request.param](tmp_path, request)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sitq.backends import backend_from_url
 from sitq.backends.base import Backend
 from sitq.backends.memory import MemoryBackend
+from sitq.backends.postgres import PostgresBackend
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.errors import (
     BackendError,
@@ -42,6 +43,7 @@ __all__ = [
     "MemoryBackend",
     "MissingDependencyError",
     "PickleSerializer",
+    "PostgresBackend",
     "ProcessWorker",
     "QueueStats",
     "Result",

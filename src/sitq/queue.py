@@ -54,9 +54,10 @@ def _wait_seconds(timeout: float | None) -> float:
 class TaskOptionsView:
     """The ``enqueue*`` methods of a queue with some options set; from ``queue.options(...)``."""
 
-    def __init__(self, queue: TaskQueue, options: TaskOptions) -> None:
+    def __init__(self, queue: TaskQueue, options: TaskOptions, connection: Any = None) -> None:
         self._queue = queue
         self._options = options
+        self._connection = connection
 
     @property
     def task_options(self) -> TaskOptions:
@@ -64,25 +65,30 @@ class TaskOptionsView:
         return self._options
 
     def options(self, **options: Any) -> TaskOptionsView:
-        """A view with more options set on top of these."""
-        return TaskOptionsView(self._queue, self._options.merge(**options))
+        """A view with more options set on top of these.
+
+        ``connection=conn`` (PostgreSQL: an asyncpg connection) enqueues inside the caller's own
+        transaction on that connection: the tasks exist only if the transaction commits.
+        """
+        connection = options.pop("connection", self._connection)
+        return TaskOptionsView(self._queue, self._options.merge(**options), connection)
 
     async def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Enqueue ``func(*args, **kwargs)`` to run now; return the task id."""
-        return await self._queue._submit(self._options, [(func, args, kwargs)], None)
+        return await self._queue._submit(self, [(func, args, kwargs)], None)
 
     async def enqueue_at(
         self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> str:
         """Enqueue to run at ``when`` (a naive datetime means UTC); return the task id."""
-        return await self._queue._submit(self._options, [(func, args, kwargs)], _to_timestamp(when))
+        return await self._queue._submit(self, [(func, args, kwargs)], _to_timestamp(when))
 
     async def enqueue_in(
         self, delay: float | timedelta, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> str:
         """Enqueue to run after ``delay`` (seconds or a timedelta); return the task id."""
         eta = time.time() + _delay_seconds(delay)
-        return await self._queue._submit(self._options, [(func, args, kwargs)], eta)
+        return await self._queue._submit(self, [(func, args, kwargs)], eta)
 
     async def enqueue_many(self, calls: Iterable[CallSpec]) -> list[str]:
         """Enqueue many calls, ``(func, args)`` or ``(func, args, kwargs)``, in one step.
@@ -105,7 +111,7 @@ class TaskOptionsView:
             normalized.append((func, tuple(args), kwargs))
         if self._options.task_id is not None and len(normalized) > 1:
             raise ConfigurationError("task_id names one task: it cannot be used with many calls")
-        return await self._queue._submit_many(self._options, normalized, None)
+        return await self._queue._submit_many(self, normalized, None)
 
 
 class TaskQueue(TaskOptionsView):
@@ -188,24 +194,27 @@ class TaskQueue(TaskOptionsView):
 
     async def _submit(
         self,
-        opts: TaskOptions,
+        view: TaskOptionsView,
         calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
         eta: float | None,
     ) -> str:
-        return (await self._submit_many(opts, calls, eta))[0]
+        return (await self._submit_many(view, calls, eta))[0]
 
     async def _submit_many(
         self,
-        opts: TaskOptions,
+        view: TaskOptionsView,
         calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
         eta: float | None,
     ) -> list[str]:
         now = time.time()
-        tasks = [self._build(opts, f, a, k, eta, now) for f, a, k in calls]
+        tasks = [self._build(view._options, f, a, k, eta, now) for f, a, k in calls]
         if not tasks:
             return []
         await self.connect()
-        await self.backend.enqueue(tasks)
+        if view._connection is not None:
+            await self.backend.enqueue_in_transaction(tasks, view._connection)
+        else:
+            await self.backend.enqueue(tasks)
         return [t.id for t in tasks]
 
     # -- results ----------------------------------------------------------------------------

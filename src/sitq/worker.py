@@ -208,10 +208,12 @@ class Worker:
             await task
 
     async def _drain_settlements(self) -> None:
+        # The settle loop records what is pending (and retries failures); wait until every
+        # outcome is recorded, including a batch already in flight, before it is cancelled.
         deadline = time.monotonic() + max(self.shutdown_timeout, 5.0)
-        while self._pending and time.monotonic() < deadline:
-            if not await self._settle_batch():
-                await asyncio.sleep(0.2)
+        self._settle_wanted.set()
+        while any(h.settling for h in self._held.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called or the process gets SIGINT/SIGTERM.

@@ -12,13 +12,23 @@ from sitq.errors import ConfigurationError, MissingDependencyError
 
 if TYPE_CHECKING:
     from sitq.backends.memory import MemoryBackend
+    from sitq.backends.postgres import PostgresBackend
     from sitq.backends.sqlite import SQLiteBackend
 
-__all__ = ["Backend", "MemoryBackend", "SQLiteBackend", "backend_from_url", "resolve_backend"]
+__all__ = [
+    "Backend",
+    "MemoryBackend",
+    "PostgresBackend",
+    "SQLiteBackend",
+    "backend_from_url",
+    "resolve_backend",
+]
 
 _SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("sitq.backends.memory", "MemoryBackend"),
     "sqlite": ("sitq.backends.sqlite", "SQLiteBackend"),
+    "postgresql": ("sitq.backends.postgres", "PostgresBackend"),
+    "postgres": ("sitq.backends.postgres", "PostgresBackend"),
 }
 
 
@@ -47,7 +57,8 @@ def require(module: str, extra: str, backend: str) -> Any:
 def backend_from_url(url: str) -> Backend:
     """The backend a URL names; options travel as query parameters.
 
-    ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``memory://``.
+    ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``memory://``,
+    ``postgresql://user@host:5432/db?schema=jobs``.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
@@ -83,6 +94,8 @@ def backend_from_url(url: str) -> Backend:
             raise ConfigurationError(f"{url!r} names no database file")
         cls = _load(*_SCHEMES["sqlite"])
         return cls(path, **cls.options_from_query(params))  # type: ignore[no-any-return]
+    if scheme in ("postgresql", "postgres"):
+        return _load(*_SCHEMES[scheme]).from_url(url)  # type: ignore[no-any-return]
     raise AssertionError(scheme)  # pragma: no cover
 
 

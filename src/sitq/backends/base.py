@@ -14,7 +14,9 @@ import abc
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
+from sitq.errors import ConfigurationError
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -61,6 +63,14 @@ class Backend(abc.ABC):
         knows (pending, running, or finished with an unexpired result) is left as it is; the
         returned list says, per task, whether it was newly stored.
         """
+
+    async def enqueue_in_transaction(self, tasks: Sequence[NewTask], connection: Any) -> list[bool]:
+        """Store tasks through the caller's own connection, inside the caller's transaction, so
+        they exist if and only if that transaction commits. Only some backends can."""
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot enqueue inside your own transaction: "
+            "options(connection=...) works with PostgresBackend"
+        )
 
     @abc.abstractmethod
     async def claim(

@@ -1,0 +1,746 @@
+"""The PostgreSQL backend, on asyncpg: many workers on many hosts share one database.
+
+Design:
+
+* Two tables in the backend's own schema: ``tasks`` holds only live tasks (pending and running)
+  and ``results`` the finished ones, so the table that claims scan stays small however many
+  results are kept; claims read a partial index of due tasks.
+* A claim is one statement: ``SELECT ... FOR UPDATE SKIP LOCKED`` of up to *n* due tasks (and of
+  running tasks whose lease expired), updated in place with a new lease, owner and fencing token.
+  Settling a batch (finish, retry, release) is one statement too; a finish moves the row from
+  ``tasks`` to ``results`` only if its fencing token is still current.
+* Leases and ``enqueued_at``/``started_at``/``finished_at`` use the server's clock, so workers on
+  hosts with skewed clocks agree on who holds a task.
+* Statement-level triggers ``NOTIFY`` a work channel when tasks become due and a done channel
+  (with the finished ids) when results land; idle workers and ``get_result`` waiters ``LISTEN``
+  on one connection per backend object, re-established if it drops, with a bounded fallback
+  poll. Notifications are sent at commit, so a task enqueued in the caller's own transaction
+  (``queue.options(connection=conn)``) wakes workers only once it exists.
+* The schema is created and migrated on ``connect()`` under a transaction-level advisory lock,
+  so ten workers connecting at once apply each migration exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sitq.backends import redact_url, require
+from sitq.backends.base import Backend
+from sitq.errors import BackendError, ConfigurationError
+from sitq.models import (
+    CancelOutcome,
+    Claim,
+    ClaimRef,
+    Finish,
+    LeaseState,
+    NewTask,
+    QueueStats,
+    Release,
+    Reschedule,
+    Settlement,
+    TaskSnapshot,
+    TaskStatus,
+)
+
+log = logging.getLogger("sitq.postgres")
+T = TypeVar("T")
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+_STATUS_CODE = {
+    TaskStatus.PENDING: 0,
+    TaskStatus.RUNNING: 1,
+    TaskStatus.SUCCESS: 2,
+    TaskStatus.FAILED: 3,
+    TaskStatus.CANCELLED: 4,
+}
+_CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
+_NOW = "(extract(epoch FROM clock_timestamp())::float8)"
+
+# Each migration runs once, in order, inside the advisory-locked transaction of connect().
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE {s}.tasks (
+        id text PRIMARY KEY,
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        queue text NOT NULL,
+        state smallint NOT NULL DEFAULT 0,
+        priority integer NOT NULL,
+        eta float8 NOT NULL,
+        payload bytea NOT NULL,
+        options text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        retries integer NOT NULL DEFAULT 0,
+        fence bigint NOT NULL DEFAULT 0,
+        lease_until float8,
+        worker_id text,
+        cancel_requested boolean NOT NULL DEFAULT false,
+        enqueued_at float8 NOT NULL,
+        started_at float8,
+        result_ttl float8 NOT NULL,
+        error text,
+        traceback text,
+        concurrency_key text,
+        concurrency_limit integer
+    ) WITH (fillfactor = 70);
+    CREATE INDEX tasks_due ON {s}.tasks (queue, priority DESC, eta, seq) WHERE state = 0;
+    CREATE INDEX tasks_scheduled ON {s}.tasks (queue, eta) WHERE state = 0;
+    CREATE INDEX tasks_leases ON {s}.tasks (lease_until) WHERE state = 1;
+    CREATE TABLE {s}.results (
+        id text PRIMARY KEY,
+        queue text NOT NULL,
+        status smallint NOT NULL,
+        attempts integer NOT NULL,
+        enqueued_at float8 NOT NULL,
+        eta float8 NOT NULL,
+        started_at float8,
+        finished_at float8 NOT NULL,
+        expires_at float8 NOT NULL,
+        value bytea,
+        error text,
+        traceback text
+    );
+    CREATE INDEX results_expiry ON {s}.results (expires_at);
+    CREATE FUNCTION {s}.notify_work() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify({work_channel}, q)
+            FROM (SELECT DISTINCT queue AS q FROM new_rows WHERE state = 0) d;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER tasks_inserted AFTER INSERT ON {s}.tasks
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_work();
+    CREATE TRIGGER tasks_requeued AFTER UPDATE ON {s}.tasks
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_work();
+    CREATE FUNCTION {s}.notify_done() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE ids text;
+    BEGIN
+        SELECT string_agg(id, ',') INTO ids FROM new_rows;
+        IF ids IS NOT NULL THEN
+            IF length(ids) > 7000 THEN ids := '*'; END IF;
+            PERFORM pg_notify({done_channel}, ids);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER results_inserted AFTER INSERT ON {s}.results
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_done();
+    """,
+]
+
+
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    asyncpg = require("asyncpg", "postgres", "PostgresBackend")
+    return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class PostgresBackend(Backend):
+    """Tasks in PostgreSQL, in the schema ``schema`` (created on ``connect()``).
+
+    ``dsn`` is any libpq/asyncpg connection string (``postgresql://user@host:5432/db``).
+    ``min_pool_size``/``max_pool_size`` size the connection pool; a listening connection for
+    notifications comes on top, opened on first wait.
+    """
+
+    scheme = "postgresql"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "sitq",
+        min_pool_size: int = 1,
+        max_pool_size: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._asyncpg = require("asyncpg", "postgres", "PostgresBackend")
+        if not isinstance(dsn, str) or not dsn:
+            raise ConfigurationError(f"PostgresBackend needs a DSN string, not {dsn!r}")
+        if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
+            raise ConfigurationError(
+                f"schema={schema!r} is not valid: use 1-40 lowercase letters, digits or '_', "
+                "starting with a letter or '_'"
+            )
+        if not 1 <= min_pool_size <= max_pool_size:
+            raise ConfigurationError(
+                f"pool sizes must satisfy 1 <= min_pool_size <= max_pool_size, got "
+                f"{min_pool_size} and {max_pool_size}"
+            )
+        if not 0 < connect_timeout < math.inf:
+            raise ConfigurationError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        self.dsn = dsn
+        self.schema = schema
+        self.min_pool_size = min_pool_size
+        self.max_pool_size = max_pool_size
+        self.connect_timeout = float(connect_timeout)
+        self._work_channel = f"sitq_work_{schema}"
+        self._done_channel = f"sitq_done_{schema}"
+        self._pool: Any = None
+        self._listener: Any = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._claim_generation: asyncio.Event | None = None
+        self._done_waiters: dict[str, list[asyncio.Event]] = {}
+        self._closing = False
+        self._sql = _Statements(f'"{schema}"')
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBackend:
+        """A backend from ``postgresql://...?schema=jobs&max_pool_size=20``; other query
+        parameters (``sslmode``, ...) go to the driver."""
+        parts = urlsplit(url)
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        options: dict[str, Any] = {}
+        for key in ("schema",):
+            if key in params:
+                options[key] = params.pop(key)
+        for key in ("min_pool_size", "max_pool_size"):
+            if key in params:
+                try:
+                    options[key] = int(params.pop(key))
+                except ValueError:
+                    raise ConfigurationError(f"{key} must be an integer in {url!r}") from None
+        if "connect_timeout" in params:
+            try:
+                options["connect_timeout"] = float(params.pop("connect_timeout"))
+            except ValueError:
+                raise ConfigurationError("connect_timeout must be a number") from None
+        dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(params)))
+        return cls(dsn, **options)
+
+    def describe(self) -> str:
+        """The server and schema, without a password."""
+        return f"{redact_url(self.dsn)} (schema {self.schema})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True between ``connect()`` and ``close()``."""
+        return self._pool is not None
+
+    async def connect(self) -> None:
+        """Open the pool and create or migrate the schema (once, however many connect)."""
+        if self._pool is not None:
+            return
+        self._closing = False
+        self._changed = asyncio.Event()
+        try:
+            pool = await self._asyncpg.create_pool(
+                self.dsn,
+                min_size=self.min_pool_size,
+                max_size=self.max_pool_size,
+                timeout=self.connect_timeout,
+                server_settings={"application_name": "sitq"},
+            )
+        except _pg_errors() as exc:
+            raise BackendError(f"cannot connect to PostgreSQL at {self.describe()}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except _pg_errors() as exc:
+            await pool.close()
+            raise BackendError(f"PostgreSQL schema setup failed: {exc}") from exc
+        self._pool = pool
+
+    async def _migrate(self, conn: Any) -> None:
+        s = f'"{self.schema}"'
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"sitq:{self.schema}")
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {s}.schema_version ("
+                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = await conn.fetchval(
+                f"SELECT coalesce(max(version), 0) FROM {s}.schema_version"
+            )
+            if current > len(_MIGRATIONS):
+                raise BackendError(
+                    f"PostgreSQL schema {self.schema!r} is at version {current}, newer than this "
+                    f"sitq understands ({len(_MIGRATIONS)}): upgrade sitq"
+                )
+            for version, sql in enumerate(_MIGRATIONS[current:], start=current + 1):
+                await conn.execute(
+                    sql.format(
+                        s=s,
+                        work_channel=_literal(self._work_channel),
+                        done_channel=_literal(self._done_channel),
+                    )
+                )
+                await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
+
+    async def close(self) -> None:
+        """Close the pool and the listening connection; wake every waiter. Idempotent."""
+        pool, self._pool = self._pool, None
+        self._closing = True
+        task, self._listener_task = self._listener_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._signal_all()
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+            pool.terminate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        pool = self._pool
+        if pool is None:
+            raise BackendError("PostgresBackend is not connected: call `await backend.connect()`")
+        try:
+            async with pool.acquire() as conn:
+                return await fn(conn)
+        except _pg_errors() as exc:
+            raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    def _signal_all(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+        for events in self._done_waiters.values():
+            for e in events:
+                e.set()
+
+    def _on_work(self, *_: Any) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def _on_done(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload == "*":
+            for events in self._done_waiters.values():
+                for e in events:
+                    e.set()
+            return
+        for task_id in payload.split(","):
+            for e in self._done_waiters.get(task_id, ()):
+                e.set()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener_task is None and not self._closing:
+            self._listening = asyncio.Event()
+            self._listener_task = asyncio.create_task(self._listen(), name="sitq-pg-listen")
+        # Until the first LISTEN is in place, waiters fall back to short polls.
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            lost = asyncio.Event()
+            conn = None
+            try:
+                conn = await self._asyncpg.connect(
+                    self.dsn,
+                    timeout=self.connect_timeout,
+                    server_settings={"application_name": f"sitq-listen:{self.schema}"},
+                )
+                conn.add_termination_listener(functools.partial(_set_event, lost))
+                await conn.add_listener(self._work_channel, self._on_work)
+                await conn.add_listener(self._done_channel, self._on_done)
+                self._listener = conn
+                self._listening.set()
+                delay = 0.1
+                # Anything that happened while we were not listening must be looked at again.
+                self._signal_all()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 30)
+                    if not lost.is_set() and conn.is_closed():
+                        break
+                    if not lost.is_set():
+                        # A quiet connection may be dead without the client knowing.
+                        await asyncio.wait_for(conn.execute("SELECT 1"), 10)
+            except asyncio.CancelledError:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+                raise
+            except Exception as exc:
+                log.warning("PostgreSQL listening connection failed: %s; retrying", exc)
+            self._listening.clear()
+            self._listener = None
+            if conn is not None:
+                conn.terminate()
+            self._signal_all()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _poll_cap(self) -> float:
+        return 1.0 if self._listening.is_set() else 0.1
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def _enqueue_args(self, tasks: Sequence[NewTask]) -> list[Any]:
+        return [
+            [t.id for t in tasks],
+            [t.queue for t in tasks],
+            [t.priority for t in tasks],
+            [t.eta for t in tasks],
+            [t.payload for t in tasks],
+            [t.options for t in tasks],
+            [t.result_ttl for t in tasks],
+            [t.concurrency_key for t in tasks],
+            [t.concurrency_limit for t in tasks],
+            [t.eta <= t.enqueued_at for t in tasks],
+        ]
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
+        """Insert tasks in one statement; an id still known is left alone."""
+        args = self._enqueue_args(tasks)
+        rows = await self._call(lambda c: c.fetch(self._sql.enqueue, *args))
+        stored = {r[0] for r in rows}
+        return [t.id in stored for t in tasks]
+
+    async def enqueue_in_transaction(self, tasks: Sequence[NewTask], connection: Any) -> list[bool]:
+        """Insert tasks on the caller's own asyncpg connection, inside its transaction: they
+        exist (and wake workers) only if that transaction commits."""
+        if self._pool is None:
+            raise BackendError("PostgresBackend is not connected: call `await backend.connect()`")
+        if not isinstance(connection, self._asyncpg.Connection) and not hasattr(
+            connection, "fetch"
+        ):
+            raise ConfigurationError(
+                f"connection must be an asyncpg connection, not {type(connection).__name__}"
+            )
+        try:
+            rows = await connection.fetch(self._sql.enqueue, *self._enqueue_args(tasks))
+        except _pg_errors() as exc:
+            raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        stored = {r[0] for r in rows}
+        return [t.id in stored for t in tasks]
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease: float
+    ) -> list[Claim]:
+        """Lock and take up to ``limit`` due tasks (expired leases first) in one statement."""
+        self._claim_generation = self._changed
+        if limit <= 0:
+            return []
+        sql = self._sql.claim_one if len(queues) == 1 else self._sql.claim_many
+        queue_arg: Any = queues[0] if len(queues) == 1 else list(queues)
+        rows = await self._call(lambda c: c.fetch(sql, queue_arg, limit, lease, worker_id))
+        rows = sorted(rows, key=lambda r: (-r["priority"], r["eta"], r["seq"]))
+        return [
+            Claim(
+                task_id=r["id"],
+                queue=r["queue"],
+                payload=r["payload"],
+                options=r["options"],
+                priority=r["priority"],
+                fencing_token=r["fence"],
+                attempts=r["attempts"],
+                retries=r["retries"],
+                enqueued_at=r["enqueued_at"],
+                started_at=r["now"],
+                result_ttl=r["result_ttl"],
+                cancel_requested=r["cancel_requested"],
+            )
+            for r in rows
+        ]
+
+    async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
+        """Extend current claims in one statement."""
+        ids = [c.task_id for c in claims]
+        fences = [c.fencing_token for c in claims]
+        rows = await self._call(lambda c: c.fetch(self._sql.extend, ids, fences, lease))
+        found = {(r["id"], r["fence"]): r["cancel_requested"] for r in rows}
+        states = []
+        for ref in claims:
+            flag = found.get((ref.task_id, ref.fencing_token))
+            if flag is None:
+                states.append(LeaseState.LOST)
+            else:
+                states.append(LeaseState.CANCEL_REQUESTED if flag else LeaseState.HELD)
+        return states
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Apply a batch of fenced settlements in one statement."""
+        fin = [s for s in settlements if isinstance(s, Finish)]
+        res = [s for s in settlements if isinstance(s, Reschedule)]
+        rel = [s for s in settlements if isinstance(s, Release)]
+        args = [
+            [s.claim.task_id for s in fin],
+            [s.claim.fencing_token for s in fin],
+            [_STATUS_CODE[s.status] for s in fin],
+            [s.value for s in fin],
+            [s.error for s in fin],
+            [s.traceback for s in fin],
+            [max(s.expires_at - s.finished_at, 0.0) for s in fin],
+            [s.claim.task_id for s in res],
+            [s.claim.fencing_token for s in res],
+            [s.eta for s in res],
+            [s.error for s in res],
+            [s.traceback for s in res],
+            [s.claim.task_id for s in rel],
+            [s.claim.fencing_token for s in rel],
+        ]
+        rows = await self._call(lambda c: c.fetch(self._sql.settle, *args))
+        applied = {(r["kind"], r["id"], r["fence"]) for r in rows}
+        out = []
+        for s in settlements:
+            kind = "f" if isinstance(s, Finish) else "s" if isinstance(s, Reschedule) else "r"
+            out.append((kind, s.claim.task_id, s.claim.fencing_token) in applied)
+        return out
+
+    async def cancel(self, task_id: str, now: float) -> CancelOutcome:
+        """Cancel a pending task (moved to results as cancelled) or flag a running one."""
+        row = await self._call(lambda c: c.fetchrow(self._sql.cancel, task_id))
+        if row["cancelled"]:
+            return CancelOutcome.CANCELLED
+        if row["requested"]:
+            return CancelOutcome.REQUESTED
+        if row["finished"]:
+            return CancelOutcome.ALREADY_FINISHED
+        return CancelOutcome.NOT_FOUND
+
+    async def get_task(self, task_id: str) -> TaskSnapshot | None:
+        """Read one task from the live table or the results."""
+        row = await self._call(lambda c: c.fetchrow(self._sql.get, task_id))
+        if row is None:
+            return None
+        return TaskSnapshot(
+            task_id=row["id"],
+            queue=row["queue"],
+            status=_CODE_STATUS[row["state"]],
+            attempts=row["attempts"],
+            enqueued_at=row["enqueued_at"],
+            eta=row["eta"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            value=row["value"],
+            error=row["error"],
+            traceback=row["traceback"],
+        )
+
+    async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
+        """Wait for the done notification of this task (bounded polls as a fallback)."""
+        await self._ensure_listener()
+        event = asyncio.Event()
+        self._done_waiters.setdefault(task_id, []).append(event)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                event.clear()
+                snap = await self.get_task(task_id)
+                remaining = deadline - time.monotonic()
+                if snap is None or snap.status.is_final or remaining <= 0 or self._pool is None:
+                    return snap
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, self._poll_cap()))
+        finally:
+            waiters = self._done_waiters.get(task_id, [])
+            if event in waiters:
+                waiters.remove(event)
+            if not waiters:
+                self._done_waiters.pop(task_id, None)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Wait for a work notification, the next ETA or lease expiry, or ``timeout``."""
+        await self._ensure_listener()
+        changed = self._claim_generation or self._changed
+        self._claim_generation = None
+        due = await self._call(lambda c: c.fetchval(self._sql.next_due, list(queues)))
+        if due is not None:
+            timeout = min(timeout, max(due, 0.0))
+        timeout = min(timeout, self._poll_cap())
+        if timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    async def purge_expired(self, now: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` expired results."""
+        status = await self._call(lambda c: c.execute(self._sql.purge, limit))
+        return int(status.split()[-1])
+
+    async def stats(self, now: float) -> list[QueueStats]:
+        """Count tasks per queue and state."""
+        rows = await self._call(lambda c: c.fetch(self._sql.stats))
+        counts: dict[str, dict[str, int]] = {}
+        for r in rows:
+            c = counts.setdefault(r["queue"], {})
+            c[r["kind"]] = c.get(r["kind"], 0) + r["n"]
+        return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
+
+
+def _set_event(event: asyncio.Event, *_: Any) -> None:
+    event.set()
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class _Statements:
+    """The SQL of one schema, built once."""
+
+    def __init__(self, s: str) -> None:
+        self.enqueue = f"""
+            WITH now AS (SELECT {_NOW} AS t),
+            input AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[],
+                                     $5::bytea[], $6::text[], $7::float8[], $8::text[],
+                                     $9::int[], $10::bool[])
+                    AS x(id, queue, priority, eta, payload, options, result_ttl, ckey, climit,
+                         immediate)
+            ),
+            cleared AS (
+                DELETE FROM {s}.results r USING input i, now
+                WHERE r.id = i.id AND r.expires_at <= now.t
+            )
+            INSERT INTO {s}.tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                                   result_ttl, concurrency_key, concurrency_limit)
+            SELECT i.id, i.queue, i.priority, CASE WHEN i.immediate THEN now.t ELSE i.eta END,
+                   i.payload, i.options, now.t, i.result_ttl, i.ckey, i.climit
+            FROM input i, now
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {s}.results r WHERE r.id = i.id AND r.expires_at > now.t
+            )
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        """
+        claim = """
+            WITH now AS (SELECT {now} AS t),
+            expired AS (
+                SELECT t.id FROM {s}.tasks t, now
+                WHERE t.state = 1 AND t.lease_until <= now.t AND {queue_match}
+                LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+            ),
+            due AS (
+                SELECT t.id FROM {s}.tasks t, now
+                WHERE t.state = 0 AND {queue_match} AND t.eta <= now.t
+                ORDER BY t.priority DESC, t.eta, t.seq
+                LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+            ),
+            chosen AS (
+                SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) c LIMIT $2
+            )
+            UPDATE {s}.tasks t SET state = 1, attempts = t.attempts + 1, fence = t.fence + 1,
+                lease_until = now.t + $3, worker_id = $4, started_at = now.t
+            FROM chosen, now WHERE t.id = chosen.id
+            RETURNING t.id, t.queue, t.payload, t.options, t.priority, t.fence, t.attempts,
+                      t.retries, t.enqueued_at, t.result_ttl, t.cancel_requested, t.eta, t.seq,
+                      now.t AS now
+        """
+        self.claim_one = claim.format(now=_NOW, s=s, queue_match="t.queue = $1::text")
+        self.claim_many = claim.format(now=_NOW, s=s, queue_match="t.queue = ANY($1::text[])")
+        self.extend = f"""
+            UPDATE {s}.tasks t SET lease_until = {_NOW} + $3
+            FROM unnest($1::text[], $2::bigint[]) AS c(id, fence)
+            WHERE t.id = c.id AND t.fence = c.fence AND t.state = 1
+            RETURNING t.id, t.fence, t.cancel_requested
+        """
+        self.settle = f"""
+            WITH now AS (SELECT {_NOW} AS t),
+            fin_in AS (
+                SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bytea[],
+                                     $5::text[], $6::text[], $7::float8[])
+                    AS x(id, fence, status, value, error, traceback, ttl)
+            ),
+            moved AS (
+                DELETE FROM {s}.tasks t USING fin_in i
+                WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1
+                RETURNING t.id, t.fence, t.queue, t.attempts, t.enqueued_at, t.eta, t.started_at
+            ),
+            finished AS (
+                INSERT INTO {s}.results (id, queue, status, attempts, enqueued_at, eta,
+                                         started_at, finished_at, expires_at, value, error,
+                                         traceback)
+                SELECT m.id, m.queue, i.status, m.attempts, m.enqueued_at, m.eta, m.started_at,
+                       now.t, now.t + i.ttl, i.value, i.error, i.traceback
+                FROM moved m JOIN fin_in i ON i.id = m.id AND i.fence = m.fence, now
+                ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, status = excluded.status,
+                    attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
+                    eta = excluded.eta, started_at = excluded.started_at,
+                    finished_at = excluded.finished_at, expires_at = excluded.expires_at,
+                    value = excluded.value, error = excluded.error,
+                    traceback = excluded.traceback
+                RETURNING id
+            ),
+            rescheduled AS (
+                UPDATE {s}.tasks t SET state = 0, eta = r.eta, retries = t.retries + 1,
+                    error = r.error, traceback = r.traceback, worker_id = NULL,
+                    lease_until = NULL
+                FROM unnest($8::text[], $9::bigint[], $10::float8[], $11::text[], $12::text[])
+                    AS r(id, fence, eta, error, traceback)
+                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
+                RETURNING t.id, t.fence
+            ),
+            released AS (
+                UPDATE {s}.tasks t SET state = 0, attempts = t.attempts - 1, worker_id = NULL,
+                    lease_until = NULL
+                FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)
+                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
+                RETURNING t.id, t.fence
+            )
+            SELECT 'f' AS kind, m.id, m.fence FROM moved m JOIN finished f ON f.id = m.id
+            UNION ALL SELECT 's', id, fence FROM rescheduled
+            UNION ALL SELECT 'r', id, fence FROM released
+        """
+        self.cancel = f"""
+            WITH now AS (SELECT {_NOW} AS t),
+            pending AS (
+                DELETE FROM {s}.tasks WHERE id = $1 AND state = 0
+                RETURNING id, queue, attempts, enqueued_at, eta, started_at, result_ttl
+            ),
+            cancelled AS (
+                INSERT INTO {s}.results (id, queue, status, attempts, enqueued_at, eta,
+                                         started_at, finished_at, expires_at, error)
+                SELECT p.id, p.queue, 4, p.attempts, p.enqueued_at, p.eta, p.started_at, now.t,
+                       now.t + p.result_ttl, 'cancelled before it started'
+                FROM pending p, now
+                ON CONFLICT (id) DO UPDATE SET status = 4, queue = excluded.queue,
+                    attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
+                    eta = excluded.eta, started_at = excluded.started_at,
+                    finished_at = excluded.finished_at, expires_at = excluded.expires_at,
+                    value = NULL, error = excluded.error, traceback = NULL
+                RETURNING id
+            ),
+            requested AS (
+                UPDATE {s}.tasks SET cancel_requested = true WHERE id = $1 AND state = 1
+                RETURNING id
+            )
+            SELECT (SELECT count(*) FROM cancelled) AS cancelled,
+                   (SELECT count(*) FROM requested) AS requested,
+                   (SELECT count(*) FROM {s}.results r, now
+                    WHERE r.id = $1 AND r.expires_at > now.t) AS finished
+        """
+        self.get = f"""
+            SELECT id, queue, state, attempts, enqueued_at, eta, started_at,
+                   NULL::float8 AS finished_at, NULL::bytea AS value, error, traceback
+            FROM {s}.tasks WHERE id = $1
+            UNION ALL
+            SELECT id, queue, status, attempts, enqueued_at, eta, started_at, finished_at,
+                   value, error, traceback
+            FROM {s}.results WHERE id = $1 AND expires_at > {_NOW}
+        """
+        self.next_due = f"""
+            SELECT least(
+                (SELECT min(eta) FROM {s}.tasks WHERE state = 0 AND queue = ANY($1::text[])),
+                (SELECT min(lease_until) FROM {s}.tasks WHERE state = 1)
+            ) - {_NOW}
+        """
+        self.purge = f"""
+            DELETE FROM {s}.results WHERE id IN (
+                SELECT id FROM {s}.results WHERE expires_at <= {_NOW} LIMIT $1
+            )
+        """
+        self.stats = f"""
+            WITH now AS (SELECT {_NOW} AS t)
+            SELECT queue, CASE WHEN state = 1 THEN 'running'
+                               WHEN eta > now.t THEN 'scheduled' ELSE 'pending' END AS kind,
+                   count(*)::int AS n
+            FROM {s}.tasks, now GROUP BY 1, 2
+            UNION ALL
+            SELECT queue, CASE status WHEN 2 THEN 'succeeded' WHEN 3 THEN 'failed'
+                                      ELSE 'cancelled' END, count(*)::int
+            FROM {s}.results, now WHERE expires_at > now.t GROUP BY 1, 2
+        """
