@@ -27,8 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,35 @@ from sitq import TaskQueue
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextmanager
-def sqlite_store() -> Iterator[str]:
+@asynccontextmanager
+async def sqlite_store() -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="sitq-bench-") as tmp:
         yield f"sqlite:///{tmp}/bench.db"
 
 
-STORES: dict[str, Callable[[], Any]] = {"sqlite": sqlite_store}
+POSTGRES_DSN = os.environ.get("SITQ_BENCH_POSTGRES_DSN", "postgresql://root@127.0.0.1:5432/test")
+
+
+@asynccontextmanager
+async def postgres_store() -> AsyncIterator[str]:
+    schema = "bench_" + uuid.uuid4().hex[:12]
+    try:
+        yield f"{POSTGRES_DSN}?schema={schema}"
+    finally:
+        await _drop_schema(schema)
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+STORES: dict[str, Callable[[], Any]] = {"sqlite": sqlite_store, "postgres": postgres_store}
 
 
 class WorkerProcess:
@@ -162,15 +185,15 @@ async def run_backend(name: str, runs: int, n: int, latency_n: int) -> dict[str,
         collected.setdefault(key, []).append(value)
 
     for run in range(runs):
-        with store() as url:
+        async with store() as url:
             add("enqueue_per_s", await bench_enqueue(url, min(n, 5000)))
-        with store() as url:
+        async with store() as url:
             add("enqueue_many_per_s", await bench_enqueue_many(url, n))
-        with store() as url:
+        async with store() as url:
             add("drain_per_s", await bench_drain(url, n))
-        with store() as url:
+        async with store() as url:
             add("drain_sleep_10ms_per_s", await bench_drain(url, min(n, 5000), tasks.sleep_10ms))
-        with store() as url:
+        async with store() as url:
             for key, value in (await bench_latency(url, latency_n)).items():
                 add(f"latency_{key}", value)
         print(f"  {name}: run {run + 1}/{runs} done", file=sys.stderr, flush=True)

@@ -52,6 +52,9 @@ class NewTask:
     result_ttl: float
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    fresh_id: bool = False
+    """True when sitq generated the id just now, so it cannot exist yet: a backend may skip
+    the lookups that make enqueueing an explicit id idempotent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,6 +190,7 @@ class TaskQueue(TaskOptionsView):
             result_ttl=opts.result_ttl,
             concurrency_key=opts.concurrency_key,
             concurrency_limit=opts.concurrency_limit,
+            fresh_id=opts.task_id is None,
         )
 
     async def _submit(

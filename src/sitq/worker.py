@@ -103,6 +103,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._pending: list[tuple[_Held, Settlement]] = []
         self._settle_wanted = asyncio.Event()
+        self._settle_progress = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._claim_task: asyncio.Task[None] | None = None
         self._waiting_for_work = False
@@ -212,8 +213,13 @@ class Worker:
         # outcome is recorded, including a batch already in flight, before it is cancelled.
         deadline = time.monotonic() + max(self.shutdown_timeout, 5.0)
         self._settle_wanted.set()
-        while any(h.settling for h in self._held.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        while any(h.settling for h in self._held.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._settle_progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settle_progress.wait(), remaining)
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called or the process gets SIGINT/SIGTERM.
@@ -437,6 +443,7 @@ class Worker:
                     "outcome of task %s refused: its claim is no longer current", held.claim.task_id
                 )
             self._forget(held)
+        self._settle_progress.set()
         return True
 
     # -- leases -----------------------------------------------------------------------------

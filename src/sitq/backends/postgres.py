@@ -11,8 +11,8 @@ Design:
   ``tasks`` to ``results`` only if its fencing token is still current.
 * Leases and ``enqueued_at``/``started_at``/``finished_at`` use the server's clock, so workers on
   hosts with skewed clocks agree on who holds a task.
-* Statement-level triggers ``NOTIFY`` a work channel when tasks become due and a done channel
-  (with the finished ids) when results land; idle workers and ``get_result`` waiters ``LISTEN``
+* The statements that make tasks due ``NOTIFY`` a work channel, and those that finish tasks a
+  done channel with the finished ids; idle workers and ``get_result`` waiters ``LISTEN``
   on one connection per backend object, re-established if it drops, with a bounded fallback
   poll. Notifications are sent at commit, so a task enqueued in the caller's own transaction
   (``queue.options(connection=conn)``) wakes workers only once it exists.
@@ -109,28 +109,6 @@ _MIGRATIONS: list[str] = [
         traceback text
     );
     CREATE INDEX results_expiry ON {s}.results (expires_at);
-    CREATE FUNCTION {s}.notify_work() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        PERFORM pg_notify({work_channel}, q)
-            FROM (SELECT DISTINCT queue AS q FROM new_rows WHERE state = 0) d;
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER tasks_inserted AFTER INSERT ON {s}.tasks
-        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_work();
-    CREATE TRIGGER tasks_requeued AFTER UPDATE ON {s}.tasks
-        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_work();
-    CREATE FUNCTION {s}.notify_done() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE ids text;
-    BEGIN
-        SELECT string_agg(id, ',') INTO ids FROM new_rows;
-        IF ids IS NOT NULL THEN
-            IF length(ids) > 7000 THEN ids := '*'; END IF;
-            PERFORM pg_notify({done_channel}, ids);
-        END IF;
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER results_inserted AFTER INSERT ON {s}.results
-        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_done();
     """,
 ]
 
@@ -189,7 +167,9 @@ class PostgresBackend(Backend):
         self._claim_generation: asyncio.Event | None = None
         self._done_waiters: dict[str, list[asyncio.Event]] = {}
         self._closing = False
-        self._sql = _Statements(f'"{schema}"')
+        self._sql = _Statements(
+            f'"{schema}"', _literal(self._work_channel), _literal(self._done_channel)
+        )
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -239,6 +219,7 @@ class PostgresBackend(Backend):
                 max_size=self.max_pool_size,
                 timeout=self.connect_timeout,
                 server_settings={"application_name": "sitq"},
+                reset=_reset_connection,
             )
         except _pg_errors() as exc:
             raise BackendError(f"cannot connect to PostgreSQL at {self.describe()}: {exc}") from exc
@@ -268,13 +249,7 @@ class PostgresBackend(Backend):
                     f"sitq understands ({len(_MIGRATIONS)}): upgrade sitq"
                 )
             for version, sql in enumerate(_MIGRATIONS[current:], start=current + 1):
-                await conn.execute(
-                    sql.format(
-                        s=s,
-                        work_channel=_literal(self._work_channel),
-                        done_channel=_literal(self._done_channel),
-                    )
-                )
+                await conn.execute(sql.format(s=s))
                 await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
 
     async def close(self) -> None:
@@ -394,8 +369,18 @@ class PostgresBackend(Backend):
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Insert tasks in one statement; an id still known is left alone."""
+        return await self._call(lambda c: self._insert(c, tasks))
+
+    async def _insert(self, conn: Any, tasks: Sequence[NewTask]) -> list[bool]:
         args = self._enqueue_args(tasks)
-        rows = await self._call(lambda c: c.fetch(self._sql.enqueue, *args))
+        if all(t.fresh_id for t in tasks):
+            # Ids generated for these tasks cannot exist yet: no lookups needed.
+            if len(tasks) == 1:
+                await conn.fetch(self._sql.enqueue_fresh_one, *(a[0] for a in args))
+            else:
+                await conn.fetch(self._sql.enqueue_fresh, *args)
+            return [True] * len(tasks)
+        rows = await conn.fetch(self._sql.enqueue, *args)
         stored = {r[0] for r in rows}
         return [t.id in stored for t in tasks]
 
@@ -411,11 +396,9 @@ class PostgresBackend(Backend):
                 f"connection must be an asyncpg connection, not {type(connection).__name__}"
             )
         try:
-            rows = await connection.fetch(self._sql.enqueue, *self._enqueue_args(tasks))
+            return await self._insert(connection, tasks)
         except _pg_errors() as exc:
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
-        stored = {r[0] for r in rows}
-        return [t.id in stored for t in tasks]
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
@@ -483,7 +466,7 @@ class PostgresBackend(Backend):
             [s.claim.fencing_token for s in rel],
         ]
         rows = await self._call(lambda c: c.fetch(self._sql.settle, *args))
-        applied = {(r["kind"], r["id"], r["fence"]) for r in rows}
+        applied = {(r["kind"], r["id"], r["fence"]) for r in rows if r["kind"] != "n"}
         out = []
         for s in settlements:
             kind = "f" if isinstance(s, Finish) else "s" if isinstance(s, Reschedule) else "r"
@@ -571,6 +554,13 @@ class PostgresBackend(Backend):
         return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
 
 
+async def _reset_connection(conn: Any) -> None:
+    # asyncpg's default reset costs a round trip per release (UNLISTEN, RESET ALL, ...); pool
+    # connections only ever run single statements, so only an open transaction needs undoing.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 def _set_event(event: asyncio.Event, *_: Any) -> None:
     event.set()
 
@@ -582,7 +572,37 @@ def _literal(text: str) -> str:
 class _Statements:
     """The SQL of one schema, built once."""
 
-    def __init__(self, s: str) -> None:
+    def __init__(self, s: str, work: str, done: str) -> None:
+        # Notifications are sent by the statements themselves (pg_notify is delivered at
+        # commit, and duplicates within a transaction are sent once).
+        self.enqueue_fresh_one = f"""
+            WITH ins AS (
+                INSERT INTO {s}.tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                                       result_ttl, concurrency_key, concurrency_limit)
+                VALUES ($1, $2, $3, CASE WHEN $10 THEN {_NOW} ELSE $4 END, $5, $6, {_NOW}, $7,
+                        $8, $9)
+                RETURNING id
+            )
+            SELECT id, pg_notify({work}, $2) FROM ins
+        """
+        self.enqueue_fresh = f"""
+            WITH ins AS (
+                INSERT INTO {s}.tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                                       result_ttl, concurrency_key, concurrency_limit)
+                SELECT x.id, x.queue, x.priority,
+                       CASE WHEN x.immediate THEN {_NOW} ELSE x.eta END, x.payload, x.options,
+                       {_NOW}, x.result_ttl, x.ckey, x.climit
+                FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::bytea[],
+                            $6::text[], $7::float8[], $8::text[], $9::int[], $10::bool[])
+                    AS x(id, queue, priority, eta, payload, options, result_ttl, ckey, climit,
+                         immediate)
+                RETURNING id, queue
+            ),
+            notified AS (
+                SELECT pg_notify({work}, q) FROM (SELECT DISTINCT queue AS q FROM ins) d
+            )
+            SELECT id FROM ins UNION ALL SELECT NULL FROM notified
+        """
         self.enqueue = f"""
             WITH now AS (SELECT {_NOW} AS t),
             input AS (
@@ -595,17 +615,23 @@ class _Statements:
             cleared AS (
                 DELETE FROM {s}.results r USING input i, now
                 WHERE r.id = i.id AND r.expires_at <= now.t
+            ),
+            ins AS (
+                INSERT INTO {s}.tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                                       result_ttl, concurrency_key, concurrency_limit)
+                SELECT i.id, i.queue, i.priority, CASE WHEN i.immediate THEN now.t ELSE i.eta END,
+                       i.payload, i.options, now.t, i.result_ttl, i.ckey, i.climit
+                FROM input i, now
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM {s}.results r WHERE r.id = i.id AND r.expires_at > now.t
+                )
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id, queue
+            ),
+            notified AS (
+                SELECT pg_notify({work}, q) FROM (SELECT DISTINCT queue AS q FROM ins) d
             )
-            INSERT INTO {s}.tasks (id, queue, priority, eta, payload, options, enqueued_at,
-                                   result_ttl, concurrency_key, concurrency_limit)
-            SELECT i.id, i.queue, i.priority, CASE WHEN i.immediate THEN now.t ELSE i.eta END,
-                   i.payload, i.options, now.t, i.result_ttl, i.ckey, i.climit
-            FROM input i, now
-            WHERE NOT EXISTS (
-                SELECT 1 FROM {s}.results r WHERE r.id = i.id AND r.expires_at > now.t
-            )
-            ON CONFLICT (id) DO NOTHING
-            RETURNING id
+            SELECT id FROM ins UNION ALL SELECT NULL FROM notified
         """
         claim = """
             WITH now AS (SELECT {now} AS t),
@@ -672,18 +698,29 @@ class _Statements:
                 FROM unnest($8::text[], $9::bigint[], $10::float8[], $11::text[], $12::text[])
                     AS r(id, fence, eta, error, traceback)
                 WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
-                RETURNING t.id, t.fence
+                RETURNING t.id, t.fence, t.queue
             ),
             released AS (
                 UPDATE {s}.tasks t SET state = 0, attempts = t.attempts - 1, worker_id = NULL,
                     lease_until = NULL
                 FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)
                 WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
-                RETURNING t.id, t.fence
+                RETURNING t.id, t.fence, t.queue
+            ),
+            done_note AS (
+                SELECT pg_notify({done}, CASE WHEN length(ids) > 7000 THEN '*' ELSE ids END)
+                FROM (SELECT string_agg(id, ',') AS ids FROM finished) x WHERE ids IS NOT NULL
+            ),
+            work_note AS (
+                SELECT pg_notify({work}, q) FROM (
+                    SELECT queue AS q FROM rescheduled UNION SELECT queue FROM released
+                ) d
             )
             SELECT 'f' AS kind, m.id, m.fence FROM moved m JOIN finished f ON f.id = m.id
             UNION ALL SELECT 's', id, fence FROM rescheduled
             UNION ALL SELECT 'r', id, fence FROM released
+            UNION ALL SELECT 'n', NULL, NULL FROM done_note
+            UNION ALL SELECT 'n', NULL, NULL FROM work_note
         """
         self.cancel = f"""
             WITH now AS (SELECT {_NOW} AS t),
@@ -704,11 +741,12 @@ class _Statements:
                     value = NULL, error = excluded.error, traceback = NULL
                 RETURNING id
             ),
+            note AS (SELECT pg_notify({done}, id) FROM cancelled),
             requested AS (
                 UPDATE {s}.tasks SET cancel_requested = true WHERE id = $1 AND state = 1
                 RETURNING id
             )
-            SELECT (SELECT count(*) FROM cancelled) AS cancelled,
+            SELECT (SELECT count(*) FROM note) AS cancelled,
                    (SELECT count(*) FROM requested) AS requested,
                    (SELECT count(*) FROM {s}.results r, now
                     WHERE r.id = $1 AND r.expires_at > now.t) AS finished
