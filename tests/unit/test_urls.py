@@ -104,7 +104,10 @@ def test_unknown_scheme_lists_known_schemes(url: str) -> None:
     scheme = url.split("://")[0]
     with pytest.raises(ConfigurationError, match=f"unknown backend scheme '{scheme}'") as info:
         backend_from_url(url)
-    assert "known schemes are memory, sqlite" in str(info.value)
+    from sitq.backends import _SCHEMES
+
+    assert f"known schemes are {', '.join(sorted(_SCHEMES))}" in str(info.value)
+    assert "sqlite" in str(info.value)
 
 
 def test_unknown_scheme_error_hides_the_password() -> None:
@@ -179,3 +182,21 @@ def test_malformed_url_raises_configuration_error() -> None:
     with pytest.raises(ValueError) as info:  # noqa: PT011 - the type is the point
         backend_from_url("sqlite://[bad/x.db")
     assert isinstance(info.value, ConfigurationError)
+
+
+def test_postgres_url_options_split_from_the_dsn() -> None:
+    pytest.importorskip("asyncpg")
+    from sitq import PostgresBackend
+
+    backend = backend_from_url(
+        "postgresql://u:secret@db.example:5433/jobs?schema=app1&max_pool_size=4"
+        "&synchronous_commit=off&sslmode=disable"
+    )
+    assert isinstance(backend, PostgresBackend)
+    assert backend.schema == "app1"
+    assert backend.max_pool_size == 4
+    assert backend.synchronous_commit == "off"
+    assert backend.dsn == "postgresql://u:secret@db.example:5433/jobs?sslmode=disable"
+    assert "secret" not in backend.describe()
+    with pytest.raises(ConfigurationError, match="schema"):
+        backend_from_url("postgresql://h/db?schema=Bad-Name")

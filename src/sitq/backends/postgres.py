@@ -64,6 +64,7 @@ _STATUS_CODE = {
 }
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 _NOW = "(extract(epoch FROM clock_timestamp())::float8)"
+_SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
 
 # Each migration runs once, in order, inside the advisory-locked transaction of connect().
 _MIGRATIONS: list[str] = [
@@ -122,6 +123,10 @@ class PostgresBackend(Backend):
     """Tasks in PostgreSQL, in the schema ``schema`` (created on ``connect()``).
 
     ``dsn`` is any libpq/asyncpg connection string (``postgresql://user@host:5432/db``).
+    ``synchronous_commit`` is PostgreSQL's setting for sitq's connections: ``"on"`` (the
+    default) makes every enqueue survive a crash of the server itself; ``"off"`` is about 1.5
+    times faster per single enqueue, and a server crash (not a restart) may lose the last
+    fraction of a second of enqueues.
     ``min_pool_size``/``max_pool_size`` size the connection pool; a listening connection for
     notifications comes on top, opened on first wait.
     """
@@ -136,6 +141,7 @@ class PostgresBackend(Backend):
         min_pool_size: int = 1,
         max_pool_size: int = 10,
         connect_timeout: float = 10.0,
+        synchronous_commit: str = "on",
     ) -> None:
         self._asyncpg = require("asyncpg", "postgres", "PostgresBackend")
         if not isinstance(dsn, str) or not dsn:
@@ -152,6 +158,12 @@ class PostgresBackend(Backend):
             )
         if not 0 < connect_timeout < math.inf:
             raise ConfigurationError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        if synchronous_commit not in _SYNCHRONOUS_COMMIT:
+            raise ConfigurationError(
+                f"synchronous_commit={synchronous_commit!r}: use one of "
+                f"{', '.join(_SYNCHRONOUS_COMMIT)}"
+            )
+        self.synchronous_commit = synchronous_commit
         self.dsn = dsn
         self.schema = schema
         self.min_pool_size = min_pool_size
@@ -160,6 +172,8 @@ class PostgresBackend(Backend):
         self._work_channel = f"sitq_work_{schema}"
         self._done_channel = f"sitq_done_{schema}"
         self._pool: Any = None
+        self._direct: Any = None
+        self._direct_busy = False
         self._listener: Any = None
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -178,7 +192,7 @@ class PostgresBackend(Backend):
         parts = urlsplit(url)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         options: dict[str, Any] = {}
-        for key in ("schema",):
+        for key in ("schema", "synchronous_commit"):
             if key in params:
                 options[key] = params.pop(key)
         for key in ("min_pool_size", "max_pool_size"):
@@ -218,7 +232,10 @@ class PostgresBackend(Backend):
                 min_size=self.min_pool_size,
                 max_size=self.max_pool_size,
                 timeout=self.connect_timeout,
-                server_settings={"application_name": "sitq"},
+                server_settings={
+                    "application_name": "sitq",
+                    "synchronous_commit": self.synchronous_commit,
+                },
                 reset=_reset_connection,
             )
         except _pg_errors() as exc:
@@ -230,6 +247,7 @@ class PostgresBackend(Backend):
             await pool.close()
             raise BackendError(f"PostgreSQL schema setup failed: {exc}") from exc
         self._pool = pool
+        self._direct = await pool.acquire()
 
     async def _migrate(self, conn: Any) -> None:
         s = f'"{self.schema}"'
@@ -255,6 +273,7 @@ class PostgresBackend(Backend):
     async def close(self) -> None:
         """Close the pool and the listening connection; wake every waiter. Idempotent."""
         pool, self._pool = self._pool, None
+        direct, self._direct = self._direct, None
         self._closing = True
         task, self._listener_task = self._listener_task, None
         if task is not None:
@@ -263,6 +282,9 @@ class PostgresBackend(Backend):
                 await task
         self._signal_all()
         if pool is not None:
+            if direct is not None:
+                with contextlib.suppress(Exception):
+                    await pool.release(direct)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 10)
             pool.terminate()
@@ -274,6 +296,20 @@ class PostgresBackend(Backend):
         if pool is None:
             raise BackendError("PostgresBackend is not connected: call `await backend.connect()`")
         try:
+            # One connection is kept out of the pool for whoever comes first: a pool round
+            # (acquire, release) costs more than many statements do.
+            direct = self._direct
+            if direct is not None and not self._direct_busy:
+                if direct.is_closed():
+                    self._direct = None
+                    await pool.release(direct)
+                    self._direct = await pool.acquire()
+                    direct = self._direct
+                self._direct_busy = True
+                try:
+                    return await fn(direct)
+                finally:
+                    self._direct_busy = False
             async with pool.acquire() as conn:
                 return await fn(conn)
         except _pg_errors() as exc:
