@@ -29,6 +29,9 @@ _SCHEMES: dict[str, tuple[str, str]] = {
     "sqlite": ("sitq.backends.sqlite", "SQLiteBackend"),
     "postgresql": ("sitq.backends.postgres", "PostgresBackend"),
     "postgres": ("sitq.backends.postgres", "PostgresBackend"),
+    "redis": ("sitq.backends.redis", "RedisBackend"),
+    "rediss": ("sitq.backends.redis", "RedisBackend"),
+    "nats": ("sitq.backends.nats", "NATSBackend"),
 }
 
 
@@ -94,9 +97,8 @@ def backend_from_url(url: str) -> Backend:
             raise ConfigurationError(f"{url!r} names no database file")
         cls = _load(*_SCHEMES["sqlite"])
         return cls(path, **cls.options_from_query(params))  # type: ignore[no-any-return]
-    if scheme in ("postgresql", "postgres"):
-        return _load(*_SCHEMES[scheme]).from_url(url)  # type: ignore[no-any-return]
-    raise AssertionError(scheme)  # pragma: no cover
+    # Every server backend class builds itself from its URL: ``Class.from_url(url)``.
+    return _load(*_SCHEMES[scheme]).from_url(url)  # type: ignore[no-any-return]
 
 
 def redact_url(url: str) -> str:
