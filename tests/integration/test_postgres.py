@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,15 @@ async def pg_url() -> AsyncIterator[str]:
     schema = "t_" + uuid.uuid4().hex[:16]
     yield with_query(dsn, schema=schema)
     await drop_postgres_schema(dsn, schema)
+
+
+@contextlib.asynccontextmanager
+async def conn_batch(dsn: str) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def _schema(url: str) -> str:
@@ -76,16 +87,25 @@ async def test_transactional_enqueue_commit_and_rollback(pg_url: str) -> None:
             transaction = conn.transaction()
             await transaction.start()
             rolled_back = await queue.options(connection=conn).enqueue(tasks.add, 3, 4)
+            # A large batch takes the COPY path: it must honour the transaction too.
+            batch = await queue.options(connection=conn).enqueue_many([(tasks.add, (1, 1))] * 100)
             await transaction.rollback()
         finally:
             await conn.close()
         assert await queue.get_status(committed) == TaskStatus.PENDING
         assert await queue.get_status(rolled_back) is None
+        assert [await queue.get_status(i) for i in batch[:3]] == [None, None, None]
+        async with conn_batch(postgres_dsn()) as other:
+            async with other.transaction():
+                view = queue.options(connection=other, queue="batch")
+                kept = await view.enqueue_many([(tasks.add, (2, 2))] * 100)
+        assert await queue.get_status(kept[-1]) == TaskStatus.PENDING
         async with AsyncWorker(queue.backend, poll_interval=0.2):
             assert await queue.get_value(committed, timeout=10) == 3
         assert await queue.get_status(rolled_back) is None
-        stats = await queue.stats()
-        assert sum(s.succeeded for s in stats) == 1 and sum(s.pending for s in stats) == 0
+        stats = {s.queue: s for s in await queue.stats()}
+        assert (stats["default"].succeeded, stats["default"].pending) == (1, 0)
+        assert (stats["batch"].succeeded, stats["batch"].pending) == (0, 100)
 
 
 async def test_transactional_enqueue_is_refused_elsewhere(tmp_path: Path) -> None:

@@ -64,6 +64,17 @@ _STATUS_CODE = {
 }
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 _NOW = "(extract(epoch FROM clock_timestamp())::float8)"
+_COPY_THRESHOLD = 64
+_COPY_COLUMNS = [
+    "id",
+    "queue",
+    "priority",
+    "payload",
+    "options",
+    "result_ttl",
+    "concurrency_key",
+    "concurrency_limit",
+]
 _SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
 
 # Each migration runs once, in order, inside the advisory-locked transaction of connect().
@@ -75,7 +86,7 @@ _MIGRATIONS: list[str] = [
         queue text NOT NULL,
         state smallint NOT NULL DEFAULT 0,
         priority integer NOT NULL,
-        eta float8 NOT NULL,
+        eta float8 NOT NULL DEFAULT (extract(epoch FROM clock_timestamp())::float8),
         payload bytea NOT NULL,
         options text NOT NULL,
         attempts integer NOT NULL DEFAULT 0,
@@ -84,7 +95,7 @@ _MIGRATIONS: list[str] = [
         lease_until float8,
         worker_id text,
         cancel_requested boolean NOT NULL DEFAULT false,
-        enqueued_at float8 NOT NULL,
+        enqueued_at float8 NOT NULL DEFAULT (extract(epoch FROM clock_timestamp())::float8),
         started_at float8,
         result_ttl float8 NOT NULL,
         error text,
@@ -408,6 +419,10 @@ class PostgresBackend(Backend):
         return await self._call(lambda c: self._insert(c, tasks))
 
     async def _insert(self, conn: Any, tasks: Sequence[NewTask]) -> list[bool]:
+        if len(tasks) >= _COPY_THRESHOLD and all(
+            t.fresh_id and t.eta <= t.enqueued_at for t in tasks
+        ):
+            return await self._copy(conn, tasks)
         args = self._enqueue_args(tasks)
         if all(t.fresh_id for t in tasks):
             # Ids generated for these tasks cannot exist yet: no lookups needed.
@@ -419,6 +434,30 @@ class PostgresBackend(Backend):
         rows = await conn.fetch(self._sql.enqueue, *args)
         stored = {r[0] for r in rows}
         return [t.id in stored for t in tasks]
+
+    async def _copy(self, conn: Any, tasks: Sequence[NewTask]) -> list[bool]:
+        # Binary COPY is the fastest way in for a large batch of new tasks due now; eta and
+        # enqueued_at come from the server's clock through the columns' defaults.
+        records = [
+            (
+                t.id,
+                t.queue,
+                t.priority,
+                t.payload,
+                t.options,
+                t.result_ttl,
+                t.concurrency_key,
+                t.concurrency_limit,
+            )
+            for t in tasks
+        ]
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "tasks", schema_name=self.schema, records=records, columns=_COPY_COLUMNS
+            )
+            for queue in sorted({t.queue for t in tasks}):
+                await conn.execute("SELECT pg_notify($1, $2)", self._work_channel, queue)
+        return [True] * len(tasks)
 
     async def enqueue_in_transaction(self, tasks: Sequence[NewTask], connection: Any) -> list[bool]:
         """Insert tasks on the caller's own asyncpg connection, inside its transaction: they
