@@ -708,8 +708,13 @@ class _Statements:
             )
             SELECT id FROM ins UNION ALL SELECT NULL FROM notified
         """
+        # Claims and lease extensions commit without waiting for the WAL flush: if the server
+        # crashed and lost one, the task would simply be claimable again (and the worker's
+        # fenced outcome refused), which at-least-once already allows. Outcomes do wait.
         claim = """
-            WITH now AS (SELECT {now} AS t),
+            WITH now AS (
+                SELECT {now} AS t, set_config('synchronous_commit', 'off', true) AS cfg
+            ),
             expired AS (
                 SELECT t.id FROM {s}.tasks t, now
                 WHERE t.state = 1 AND t.lease_until <= now.t AND {queue_match}
@@ -735,7 +740,8 @@ class _Statements:
         self.claim_many = claim.format(now=_NOW, s=s, queue_match="t.queue = ANY($1::text[])")
         self.extend = f"""
             UPDATE {s}.tasks t SET lease_until = {_NOW} + $3
-            FROM unnest($1::text[], $2::bigint[]) AS c(id, fence)
+            FROM unnest($1::text[], $2::bigint[]) AS c(id, fence),
+                 (SELECT set_config('synchronous_commit', 'off', true)) AS cfg
             WHERE t.id = c.id AND t.fence = c.fence AND t.state = 1
             RETURNING t.id, t.fence, t.cancel_requested
         """
