@@ -163,3 +163,36 @@ async def test_connection_failure_is_a_backend_error_with_the_server_message() -
     backend = PostgresBackend(dsn)
     with pytest.raises(BackendError, match="not connected"):
         await backend.get_task("x")
+
+
+async def test_worker_recovers_when_every_connection_is_terminated(
+    pg_url: str, worker_processes: WorkerProcesses, tmp_path: Path
+) -> None:
+    """All of the worker's connections are killed server-side mid-drain; it reconnects and
+    every task still ends with exactly one result."""
+    schema = _schema(pg_url)
+    worker_processes.start(pg_url, concurrency=4, lease=5.0)
+    admin = await asyncpg.connect(postgres_dsn())
+    try:
+        async with TaskQueue(pg_url) as queue:
+            ids = await queue.enqueue_many(
+                [(tasks.record_item, (str(tmp_path), "cut", i)) for i in range(200)]
+            )
+        await wait_until(lambda: (tmp_path / "cut.log").exists(), message="work started")
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name IN ($1, $2)",
+            f"sitq:{schema}",
+            f"sitq-listen:{schema}",
+        )
+        assert killed >= 2
+        async with TaskQueue(pg_url) as queue:
+            more = await queue.enqueue_many(
+                [(tasks.record_item, (str(tmp_path), "cut", i)) for i in range(200, 300)]
+            )
+            results = [await queue.get_result(i, timeout=60) for i in ids + more]
+        assert all(r is not None and r.status == TaskStatus.SUCCESS for r in results)
+        lines = (tmp_path / "cut.log").read_text().split()
+        assert set(int(item) for item in lines[0::2]) == set(range(300))
+    finally:
+        await admin.close()

@@ -244,7 +244,7 @@ class PostgresBackend(Backend):
                 max_size=self.max_pool_size,
                 timeout=self.connect_timeout,
                 server_settings={
-                    "application_name": "sitq",
+                    "application_name": f"sitq:{self.schema}",
                     "synchronous_commit": self.synchronous_commit,
                 },
                 reset=_reset_connection,
@@ -311,11 +311,11 @@ class PostgresBackend(Backend):
             # (acquire, release) costs more than many statements do.
             direct = self._direct
             if direct is not None and not self._direct_busy:
-                if direct.is_closed():
+                if not _usable(direct):
                     self._direct = None
-                    await pool.release(direct)
-                    self._direct = await pool.acquire()
-                    direct = self._direct
+                    with contextlib.suppress(Exception):
+                        await pool.release(direct)
+                    self._direct = direct = await pool.acquire()
                 self._direct_busy = True
                 try:
                     return await fn(direct)
@@ -627,6 +627,13 @@ class PostgresBackend(Backend):
             c = counts.setdefault(r["queue"], {})
             c[r["kind"]] = c.get(r["kind"], 0) + r["n"]
         return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
+
+
+def _usable(conn: Any) -> bool:
+    try:
+        return not conn.is_closed()
+    except Exception:  # a proxy the pool took back after its connection died
+        return False
 
 
 async def _reset_connection(conn: Any) -> None:
