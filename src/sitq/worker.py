@@ -24,7 +24,7 @@ from typing import Self
 from sitq._task import Outcome
 from sitq.backends import resolve_backend
 from sitq.backends.base import Backend
-from sitq.errors import ConfigurationError, SitqError
+from sitq.errors import ConfigurationError
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
 from sitq.models import (
     Claim,
@@ -289,7 +289,7 @@ class Worker:
             try:
                 claims = await self.backend.claim(self.queues, free, self.worker_id, self.lease)
                 failures = 0
-            except SitqError as exc:
+            except Exception as exc:  # a backend bug must not stop the worker either
                 failures += 1
                 delay = min(self.poll_interval * 2 ** min(failures, 6), 30.0)
                 log.warning("claim failed (%s); retrying in %.1f s", exc, delay)
@@ -309,7 +309,7 @@ class Worker:
                 await self.backend.wait_for_work(self.queues, timeout)
             else:
                 await asyncio.sleep(timeout)
-        except SitqError as exc:
+        except Exception as exc:
             log.warning("waiting for work failed: %s", exc)
             await asyncio.sleep(min(timeout, 1.0))
         finally:
@@ -432,7 +432,7 @@ class Worker:
         batch, self._pending = self._pending, []
         try:
             applied = await self.backend.settle([s for _, s in batch])
-        except SitqError as exc:
+        except Exception as exc:
             log.warning("recording %d outcomes failed (%s); retrying", len(batch), exc)
             self._pending = batch + self._pending
             return False
@@ -456,7 +456,7 @@ class Worker:
                 continue
             try:
                 states = await self.backend.extend_lease([h.ref for h in held], self.lease)
-            except SitqError as exc:
+            except Exception as exc:
                 log.warning("extending %d leases failed: %s", len(held), exc)
                 continue
             for item, state in zip(held, states, strict=True):
@@ -479,7 +479,7 @@ class Worker:
                 removed = await self.backend.purge_expired(time.time())
                 if removed:
                     log.debug("removed %d expired results", removed)
-            except SitqError as exc:
+            except Exception as exc:
                 log.warning("purging expired results failed: %s", exc)
             await asyncio.sleep(PURGE_INTERVAL)
 

@@ -185,6 +185,8 @@ class PostgresBackend(Backend):
         self._pool: Any = None
         self._direct: Any = None
         self._direct_busy = False
+        self._direct_opening = False
+        self._background: set[asyncio.Task[None]] = set()
         self._listener: Any = None
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -243,10 +245,7 @@ class PostgresBackend(Backend):
                 min_size=self.min_pool_size,
                 max_size=self.max_pool_size,
                 timeout=self.connect_timeout,
-                server_settings={
-                    "application_name": f"sitq:{self.schema}",
-                    "synchronous_commit": self.synchronous_commit,
-                },
+                server_settings=self._server_settings(),
                 reset=_reset_connection,
             )
         except _pg_errors() as exc:
@@ -258,7 +257,29 @@ class PostgresBackend(Backend):
             await pool.close()
             raise BackendError(f"PostgreSQL schema setup failed: {exc}") from exc
         self._pool = pool
-        self._direct = await pool.acquire()
+        await self._open_direct()
+
+    def _server_settings(self) -> dict[str, str]:
+        return {
+            "application_name": f"sitq:{self.schema}",
+            "synchronous_commit": self.synchronous_commit,
+        }
+
+    async def _open_direct(self) -> None:
+        # One connection of its own, outside the pool, for whoever comes first: a pool round
+        # (acquire, release) costs about as much as a simple statement.
+        self._direct_opening = True
+        try:
+            self._direct = await self._asyncpg.connect(
+                self.dsn, timeout=self.connect_timeout, server_settings=self._server_settings()
+            )
+        except Exception as exc:
+            log.warning("PostgreSQL: cannot open a connection (%s); using the pool only", exc)
+        finally:
+            self._direct_opening = False
+        if self._pool is None and self._direct is not None:  # closed meanwhile
+            self._direct.terminate()
+            self._direct = None
 
     async def _migrate(self, conn: Any) -> None:
         s = f'"{self.schema}"'
@@ -287,15 +308,20 @@ class PostgresBackend(Backend):
         direct, self._direct = self._direct, None
         self._closing = True
         task, self._listener_task = self._listener_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for pending in [task, *self._background]:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+        if self._direct is not None:  # opened by a background task just before it stopped
+            direct = direct or self._direct
+            self._direct = None
         self._signal_all()
+        if direct is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(direct.close(), 5)
+            direct.terminate()
         if pool is not None:
-            if direct is not None:
-                with contextlib.suppress(Exception):
-                    await pool.release(direct)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 10)
             pool.terminate()
@@ -307,24 +333,35 @@ class PostgresBackend(Backend):
         if pool is None:
             raise BackendError("PostgresBackend is not connected: call `await backend.connect()`")
         try:
-            # One connection is kept out of the pool for whoever comes first: a pool round
-            # (acquire, release) costs more than many statements do.
             direct = self._direct
-            if direct is not None and not self._direct_busy:
-                if not _usable(direct):
-                    self._direct = None
-                    with contextlib.suppress(Exception):
-                        await pool.release(direct)
-                    self._direct = direct = await pool.acquire()
+            if direct is not None and not self._direct_busy and not direct.is_closed():
                 self._direct_busy = True
+                done = False
                 try:
-                    return await fn(direct)
+                    result = await fn(direct)
+                    done = True
+                    return result
                 finally:
                     self._direct_busy = False
+                    if not done:
+                        # An error or a cancellation can leave the connection in the middle of
+                        # an operation: drop it and open a fresh one in the background.
+                        self._direct = None
+                        direct.terminate()
+                        self._reopen_direct()
+            if self._direct is None or self._direct.is_closed():
+                self._reopen_direct()
             async with pool.acquire() as conn:
                 return await fn(conn)
-        except _pg_errors() as exc:
+        except Exception as exc:  # the driver raises more than its documented error classes
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    def _reopen_direct(self) -> None:
+        if not self._direct_opening and self._pool is not None and not self._closing:
+            self._direct = None
+            self._direct_opening = True
+            self._background.add(task := asyncio.create_task(self._open_direct()))
+            task.add_done_callback(self._background.discard)
 
     def _signal_all(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -627,13 +664,6 @@ class PostgresBackend(Backend):
             c = counts.setdefault(r["queue"], {})
             c[r["kind"]] = c.get(r["kind"], 0) + r["n"]
         return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
-
-
-def _usable(conn: Any) -> bool:
-    try:
-        return not conn.is_closed()
-    except Exception:  # a proxy the pool took back after its connection died
-        return False
 
 
 async def _reset_connection(conn: Any) -> None:
