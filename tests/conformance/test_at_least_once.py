@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from pathlib import Path
@@ -34,7 +33,7 @@ async def test_worker_killed_mid_task_task_completes_elsewhere(
     await wait_until(marker.exists, message="the first worker to start the task")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    worker_processes.start(shared_backends.url, lease=1.0)
+    worker_processes.start(shared_backends.url, lease=5.0)
     result = await shared_queue.get_result(task_id, timeout=20)
     assert result is not None
     assert result.status == TaskStatus.SUCCESS
@@ -53,7 +52,7 @@ async def test_task_that_keeps_killing_its_worker_is_failed(
         proc = worker_processes.start(shared_backends.url, lease=0.5)
         await wait_until(lambda p=proc: p.poll() is not None, message="the worker to be killed")
         assert proc.returncode == -signal.SIGKILL
-    worker_processes.start(shared_backends.url, lease=0.5)
+    worker_processes.start(shared_backends.url, lease=5.0)
     result = await shared_queue.get_result(task_id, timeout=20)
     assert result is not None
     assert result.status == TaskStatus.FAILED
@@ -66,10 +65,9 @@ async def test_lease_is_renewed_while_a_long_task_runs(queue: TaskQueue) -> None
     """A task running for several lease periods is not taken over (the heartbeat renews it)."""
     from sitq import AsyncWorker
 
-    task_id = await queue.enqueue(tasks.sleep_async, 1.5)
-    async with AsyncWorker(queue.backend, lease=0.5, poll_interval=0.1) as worker:
-        assert await queue.get_value(task_id, timeout=10) == "slept"
-        await asyncio.sleep(0)
+    task_id = await queue.enqueue(tasks.sleep_async, 3.0)
+    async with AsyncWorker(queue.backend, lease=1.0, poll_interval=0.1) as worker:
+        assert await queue.get_value(task_id, timeout=15) == "slept"
     result = await queue.get_result(task_id)
     assert result is not None and result.attempts == 1
     assert worker.counters["lost"] == 0

@@ -69,7 +69,7 @@ async def test_paused_worker_result_is_refused(
     )
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
-        worker_processes.start(shared_backends.url, lease=1.0)
+        worker_processes.start(shared_backends.url, lease=5.0)
         value = await shared_queue.get_value(task_id, timeout=20)
         assert value != frozen.pid
     finally:
