@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sitq.errors import ConfigurationError
@@ -26,6 +27,7 @@ from sitq.models import (
     QueueStats,
     Settlement,
     TaskSnapshot,
+    TaskStatus,
 )
 
 
@@ -148,3 +150,64 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """Where this backend points, for logs and ``sitq info``, never with a password."""
         return type(self).__name__
+
+
+class ChangeSignal:
+    """Wakes waiters when the store may have changed: every ``signal()`` ends all the waits on
+    the event that was current before it (a generation, so no wake-up is lost between a check
+    and the wait that follows it)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._at_claim: asyncio.Event | None = None
+
+    @property
+    def current(self) -> asyncio.Event:
+        """The event the next ``signal()`` sets; take it *before* checking the store."""
+        return self._event
+
+    def signal(self) -> None:
+        """Wake everyone waiting on the current generation."""
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def mark_claim(self) -> None:
+        """Remember the generation at the start of a claim, for the wait that may follow it."""
+        self._at_claim = self._event
+
+    def since_claim(self) -> asyncio.Event:
+        """The generation of the last claim (or the current one): a change seen after that claim
+        began ends a wait for work at once."""
+        event, self._at_claim = self._at_claim or self._event, None
+        return event
+
+    @staticmethod
+    async def wait(event: asyncio.Event, timeout: float) -> None:
+        """Wait for ``event`` at most ``timeout`` seconds."""
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+
+
+_STATS_FIELD = {
+    TaskStatus.RUNNING: "running",
+    TaskStatus.SUCCESS: "succeeded",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.CANCELLED: "cancelled",
+}
+
+
+def stats_kind(status: TaskStatus, scheduled: bool) -> str:
+    """The QueueStats field a task counts in (a pending task with a future ETA is scheduled)."""
+    if status is TaskStatus.PENDING:
+        return "scheduled" if scheduled else "pending"
+    return _STATS_FIELD[status]
+
+
+def stats_from_counts(rows: Iterable[tuple[str, str, int]]) -> list[QueueStats]:
+    """Per-queue stats from ``(queue, kind, count)`` rows, ``kind`` naming a QueueStats field."""
+    counts: dict[str, dict[str, int]] = {}
+    for queue, kind, n in rows:
+        c = counts.setdefault(queue, {})
+        c[kind] = c.get(kind, 0) + n
+    return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]

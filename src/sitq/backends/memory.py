@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sitq.backends.base import Backend
+from sitq.backends.base import Backend, stats_from_counts, stats_kind
 from sitq.errors import BackendError
 from sitq.models import (
     CancelOutcome,
@@ -353,17 +353,8 @@ class MemoryBackend(Backend):
     async def stats(self, now: float) -> list[QueueStats]:
         """Count tasks per queue and state."""
         self._check()
-        counts: dict[str, dict[str, int]] = {}
-        for rec in self._tasks.values():
-            if rec.expires_at is not None and rec.expires_at <= now:
-                continue
-            c = counts.setdefault(rec.task.queue, {})
-            key = {
-                TaskStatus.PENDING: "scheduled" if rec.eta > now else "pending",
-                TaskStatus.RUNNING: "running",
-                TaskStatus.SUCCESS: "succeeded",
-                TaskStatus.FAILED: "failed",
-                TaskStatus.CANCELLED: "cancelled",
-            }[rec.status]
-            c[key] = c.get(key, 0) + 1
-        return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
+        return stats_from_counts(
+            (rec.task.queue, stats_kind(rec.status, rec.eta > now), 1)
+            for rec in self._tasks.values()
+            if rec.expires_at is None or rec.expires_at > now
+        )

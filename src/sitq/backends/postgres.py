@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
-from sitq.backends.base import Backend
+from sitq.backends.base import Backend, ChangeSignal, stats_from_counts
 from sitq.errors import BackendError, ConfigurationError
 from sitq.models import (
     CancelOutcome,
@@ -190,8 +190,7 @@ class PostgresBackend(Backend):
         self._listener: Any = None
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._claim_generation: asyncio.Event | None = None
+        self._changes = ChangeSignal()
         self._done_waiters: dict[str, list[asyncio.Event]] = {}
         self._closing = False
         self._sql = _Statements(
@@ -238,7 +237,6 @@ class PostgresBackend(Backend):
         if self._pool is not None:
             return
         self._closing = False
-        self._changed = asyncio.Event()
         try:
             pool = await self._asyncpg.create_pool(
                 self.dsn,
@@ -364,15 +362,13 @@ class PostgresBackend(Backend):
             task.add_done_callback(self._background.discard)
 
     def _signal_all(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        self._changes.signal()
         for events in self._done_waiters.values():
             for e in events:
                 e.set()
 
     def _on_work(self, *_: Any) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        self._changes.signal()
 
     def _on_done(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if payload == "*":
@@ -516,7 +512,7 @@ class PostgresBackend(Backend):
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
     ) -> list[Claim]:
         """Lock and take up to ``limit`` due tasks (expired leases first) in one statement."""
-        self._claim_generation = self._changed
+        self._changes.mark_claim()
         if limit <= 0:
             return []
         sql = self._sql.claim_one if len(queues) == 1 else self._sql.claim_many
@@ -640,16 +636,14 @@ class PostgresBackend(Backend):
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Wait for a work notification, the next ETA or lease expiry, or ``timeout``."""
         await self._ensure_listener()
-        changed = self._claim_generation or self._changed
-        self._claim_generation = None
+        changed = self._changes.since_claim()
         due = await self._call(lambda c: c.fetchval(self._sql.next_due, list(queues)))
         if due is not None:
             timeout = min(timeout, max(due, 0.0))
         timeout = min(timeout, self._poll_cap())
         if timeout <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        await ChangeSignal.wait(changed, timeout)
 
     async def purge_expired(self, now: float, limit: int = 10_000) -> int:
         """Delete up to ``limit`` expired results."""
@@ -659,11 +653,7 @@ class PostgresBackend(Backend):
     async def stats(self, now: float) -> list[QueueStats]:
         """Count tasks per queue and state."""
         rows = await self._call(lambda c: c.fetch(self._sql.stats))
-        counts: dict[str, dict[str, int]] = {}
-        for r in rows:
-            c = counts.setdefault(r["queue"], {})
-            c[r["kind"]] = c.get(r["kind"], 0) + r["n"]
-        return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
+        return stats_from_counts((r["queue"], r["kind"], r["n"]) for r in rows)
 
 
 async def _reset_connection(conn: Any) -> None:

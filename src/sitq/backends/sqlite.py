@@ -19,7 +19,6 @@ Design:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import sqlite3
@@ -29,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sitq.backends._inotify import DirectoryWatch, watch_directory
-from sitq.backends.base import Backend
+from sitq.backends.base import Backend, ChangeSignal, stats_from_counts, stats_kind
 from sitq.errors import BackendError, ConfigurationError
 from sitq.models import (
     CancelOutcome,
@@ -142,8 +141,7 @@ class SQLiteBackend(Backend):
         self._thread: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: DirectoryWatch | None = None
-        self._changed = asyncio.Event()
-        self._claim_generation: asyncio.Event | None = None
+        self._changes = ChangeSignal()
 
     @classmethod
     def options_from_query(cls, params: dict[str, str]) -> dict[str, Any]:
@@ -187,7 +185,6 @@ class SQLiteBackend(Backend):
             self._thread = None
             raise
         self._fast = self._open_fast()
-        self._changed = asyncio.Event()
         directory = os.path.dirname(os.path.abspath(self.db_path))
         base = os.path.basename(self.db_path)
         self._watch = watch_directory(directory, frozenset({base, base + "-wal"}))
@@ -278,8 +275,7 @@ class SQLiteBackend(Backend):
             self._signal_change()
 
     def _signal_change(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        self._changes.signal()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -386,7 +382,7 @@ class SQLiteBackend(Backend):
     ) -> list[Claim]:
         """Claim expired leases first, then due pending tasks in priority order, atomically."""
         # A commit noticed from now on must end the wait that follows an empty claim.
-        self._claim_generation = self._changed
+        self._changes.mark_claim()
         if limit <= 0:
             return []
         marks = ",".join("?" * len(queues))
@@ -562,11 +558,6 @@ class SQLiteBackend(Backend):
 
         return await self._run(read)
 
-    async def _wait_change(self, timeout: float) -> None:
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
-
     def _poll_cap(self) -> float:
         # With inotify every commit wakes us; without it, poll quickly at first, then back off.
         return 1.0 if self._watch is not None else 0.2
@@ -576,19 +567,17 @@ class SQLiteBackend(Backend):
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
-            changed = self._changed
+            changed = self._changes.current
             snap = await self.get_task(task_id)
             remaining = deadline - time.monotonic()
             if snap is None or snap.status.is_final or remaining <= 0 or self._conn is None:
                 return snap
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(delay, remaining))
+            await ChangeSignal.wait(changed, min(delay, remaining))
             delay = min(delay * 2, self._poll_cap())
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Wait for a commit, the next scheduled ETA or lease expiry, or ``timeout``."""
-        changed = self._claim_generation or self._changed
-        self._claim_generation = None
+        changed = self._changes.since_claim()
         marks = ",".join("?" * len(queues))
 
         def next_due(conn: sqlite3.Connection) -> float | None:
@@ -610,8 +599,7 @@ class SQLiteBackend(Backend):
             timeout = min(timeout, 0.05)
         if timeout <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        await ChangeSignal.wait(changed, timeout)
 
     async def purge_expired(self, now: float, limit: int = 10_000) -> int:
         """Delete expired results in one transaction."""
@@ -635,17 +623,9 @@ class SQLiteBackend(Backend):
                 "WHERE expires_at IS NULL OR expires_at > ? GROUP BY 1, 2, 3",
                 (now, now),
             ).fetchall()
-            counts: dict[str, dict[str, int]] = {}
-            for queue, state, future, n in rows:
-                key = {
-                    _PENDING: "scheduled" if future else "pending",
-                    _RUNNING: "running",
-                    _SUCCESS: "succeeded",
-                    _FAILED: "failed",
-                    _CANCELLED: "cancelled",
-                }[state]
-                c = counts.setdefault(queue, {})
-                c[key] = c.get(key, 0) + n
-            return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
+            return stats_from_counts(
+                (queue, stats_kind(_STATE_TO_STATUS[state], bool(future)), n)
+                for queue, state, future, n in rows
+            )
 
         return await self._run(count)
