@@ -9,12 +9,14 @@ names the offending value, never later in a worker.
 from __future__ import annotations
 
 import abc
+import hashlib
+import hmac
 import importlib
 import json
 import pickle
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cloudpickle
@@ -109,32 +111,95 @@ def _find_unpicklable(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any
     return "the call cannot be pickled"
 
 
+_SIGNED = b"sitq-hmac1:"
+_MAC_SIZE = hashlib.sha256().digest_size
+
+
+def _secret_keys(secret: bytes | str | Sequence[bytes | str] | None) -> tuple[bytes, ...]:
+    if secret is None:
+        return ()
+    items = [secret] if isinstance(secret, bytes | str) else secret
+    keys = tuple(k.encode() if isinstance(k, str) else k for k in _as_list(items))
+    if not keys or not all(isinstance(k, bytes) and len(k) >= 16 for k in keys):
+        raise ConfigurationError(
+            "PickleSerializer(secret=...) takes a key of at least 16 bytes, or a list of them "
+            "(the first signs, all verify); make one with secrets.token_bytes(32)"
+        )
+    return keys
+
+
+def _as_list(items: Any) -> list[Any]:
+    try:
+        return list(items)
+    except TypeError:
+        return [None]
+
+
 class PickleSerializer(Serializer):
     """cloudpickle: carries closures, lambdas and functions defined in ``__main__`` by value.
 
-    Unpickling runs code: only let workers read a backend that only trusted code can write to.
+    Unpickling runs code: anyone who can write to the backend can run code in the workers. With
+    ``secret=`` every payload is signed (HMAC-SHA256), and a serializer with a secret refuses,
+    without unpickling it, a payload that is unsigned or whose signature matches none of its
+    keys. ``secret`` may be a list for key rotation: the first key signs, every key verifies.
     """
 
     name = "pickle"
 
-    def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+    def __init__(
+        self,
+        protocol: int = pickle.HIGHEST_PROTOCOL,
+        *,
+        secret: bytes | str | Sequence[bytes | str] | None = None,
+    ) -> None:
         if not 2 <= protocol <= pickle.HIGHEST_PROTOCOL:
             raise ConfigurationError(
                 f"PickleSerializer(protocol={protocol}): use 2..{pickle.HIGHEST_PROTOCOL}"
             )
         self.protocol = protocol
+        self._keys = _secret_keys(secret)
+
+    @property
+    def signed(self) -> bool:
+        """True if this serializer signs and verifies payloads."""
+        return bool(self._keys)
+
+    def _seal(self, data: bytes) -> bytes:
+        if not self._keys:
+            return data
+        return _SIGNED + hmac.new(self._keys[0], data, hashlib.sha256).digest() + data
+
+    def _open(self, data: bytes) -> bytes:
+        signed = data.startswith(_SIGNED)
+        body = data[len(_SIGNED) + _MAC_SIZE :] if signed else data
+        if not self._keys:
+            return body
+        if not signed:
+            raise SerializationError(
+                "payload is not signed, refused without unpickling it: this PickleSerializer "
+                "has a secret and reads only payloads signed with one of its keys"
+            )
+        mac = data[len(_SIGNED) : len(_SIGNED) + _MAC_SIZE]
+        for key in self._keys:
+            if hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+                return body
+        raise SerializationError(
+            "payload signature matches none of this serializer's keys, refused without "
+            "unpickling it: the payload was altered or signed with another secret"
+        )
 
     def dumps(self, obj: Any) -> bytes:
-        """Pickle ``obj`` with cloudpickle."""
+        """Pickle ``obj`` with cloudpickle (and sign it when there is a secret)."""
         try:
-            return bytes(cloudpickle.dumps(obj, protocol=self.protocol))
+            return self._seal(bytes(cloudpickle.dumps(obj, protocol=self.protocol)))
         except Exception as exc:
             raise SerializationError(f"{_describe(obj)} cannot be pickled: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
-        """Unpickle bytes made by ``dumps``."""
+        """Unpickle bytes made by ``dumps`` (after checking the signature, with a secret)."""
+        body = self._open(bytes(data))
         try:
-            return pickle.loads(data)
+            return pickle.loads(body)
         except Exception as exc:
             raise SerializationError(
                 f"payload cannot be unpickled ({type(exc).__name__}: {exc})"
@@ -147,13 +212,14 @@ class PickleSerializer(Serializer):
         if _plain_call(func, args, kwargs):
             # A module-level function and plain arguments pickle the same way with the C
             # pickler, five times faster; anything else goes through cloudpickle.
-            return pickle.dumps((func, tuple(args), dict(kwargs)), protocol=self.protocol)
-        try:
-            return bytes(
-                cloudpickle.dumps((func, tuple(args), dict(kwargs)), protocol=self.protocol)
+            return self._seal(
+                pickle.dumps((func, tuple(args), dict(kwargs)), protocol=self.protocol)
             )
+        try:
+            data = cloudpickle.dumps((func, tuple(args), dict(kwargs)), protocol=self.protocol)
         except Exception as exc:
             raise SerializationError(_find_unpicklable(func, args, kwargs)) from exc
+        return self._seal(bytes(data))
 
 
 _PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,38 @@ def test_json_serializer_rejects_what_it_cannot_carry_at_enqueue() -> None:
 def _run(coro):  # type: ignore[no-untyped-def]
 
     return asyncio.run(coro)
+
+
+class _TouchOnUnpickle:
+    """Unpickling this creates a file: proof that a payload was (or was not) unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_touch, (self.path,))
+
+
+def _touch(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("unpickled")
+
+
+@pytest.mark.parametrize("kind", [AsyncWorker, ProcessWorker], ids=lambda k: k.__name__)
+async def test_worker_with_a_secret_refuses_unsigned_payloads(
+    queue: TaskQueue, kind: type[Worker], tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    unsigned = PickleSerializer().dumps_call(tasks.add, (_TouchOnUnpickle(str(marker)), 1), {})
+    forged = _raw_task(unsigned)
+    await queue.backend.enqueue([forged])
+    signed_queue = TaskQueue(queue.backend, PickleSerializer(secret=b"s" * 32))
+    good = await signed_queue.enqueue(tasks.add, 2, 3)
+    async with kind(
+        queue.backend, PickleSerializer(secret=b"s" * 32), concurrency=1, poll_interval=0.2
+    ):
+        result = await queue.get_result(forged.id, timeout=20)
+        assert await signed_queue.get_value(good, timeout=20) == 5
+    assert result is not None and result.status == TaskStatus.FAILED
+    assert "not signed" in (result.error or "")
+    assert not marker.exists(), "the unsigned payload must never be unpickled"
