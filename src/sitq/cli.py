@@ -4,6 +4,8 @@ Every option can also come from an environment variable: ``SITQ_URL``, ``SITQ_KI
 ``SITQ_CONCURRENCY``, ``SITQ_QUEUES`` (comma-separated), ``SITQ_IMPORTS`` (comma-separated),
 ``SITQ_SERIALIZER``, ``SITQ_LEASE``, ``SITQ_SHUTDOWN_TIMEOUT``, ``SITQ_POLL_INTERVAL`` and
 ``SITQ_LOG_LEVEL``. A flag given on the command line wins over the environment.
+``SITQ_SECRET`` (comma-separated keys, the first signs) makes the pickle serializer sign and
+verify payloads; it has no flag, since a command line is visible to every user of the machine.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 from sitq.backends import backend_from_url, redact_url
 from sitq.errors import SitqError
-from sitq.serializers import serializer_from_name
+from sitq.serializers import PickleSerializer, Serializer, serializer_from_name
 from sitq.worker import WORKER_KINDS
 
 
@@ -36,6 +38,14 @@ def _env_float(name: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise SystemExit(f"sitq: {name}={value!r} is not a number") from None
+
+
+def _serializer(name: str) -> Serializer:
+    secret = os.environ.get("SITQ_SECRET")
+    if secret and name == "pickle":
+        # Comma-separated keys: the first signs, all verify. Never a flag: argv is visible.
+        return PickleSerializer(secret=[key.strip() for key in secret.split(",") if key.strip()])
+    return serializer_from_name(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +155,7 @@ async def _run_worker(args: argparse.Namespace) -> None:
         concurrency = 10
     worker = kind(
         backend,
-        serializer_from_name(args.serializer),
+        _serializer(args.serializer),
         concurrency,
         queues=queues,
         lease=args.lease,

@@ -110,3 +110,29 @@ async def test_worker_options_from_environment(
 
 async def _is(queue: TaskQueue, task_id: str, status: TaskStatus) -> bool:
     return await queue.get_status(task_id) == status
+
+
+async def test_worker_secret_from_environment(
+    tmp_path: Path, worker_processes: WorkerProcesses
+) -> None:
+    from sitq import PickleSerializer
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    secret = "s" * 32
+    async with TaskQueue(url, PickleSerializer(secret=secret)) as signed, TaskQueue(url) as plain:
+        good = await signed.enqueue(tasks.add, 1, 2)
+        unsigned = await plain.enqueue(tasks.add, 3, 4)
+        env = dict(os.environ, SITQ_SECRET=secret, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sitq", "worker", url, "--import", "tests.conformance.tasks"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        worker_processes.procs.append(proc)
+        assert await signed.get_value(good, timeout=30) == 3
+        result = await plain.get_result(unsigned, timeout=30)
+        assert result is not None and result.status == TaskStatus.FAILED
+        assert "not signed" in (result.error or "")
