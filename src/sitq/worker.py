@@ -135,10 +135,17 @@ class Worker:
         self._stopped = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._settle_wanted = asyncio.Event()
-        if not self.backend.connected:
-            await self.backend.connect()
-            self._owns_connection = True
-        await self.executor.start()
+        try:
+            if not self.backend.connected:
+                await self.backend.connect()
+                self._owns_connection = True
+            await self.executor.start()
+        except BaseException:
+            self._started = False
+            if self._owns_connection:
+                self._owns_connection = False
+                await self.backend.close()
+            raise
         self._claim_task = asyncio.create_task(self._claim_loop(), name="sitq-claim")
         self._background = [
             asyncio.create_task(self._heartbeat_loop(), name="sitq-heartbeat"),
