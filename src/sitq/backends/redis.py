@@ -1,0 +1,1746 @@
+"""The Redis backend, on redis-py's asyncio client: many workers on many hosts share one server
+(or one Redis Cluster).
+
+Design:
+
+* Every key of one queue shares the hash tag ``{<prefix>:<queue>}``, so each Lua script touches
+  one slot and the backend works unchanged on Redis Cluster. Per queue:
+
+  - ``<prefix>:{<prefix>:<queue>}:t:<id>``: the task, one hash (payload stored once; dropped
+    when the task finishes). A finished task's hash gets a TTL (``PEXPIREAT``) of its
+    ``result_ttl``: the result is the same key, and Redis removes it on time.
+  - ``...:ready``: due pending tasks, a sorted set whose members all have score 0 and sort
+    *by member*: ``%08x`` of ``2**31-1 - priority``, ``%014x`` of the ETA in microseconds,
+    ``%012x`` of a per-queue sequence number, then the id. Lexicographic order is then exactly
+    (priority desc, ETA, enqueue order), with no 53-bit limit of a double score.
+  - ``...:sched``: pending tasks whose ETA is in the future, scored by ETA; a claim moves the
+    due ones to ``ready`` first.
+  - ``...:leases``: running tasks scored by lease expiry; a claim takes expired ones over.
+  - ``...:seq`` (the sequence counter) and ``...:done:s|f|c`` (finished tasks by status,
+    scored by result expiry; stats count them and ``purge_expired`` trims them).
+
+* Each state change is one Lua script in the queue's slot, called with ``EVALSHA`` (reloaded
+  on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one extra round trip):
+  enqueue (with the idempotency check), claim (lease, attempts, fencing token), extend, settle
+  (finish / reschedule / release, each fenced), cancel, stats, purge. Times come from the
+  server's ``TIME``, so workers with skewed clocks agree on leases.
+* ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own slot) names the
+  task's queue. It is written before the queue's script (an explicit id claims its entry in a
+  round trip of its own first, so that an id known on another queue is left alone), and removed
+  by ``purge_expired`` once the result expired; a stale entry is harmless (the task key is the
+  truth). Objects remember the queues of the ids they enqueued or claimed, so the common paths
+  skip that lookup.
+* A step whose connection failed is retried only where that cannot act twice: claim and settle
+  carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets
+  the same answer); enqueue checks that the task does not exist; cancel is not retried.
+* Wake-ups use pub/sub: scripts that make tasks due publish on ``<prefix>:work:<queue>``, and
+  a finish publishes on ``<prefix>:done:<id>``. One pub/sub connection per backend object,
+  re-established with backoff if it drops (every waiter then looks again); a 1 s fallback
+  poll covers anything missed, and idle workers also wake at the next ETA or lease expiry
+  (which a claim returns, so an idle cycle costs one round trip).
+* Standalone servers are reached through one pooled connection kept for whoever comes first
+  (the commands of a step are pipelined on it, encoded by sitq, which costs a fraction of
+  redis-py's general encoder); concurrent callers use the rest of the pool. With
+  ``cluster=True`` redis-py's ``RedisCluster`` routes each script to its slot's node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import logging
+import math
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sitq.backends import redact_url, require
+from sitq.backends.base import Backend
+from sitq.errors import BackendError, ConfigurationError
+from sitq.models import (
+    CancelOutcome,
+    Claim,
+    ClaimRef,
+    Finish,
+    LeaseState,
+    NewTask,
+    QueueStats,
+    Release,
+    Reschedule,
+    Settlement,
+    TaskSnapshot,
+    TaskStatus,
+)
+
+log = logging.getLogger("sitq.redis")
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_STATUS_CODE = {
+    TaskStatus.PENDING: b"0",
+    TaskStatus.RUNNING: b"1",
+    TaskStatus.SUCCESS: b"2",
+    TaskStatus.FAILED: b"3",
+    TaskStatus.CANCELLED: b"4",
+}
+_CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
+_LEASE_STATES = (LeaseState.LOST, LeaseState.HELD, LeaseState.CANCEL_REQUESTED)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+_ENQUEUE_CHUNK = 100
+_HINTS = 100_000
+_RANK_LEN = 34
+
+# -- Lua ---------------------------------------------------------------------------------------
+
+_LUA_COMMON = """
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000, t
+end
+local function rank(pri, eta, seq, id)
+  local us = math.floor(eta * 1000000)
+  if us < 0 then us = 0 end
+  if us > 9007199254740991 then us = 9007199254740991 end
+  return string.format('%08x%014x%012x', 2147483647 - pri, us, seq) .. id
+end
+"""
+
+# Puts a pending task (hash fields already set) in `ready` or `sched`. KEYS[1..4] must be
+# ready, sched, leases, seq.
+_LUA_REQUEUE = """
+local function requeue(tk, id, pri, eta, now)
+  if eta <= now then
+    local r = rank(pri, eta, redis.call('INCR', KEYS[4]), id)
+    redis.call('ZADD', KEYS[1], 0, r)
+    redis.call('HSET', tk, 'rk', r)
+  else
+    redis.call('ZADD', KEYS[2], eta, id)
+    redis.call('HDEL', tk, 'rk')
+  end
+end
+local function promote(now)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', KEYS[2], id)
+    local tk = ARGV[1] .. id
+    local h = redis.call('HMGET', tk, 'st', 'pri', 'eta')
+    if h[1] == '0' then requeue(tk, id, tonumber(h[2]), tonumber(h[3]), now) end
+  end
+end
+local function next_due()
+  local a = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local b = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  local d = nil
+  if a[2] then d = tonumber(a[2]) end
+  if b[2] then
+    local x = tonumber(b[2])
+    if d == nil or x < d then d = x end
+  end
+  if d == nil then return '' end
+  return string.format('%.17g', d)
+end
+"""
+
+# KEYS: ready, sched, seq, done:s, done:f, done:c
+# ARGV: task key prefix, work channel, then per task (9 values): id, fresh (1/0), priority,
+#       eta ('' = now), payload, options, result_ttl, concurrency key, concurrency limit
+# Returns one character per task: '1' stored, '0' already known.
+_ENQUEUE = (
+    _LUA_COMMON
+    + """
+local now = now_s()
+local out = {}
+local ready = {}
+local added = 0
+-- sequence numbers for the whole call at once (unused ones are simply skipped)
+local seq = redis.call('INCRBY', KEYS[3], (#ARGV - 2) / 9) - (#ARGV - 2) / 9
+for i = 3, #ARGV, 9 do
+  local id = ARGV[i]
+  local tk = ARGV[1] .. id
+  if redis.call('EXISTS', tk) == 1 then
+    -- a generated id can only exist if an earlier attempt of this very call stored it
+    if ARGV[i + 1] == '1' then out[#out + 1] = '1' else out[#out + 1] = '0' end
+  else
+    if ARGV[i + 1] == '0' then
+      -- an explicit id whose earlier result expired: forget its old entry
+      redis.call('ZREM', KEYS[4], id)
+      redis.call('ZREM', KEYS[5], id)
+      redis.call('ZREM', KEYS[6], id)
+    end
+    local eta = now
+    if ARGV[i + 3] ~= '' then eta = tonumber(ARGV[i + 3]) end
+    local r = ''
+    if eta <= now then
+      seq = seq + 1
+      r = rank(tonumber(ARGV[i + 2]), eta, seq, id)
+      ready[#ready + 1] = 0
+      ready[#ready + 1] = r
+    else
+      redis.call('ZADD', KEYS[2], eta, id)
+    end
+    if r ~= '' then
+      redis.call('HSET', tk, 'st', 0, 'pri', ARGV[i + 2], 'eta', eta, 'pl', ARGV[i + 4],
+                 'op', ARGV[i + 5], 'ttl', ARGV[i + 6], 'enq', now, 'rk', r)
+    else
+      redis.call('HSET', tk, 'st', 0, 'pri', ARGV[i + 2], 'eta', eta, 'pl', ARGV[i + 4],
+                 'op', ARGV[i + 5], 'ttl', ARGV[i + 6], 'enq', now)
+    end
+    if ARGV[i + 7] ~= '' then redis.call('HSET', tk, 'ck', ARGV[i + 7], 'cl', ARGV[i + 8]) end
+    out[#out + 1] = '1'
+    added = added + 1
+  end
+end
+if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
+if added > 0 then redis.call('PUBLISH', ARGV[2], '') end
+return table.concat(out)
+"""
+)
+
+# KEYS: ready, sched, leases, seq, claim record (a list, per claim request)
+# ARGV: task key prefix, limit, lease seconds, worker id
+# Returns: TIME seconds, TIME microseconds, next due time ('' if none), then per claim four
+#          strings: id, payload, options, and "fence attempts priority retries enqueued_at ttl
+#          cancel eta" (few reply elements parse much faster than many).
+# The claim record lists what the request claimed, for 10 s: a retry of a request whose reply
+# was lost hands out the same claims again instead of taking more tasks.
+_CLAIM = (
+    _LUA_COMMON
+    + _LUA_REQUEUE
+    + """
+local now, t = now_s()
+local out = {t[1], t[2], ''}
+local record = redis.call('LRANGE', KEYS[5], 0, -1)
+if #record > 0 then
+  for j = 1, #record, 2 do
+    local id = record[j]
+    local h = redis.call('HMGET', ARGV[1] .. id, 'st', 'fence', 'att', 'pl', 'op', 'pri', 'ret',
+                         'enq', 'ttl', 'cr', 'eta')
+    if h[1] == '1' and h[2] == record[j + 1] then
+      out[#out + 1] = id
+      out[#out + 1] = h[4]
+      out[#out + 1] = h[5]
+      out[#out + 1] = table.concat({h[2], h[3], h[6], h[7] or '0', h[8], h[9], h[10] or '0',
+                                    h[11]}, ' ')
+    end
+  end
+  out[3] = next_due()
+  return out
+end
+promote(now)
+local limit = tonumber(ARGV[2])
+local lease_until = now + tonumber(ARGV[3])
+local n = 0
+local function take(id, tk)
+  local fence = redis.call('HINCRBY', tk, 'fence', 1)
+  local att = redis.call('HINCRBY', tk, 'att', 1)
+  redis.call('HSET', tk, 'st', 1, 'lu', lease_until, 'wid', ARGV[4], 'sa', now)
+  redis.call('HDEL', tk, 'rk')
+  redis.call('ZADD', KEYS[3], lease_until, id)
+  redis.call('RPUSH', KEYS[5], id, fence)
+  local h = redis.call('HMGET', tk, 'pl', 'op', 'pri', 'ret', 'enq', 'ttl', 'cr', 'eta')
+  out[#out + 1] = id
+  out[#out + 1] = h[1]
+  out[#out + 1] = h[2]
+  out[#out + 1] = table.concat({fence, att, h[3], h[4] or '0', h[5], h[6], h[7] or '0', h[8]},
+                               ' ')
+  n = n + 1
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
+for _, id in ipairs(expired) do
+  local tk = ARGV[1] .. id
+  if redis.call('HGET', tk, 'st') == '1' then
+    take(id, tk)
+  else
+    redis.call('ZREM', KEYS[3], id)
+  end
+end
+while n < limit do
+  local popped = redis.call('ZPOPMIN', KEYS[1], limit - n)
+  if #popped == 0 then break end
+  for j = 1, #popped, 2 do
+    local id = string.sub(popped[j], 35)
+    local tk = ARGV[1] .. id
+    if redis.call('HGET', tk, 'st') == '0' then take(id, tk) end
+  end
+end
+if n > 0 then redis.call('PEXPIRE', KEYS[5], 10000) end
+out[3] = next_due()
+return out
+"""
+)
+
+# KEYS: ready, sched, leases, seq. ARGV: task key prefix, limit.
+# Returns: number of expired leases (up to limit), then the first `limit` ready members.
+_PEEK = (
+    _LUA_COMMON
+    + _LUA_REQUEUE
+    + """
+local now = now_s()
+promote(now)
+local limit = tonumber(ARGV[2])
+local expired = redis.call('ZCOUNT', KEYS[3], '-inf', now)
+if expired > limit then expired = limit end
+local out = {expired}
+local heads = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
+for _, m in ipairs(heads) do out[#out + 1] = m end
+return out
+"""
+)
+
+# KEYS: sched, leases (as KEYS[2], KEYS[3] for next_due: KEYS[1] is unused)
+_NEXT_DUE = (
+    _LUA_COMMON
+    + _LUA_REQUEUE
+    + """
+local _, t = now_s()
+return {t[1], t[2], next_due()}
+"""
+)
+
+# KEYS: leases. ARGV: task key prefix, lease seconds, then (id, fence) pairs.
+# Returns one character per pair: 0 lost, 1 held, 2 held with cancel requested.
+_EXTEND = (
+    _LUA_COMMON
+    + """
+local now = now_s()
+local lu = now + tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 2 do
+  local tk = ARGV[1] .. ARGV[i]
+  local h = redis.call('HMGET', tk, 'st', 'fence', 'cr')
+  if h[1] == '1' and h[2] == ARGV[i + 1] then
+    redis.call('HSET', tk, 'lu', lu)
+    redis.call('ZADD', KEYS[1], lu, ARGV[i])
+    if h[3] == '1' then out[#out + 1] = '2' else out[#out + 1] = '1' end
+  else
+    out[#out + 1] = '0'
+  end
+end
+return table.concat(out)
+"""
+)
+
+# KEYS: ready, sched, leases, seq, done:s, done:f, done:c, settle record (per request)
+# ARGV: task key prefix, work channel, done channel prefix, then entries:
+#   F id fence status(2|3|4) value error traceback ttl   (optional values: '' or '=' .. data)
+#   R id fence eta error traceback
+#   L id fence
+# Returns one character per entry: '1' applied, '0' refused.
+# The settle record keeps the request's answer for 10 s, so a retry whose first reply was lost
+# gets the same answer (a new request with the same settlements is refused, as it must be).
+_SETTLE = (
+    _LUA_COMMON
+    + _LUA_REQUEUE
+    + """
+local previous = redis.call('GET', KEYS[8])
+if previous then
+  -- a retry of a request that ran: its answer again, nothing applied twice
+  return previous
+end
+local now = now_s()
+local out = {}
+local work = false
+local function opt(tk, field, v)
+  if v == '' then
+    redis.call('HDEL', tk, field)
+  else
+    redis.call('HSET', tk, field, string.sub(v, 2))
+  end
+end
+local i = 4
+while i <= #ARGV do
+  local kind = ARGV[i]
+  local id = ARGV[i + 1]
+  local tk = ARGV[1] .. id
+  local h = redis.call('HMGET', tk, 'st', 'fence', 'pri', 'eta')
+  local ok = h[1] == '1' and h[2] == ARGV[i + 2]
+  if kind == 'F' then
+    if ok then
+      local ex = now + tonumber(ARGV[i + 7])
+      local code = tonumber(ARGV[i + 3])
+      redis.call('HSET', tk, 'st', code, 'fa', now, 'ex', ex)
+      opt(tk, 'v', ARGV[i + 4])
+      opt(tk, 'err', ARGV[i + 5])
+      opt(tk, 'tb', ARGV[i + 6])
+      redis.call('HDEL', tk, 'pl', 'lu', 'wid')
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('PEXPIREAT', tk, string.format('%d', math.ceil(ex * 1000)))
+      redis.call('ZADD', KEYS[3 + code], ex, id)
+      redis.call('PUBLISH', ARGV[3] .. id, ARGV[i + 3])
+    end
+    i = i + 8
+  elseif kind == 'R' then
+    if ok then
+      local eta = tonumber(ARGV[i + 3])
+      redis.call('HSET', tk, 'st', 0, 'eta', eta)
+      redis.call('HINCRBY', tk, 'ret', 1)
+      opt(tk, 'err', ARGV[i + 4])
+      opt(tk, 'tb', ARGV[i + 5])
+      redis.call('HDEL', tk, 'lu', 'wid')
+      redis.call('ZREM', KEYS[3], id)
+      requeue(tk, id, tonumber(h[3]), eta, now)
+      work = true
+    end
+    i = i + 6
+  else
+    if ok then
+      redis.call('HSET', tk, 'st', 0)
+      redis.call('HINCRBY', tk, 'att', -1)
+      redis.call('HDEL', tk, 'lu', 'wid')
+      redis.call('ZREM', KEYS[3], id)
+      requeue(tk, id, tonumber(h[3]), tonumber(h[4]), now)
+      work = true
+    end
+    i = i + 3
+  end
+  if ok then out[#out + 1] = '1' else out[#out + 1] = '0' end
+end
+if work then redis.call('PUBLISH', ARGV[2], '') end
+local answer = table.concat(out)
+redis.call('SET', KEYS[8], answer, 'PX', 10000)
+return answer
+"""
+)
+
+# KEYS: ready, sched, done:c. ARGV: task key prefix, id, done channel prefix.
+# Returns 0 not found, 1 cancelled, 2 cancel requested (running), 3 already finished.
+_CANCEL = (
+    _LUA_COMMON
+    + """
+local tk = ARGV[1] .. ARGV[2]
+local h = redis.call('HMGET', tk, 'st', 'rk', 'ttl')
+if not h[1] then return 0 end
+if h[1] == '0' then
+  local now = now_s()
+  if h[2] then redis.call('ZREM', KEYS[1], h[2]) end
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  local ex = now + tonumber(h[3])
+  redis.call('HSET', tk, 'st', 4, 'err', 'cancelled before it started', 'fa', now, 'ex', ex)
+  redis.call('HDEL', tk, 'pl', 'rk', 'v', 'tb')
+  redis.call('PEXPIREAT', tk, string.format('%d', math.ceil(ex * 1000)))
+  redis.call('ZADD', KEYS[3], ex, ARGV[2])
+  redis.call('PUBLISH', ARGV[3] .. ARGV[2], '4')
+  return 1
+end
+if h[1] == '1' then
+  redis.call('HSET', tk, 'cr', 1)
+  return 2
+end
+return 3
+"""
+)
+
+# KEYS: ready, sched, leases, done:s, done:f, done:c. Returns the counts of QueueStats.
+_STATS = (
+    _LUA_COMMON
+    + """
+local now = now_s()
+local after = '(' .. string.format('%.17g', now)
+return {
+  redis.call('ZCARD', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now),
+  redis.call('ZCOUNT', KEYS[2], after, '+inf'),
+  redis.call('ZCARD', KEYS[3]),
+  redis.call('ZCOUNT', KEYS[4], after, '+inf'),
+  redis.call('ZCOUNT', KEYS[5], after, '+inf'),
+  redis.call('ZCOUNT', KEYS[6], after, '+inf'),
+}
+"""
+)
+
+# KEYS: done:s, done:f, done:c. ARGV: limit. Removes (and returns) the ids whose results
+# expired; their hashes have expired already (PEXPIREAT).
+_PURGE = (
+    _LUA_COMMON
+    + """
+local now = now_s()
+local left = tonumber(ARGV[1])
+local out = {}
+for k = 1, 3 do
+  if left <= 0 then break end
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', now, 'LIMIT', 0, left)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', KEYS[k], id)
+    out[#out + 1] = id
+  end
+  left = left - #ids
+end
+return out
+"""
+)
+
+# KEYS: index key. ARGV: queue. Sets the index if absent; returns the previous value or nil.
+_INDEX = """
+local old = redis.call('GET', KEYS[1])
+if not old then redis.call('SET', KEYS[1], ARGV[1]) end
+return old
+"""
+
+# KEYS: index key. ARGV: queue. Deletes the index entry if it still names that queue.
+_UNINDEX = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_SCRIPTS = {
+    "enqueue": _ENQUEUE,
+    "claim": _CLAIM,
+    "peek": _PEEK,
+    "next_due": _NEXT_DUE,
+    "extend": _EXTEND,
+    "settle": _SETTLE,
+    "cancel": _CANCEL,
+    "stats": _STATS,
+    "purge": _PURGE,
+    "index": _INDEX,
+    "unindex": _UNINDEX,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _QueueKeys:
+    """The keys of one queue (all in one hash slot) and its work channel."""
+
+    task: str
+    ready: str
+    sched: str
+    leases: str
+    seq: str
+    done_s: str
+    done_f: str
+    done_c: str
+    claims: str
+    settles: str
+    work: str
+
+
+def _opt(value: bytes | str | None) -> bytes:
+    """An optional value for a script: ``b""`` for ``None``, else ``b"="`` and the data."""
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        value = value.encode()
+    return b"=" + value
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """A command encoded in RESP by ``encode`` (called when it is sent, so that the server can
+    run the previous commands meanwhile); ``sha`` names the script it calls, if any."""
+
+    encode: Callable[[], bytes]
+    sha: str | None = None
+
+
+# The nine arguments of one task for the enqueue script, in RESP.
+_TASK_RESP = (
+    b"$%d\r\n%b\r\n$1\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+)
+
+
+_Command = tuple[Any, ...] | _Raw
+
+
+def _sha_of(command: _Command) -> Any:
+    """The SHA1 of the script an EVALSHA command calls."""
+    return command.sha if isinstance(command, _Raw) else command[1]
+
+
+def _pack(commands: Sequence[_Command]) -> bytes:
+    """Commands in the Redis protocol (RESP). sitq only sends bytes, str, int and float, so
+    this is several times cheaper than redis-py's general encoder."""
+    buf = bytearray()
+    for command in commands:
+        if isinstance(command, _Raw):
+            buf += command.encode()
+            continue
+        buf += b"*%d\r\n" % len(command)
+        for arg in command:
+            kind = type(arg)
+            if kind is bytes:
+                data = arg
+            elif kind is str:
+                data = arg.encode()
+            elif kind is int:
+                data = b"%d" % arg
+            elif kind is float:
+                data = repr(arg).encode()
+            else:  # pragma: no cover - a programming error
+                raise TypeError(f"cannot send {arg!r} to Redis")
+            buf += b"$%d\r\n%b\r\n" % (len(data), data)
+    return bytes(buf)
+
+
+def _encode_enqueue(sha: str, keys: list[str], k: _QueueKeys, chunk: Sequence[NewTask]) -> bytes:
+    """The enqueue script call for a chunk of tasks, in RESP, encoded in one pass (encoding
+    the arguments one by one took most of an enqueue_many's client time)."""
+    head = _pack([("EVALSHA", sha, len(keys), *keys, k.task, k.work)])
+    count = 3 + len(keys) + 2 + 9 * len(chunk)
+    parts = [b"*%d" % count, head[head.index(b"\r\n") :]]
+    texts: dict[Any, bytes] = {}
+    for t in chunk:
+        tid = t.id.encode()
+        pri = b"%d" % t.priority
+        eta = b"" if t.eta <= t.enqueued_at else repr(float(t.eta)).encode()
+        options = texts.get(t.options)
+        if options is None:
+            options = texts[t.options] = t.options.encode()
+        ttl = texts.get(t.result_ttl)
+        if ttl is None:
+            ttl = texts[t.result_ttl] = repr(float(t.result_ttl)).encode()
+        ckey = t.concurrency_key.encode() if t.concurrency_key else b""
+        climit = b"" if t.concurrency_limit is None else b"%d" % t.concurrency_limit
+        payload = t.payload
+        parts.append(
+            _TASK_RESP
+            % (
+                len(tid),
+                tid,
+                b"1" if t.fresh_id else b"0",
+                len(pri),
+                pri,
+                len(eta),
+                eta,
+                len(payload),
+                payload,
+                len(options),
+                options,
+                len(ttl),
+                ttl,
+                len(ckey),
+                ckey,
+                len(climit),
+                climit,
+            )
+        )
+    return b"".join(parts)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else bytes(value).decode()
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={value!r} is not a boolean: use true or false")
+
+
+class RedisBackend(Backend):
+    """Tasks in Redis (standalone, or a Redis Cluster with ``cluster=True``).
+
+    ``host``/``port``/``db`` (or ``url``, e.g. ``redis://:password@host:6379/0`` or
+    ``rediss://...``) say where the server is; ``prefix`` starts every key and channel name,
+    so several applications can share one server. ``cluster=True`` talks to a Redis Cluster
+    (``host``/``port`` or the URL name any node). ``command_timeout`` bounds each call to the
+    server and ``connect_timeout`` each new connection, in seconds. Durability is the server's:
+    run it with ``appendonly yes`` (and ``appendfsync always`` for no loss on a crash).
+    """
+
+    scheme = "redis"
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        *,
+        url: str | None = None,
+        prefix: str = "sitq",
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool = False,
+        cluster: bool = False,
+        command_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        require("redis", "redis", "RedisBackend")
+        self._aioredis: Any = importlib.import_module("redis.asyncio")
+        self._exc: Any = importlib.import_module("redis.exceptions")
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise ConfigurationError(
+                f"prefix={prefix!r} is not valid: use 1-64 letters, digits or '_', '.', ':', '-'"
+            )
+        if url is not None:
+            if not isinstance(url, str):
+                raise ConfigurationError(f"url must be a redis:// or rediss:// URL, not {url!r}")
+            scheme = urlsplit(url).scheme.lower()
+            if scheme not in ("redis", "rediss"):
+                raise ConfigurationError(
+                    f"{redact_url(url)} is not a Redis URL: use redis://host:6379/0 or rediss://"
+                )
+        else:
+            if not isinstance(host, str) or not host:
+                raise ConfigurationError(f"host must be a non-empty string, not {host!r}")
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ConfigurationError(f"port must be an int in 1-65535, not {port!r}")
+            if isinstance(db, bool) or not isinstance(db, int) or db < 0:
+                raise ConfigurationError(f"db must be an int >= 0, not {db!r}")
+        for name, value in (
+            ("command_timeout", command_timeout),
+            ("connect_timeout", connect_timeout),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < math.inf
+            ):
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+        if cluster and url is None and db != 0:
+            raise ConfigurationError("a Redis Cluster has only db 0")
+        self.url = url
+        self.host = host
+        self.port = port
+        self.db = db
+        self.prefix = prefix
+        self.cluster = bool(cluster)
+        self.command_timeout = float(command_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self._username = username
+        self._password = password
+        self._ssl = ssl
+        self._client: Any = None
+        self._pool: Any = None
+        self._direct: Any = None
+        self._direct_busy = False
+        self._scripts: dict[str, Any] = {}
+        self._by_sha: dict[bytes, Any] = {}
+        self._keys: dict[str, _QueueKeys] = {}
+        self._registered: set[str] = set()
+        self._hints: OrderedDict[str, str] = OrderedDict()
+        self._done_prefix = f"{prefix}:done:"
+        self._work_prefix = f"{prefix}:work:"
+        self._hello = f"{prefix}:hello"
+        self._closing = False
+        # pub/sub state
+        self._changed = asyncio.Event()
+        self._claim_generation: asyncio.Event | None = None
+        self._due_hint: tuple[tuple[str, ...], float] | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+        self._listening = asyncio.Event()
+        self._wanted: dict[str, int] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._done_waiters: dict[str, list[asyncio.Event]] = {}
+        self._pubsub_node = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        """A backend from ``redis://[[user]:password@]host:6379/0?prefix=app1`` (or
+        ``rediss://`` for TLS). Backend options travel as query parameters: ``prefix``,
+        ``cluster`` (``true`` for a Redis Cluster), ``command_timeout``, ``connect_timeout``;
+        any other parameter goes to redis-py (``ssl_cert_reqs``, ``socket_keepalive``, ...)."""
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        options: dict[str, Any] = {}
+        if "prefix" in params:
+            options["prefix"] = params.pop("prefix")
+        if "cluster" in params:
+            options["cluster"] = _parse_bool("cluster", params.pop("cluster"))
+        for key in ("command_timeout", "connect_timeout"):
+            if key in params:
+                try:
+                    options[key] = float(params.pop(key))
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{key} must be a number in {redact_url(url)}"
+                    ) from None
+        rest = urlunsplit(parts._replace(query=urlencode(params)))
+        return cls(url=rest, **options)
+
+    def describe(self) -> str:
+        """The server, database and prefix, without a password."""
+        where = (
+            redact_url(self.url)
+            if self.url is not None
+            else f"{'rediss' if self._ssl else 'redis'}://{self.host}:{self.port}/{self.db}"
+        )
+        return f"{where} (prefix {self.prefix}{', cluster' if self.cluster else ''})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True between ``connect()`` and ``close()``."""
+        return self._client is not None
+
+    def _client_options(self) -> dict[str, Any]:
+        retry_mod = importlib.import_module("redis.asyncio.retry")
+        backoff = importlib.import_module("redis.backoff")
+        # sitq retries what is safe to retry itself (a claim is not): redis-py must not.
+        return {
+            "decode_responses": False,
+            "retry": retry_mod.Retry(backoff.NoBackoff(), 0),
+            "socket_timeout": None,
+            "socket_connect_timeout": self.connect_timeout,
+            # RESP2 replies parse faster in redis-py's pure-Python parser.
+            "protocol": 2,
+            "health_check_interval": 0,
+        }
+
+    def _make_client(self) -> Any:
+        options = self._client_options()
+        if self.cluster:
+            cluster_cls = importlib.import_module("redis.asyncio.cluster").RedisCluster
+            if self.url is not None:
+                return cluster_cls.from_url(self.url, **options)
+            return cluster_cls(
+                host=self.host,
+                port=self.port,
+                username=self._username,
+                password=self._password,
+                ssl=self._ssl,
+                **options,
+            )
+        if self.url is not None:
+            return self._aioredis.Redis.from_url(self.url, **options)
+        return self._aioredis.Redis(
+            host=self.host,
+            port=self.port,
+            db=self.db,
+            username=self._username,
+            password=self._password,
+            ssl=self._ssl,
+            **options,
+        )
+
+    async def connect(self) -> None:
+        """Connect, and load the Lua scripts into the server's script cache. Idempotent."""
+        if self._client is not None:
+            return
+        self._closing = False
+        self._changed = asyncio.Event()
+        self._listening = asyncio.Event()
+        try:
+            client = self._make_client()
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"invalid Redis settings for {self.describe()}: {exc}"
+            ) from exc
+        try:
+            async with asyncio.timeout(self.connect_timeout + self.command_timeout):
+                if self.cluster:
+                    await client.initialize()
+                else:
+                    await client.ping()
+                for src in _SCRIPTS.values():
+                    await client.script_load(src)
+        except self._errors() as exc:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            raise BackendError(
+                f"cannot connect to Redis at {self.describe()}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._by_sha = {s.sha.encode(): s for s in self._scripts.values()}
+        self._client = client
+        if not self.cluster:
+            self._pool = client.connection_pool
+            try:
+                self._direct = await self._pool.get_connection()
+            except self._errors():
+                self._direct = None
+
+    async def close(self) -> None:
+        """Close the connections and the pub/sub listener; wake every waiter. Idempotent."""
+        client, self._client = self._client, None
+        self._closing = True
+        task, self._listener_task = self._listener_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._signal_all()
+        if client is None:
+            return
+        direct, self._direct = self._direct, None
+        pool, self._pool = self._pool, None
+        if direct is not None and pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.release(direct)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.aclose(), 10)
+        self._wanted.clear()
+        self._confirmed.clear()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (self._exc.RedisError, self._exc.RedisClusterException, OSError, TimeoutError)
+
+    def _transient(self) -> tuple[type[BaseException], ...]:
+        return (self._exc.ConnectionError, self._exc.TimeoutError, OSError, TimeoutError)
+
+    def _check(self) -> None:
+        if self._client is None:
+            raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
+
+    def _queue_keys(self, queue: str) -> _QueueKeys:
+        keys = self._keys.get(queue)
+        if keys is None:
+            base = f"{self.prefix}:{{{self.prefix}:{queue}}}"
+            keys = _QueueKeys(
+                task=f"{base}:t:",
+                ready=f"{base}:ready",
+                sched=f"{base}:sched",
+                leases=f"{base}:leases",
+                seq=f"{base}:seq",
+                done_s=f"{base}:done:s",
+                done_f=f"{base}:done:f",
+                done_c=f"{base}:done:c",
+                claims=f"{base}:claim:",
+                settles=f"{base}:settle:",
+                work=f"{self._work_prefix}{queue}",
+            )
+            self._keys[queue] = keys
+        return keys
+
+    def _index_key(self, task_id: str) -> str:
+        return f"{self.prefix}:id:{task_id}"
+
+    def _evalsha(self, name: str, keys: Sequence[str], args: Iterable[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+
+    def _remember(self, task_id: str, queue: str) -> None:
+        hints = self._hints
+        hints[task_id] = queue
+        if len(hints) > _HINTS:
+            hints.popitem(last=False)
+
+    async def _exec(self, commands: Sequence[_Command], *, retry: bool = True) -> list[Any]:
+        """Run commands in one round trip; return their replies (error replies as exception
+        objects). Connection failures are retried (if ``retry``) and then raise BackendError."""
+        if self._client is None:
+            raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
+        if not commands:
+            return []
+        attempts = 3 if retry else 1
+        for attempt in range(attempts):
+            try:
+                async with asyncio.timeout(self.command_timeout):
+                    if self.cluster:
+                        return await self._run_cluster(commands)
+                    return await self._run_direct(commands)
+            except self._transient() as exc:
+                if attempt + 1 >= attempts or self._client is None:
+                    raise BackendError(
+                        f"Redis at {self.describe()}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.02 * 2**attempt)
+            except self._errors() as exc:
+                raise BackendError(f"Redis: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_direct(self, commands: Sequence[_Command]) -> list[Any]:
+        pool = self._pool
+        if pool is None:
+            raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
+        direct = self._direct
+        use_direct = direct is not None and not self._direct_busy
+        if use_direct:
+            conn = direct
+            self._direct_busy = True
+        else:
+            conn = await pool.get_connection()
+        try:
+            if use_direct:
+                await pool.ensure_connection(conn)
+            replies = await self._roundtrip(conn, commands)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, self._exc.NoScriptError)]
+            if missing:
+                # The server lost its script cache (SCRIPT FLUSH, restart, failover): load the
+                # scripts and run again what did not run.
+                scripts = {_sha_of(commands[i]) for i in missing}
+                await self._roundtrip(
+                    conn,
+                    [("SCRIPT", "LOAD", self._script_for(sha).script) for sha in scripts],
+                )
+                again = await self._roundtrip(conn, [commands[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+            return replies
+        except BaseException:
+            # A command may be half sent or its reply unread: the connection is unusable.
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise
+        finally:
+            if use_direct:
+                self._direct_busy = False
+            else:
+                with contextlib.suppress(Exception):
+                    await pool.release(conn)
+
+    def _script_for(self, sha: Any) -> Any:
+        key = sha if isinstance(sha, bytes) else str(sha).encode()
+        return self._by_sha[key]
+
+    async def _roundtrip(self, conn: Any, commands: Sequence[_Command]) -> list[Any]:
+        # Sent in pieces of about 16 KiB: the server works on the first while later ones are
+        # encoded.
+        start = 0
+        size = 0
+        for i, command in enumerate(commands):
+            size += 16_384 if isinstance(command, _Raw) else 64
+            if size >= 16_384 and i + 1 < len(commands):
+                await conn.send_packed_command(_pack(commands[start : i + 1]), check_health=False)
+                start, size = i + 1, 0
+        await conn.send_packed_command(_pack(commands[start:]), check_health=False)
+        replies: list[Any] = []
+        response_error = self._exc.ResponseError
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except response_error as exc:
+                replies.append(exc)
+        return replies
+
+    async def _run_cluster(self, commands: Sequence[_Command]) -> list[Any]:
+        client = self._client
+        replies = await self._cluster_once(client, commands)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, self._exc.NoScriptError)]
+        if missing:
+            for sha in {_sha_of(commands[i]) for i in missing}:
+                await client.script_load(self._script_for(sha).script)
+            again = await self._cluster_once(client, [commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _cluster_once(self, client: Any, commands: Sequence[_Command]) -> list[Any]:
+        plain: list[tuple[Any, ...]] = []
+        for command in commands:
+            if isinstance(command, _Raw):  # pragma: no cover - a programming error
+                raise TypeError("pre-encoded commands are for standalone servers only")
+            plain.append(command)
+        if len(plain) == 1:
+            try:
+                return [await client.execute_command(*plain[0])]
+            except self._exc.ResponseError as exc:
+                return [exc]
+        pipe = client.pipeline(transaction=False)
+        for command in plain:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
+
+    def _raise_errors(self, replies: Sequence[Any]) -> None:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BackendError(f"Redis: {type(reply).__name__}: {reply}") from reply
+
+    async def _locate(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """The queue of each task id that has one (remembered, else from the id index)."""
+        found: dict[str, str] = {}
+        unknown: list[str] = []
+        for task_id in task_ids:
+            queue = self._hints.get(task_id)
+            if queue is not None:
+                found[task_id] = queue
+            elif task_id not in found:
+                unknown.append(task_id)
+        if unknown:
+            unknown = list(dict.fromkeys(unknown))
+            replies = await self._exec([("GET", self._index_key(i)) for i in unknown])
+            self._raise_errors(replies)
+            for task_id, reply in zip(unknown, replies, strict=True):
+                if reply is not None:
+                    found[task_id] = bytes(reply).decode()
+        return found
+
+    # -- pub/sub ----------------------------------------------------------------------------
+
+    def _signal_all(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+        for events in self._done_waiters.values():
+            for e in events:
+                e.set()
+
+    def _on_work(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def _poll_cap(self) -> float:
+        return 1.0 if self._listening.is_set() else 0.1
+
+    def _ensure_listener(self) -> None:
+        if self._listener_task is None and not self._closing and self._client is not None:
+            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")
+
+    def _new_pubsub(self) -> Any:
+        client = self._client
+        if client is None:
+            raise BackendError("RedisBackend is not connected")
+        if not self.cluster:
+            return client.pubsub()
+        # Classic pub/sub messages reach every node of a cluster: listen on any one of them,
+        # moving on to the next when it fails.
+        nodes = client.get_nodes()
+        node = nodes[self._pubsub_node % len(nodes)]
+        self._pubsub_node += 1
+        return client.pubsub(node=node)
+
+    async def _listen(self) -> None:
+        delay = 0.05
+        while not self._closing:
+            pubsub = None
+            try:
+                pubsub = self._new_pubsub()
+                self._confirmed = {}
+                channels = [self._hello, *self._wanted]
+                for channel in channels:
+                    self._confirmed[channel] = asyncio.Event()
+                await pubsub.subscribe(*channels)
+                self._pubsub = pubsub
+                awaiting_pong = False
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=30.0)
+                    if message is None:
+                        if awaiting_pong:
+                            raise self._exc.ConnectionError("no reply to PING within 30 s")
+                        # A quiet connection may be dead without the client knowing.
+                        await pubsub.ping()
+                        awaiting_pong = True
+                        continue
+                    awaiting_pong = False
+                    if self._on_message(message):
+                        delay = 0.05
+            except asyncio.CancelledError:
+                self._pubsub = None
+                self._listening.clear()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(pubsub.aclose(), 2)
+                raise
+            except Exception as exc:
+                if not self._closing:
+                    log.warning("Redis pub/sub connection failed: %s; reconnecting", exc)
+            self._pubsub = None
+            self._listening.clear()
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), 2)
+            # Whatever was published while we were not listening must be looked at again.
+            self._signal_all()
+            if self._closing:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _on_message(self, message: dict[str, Any]) -> bool:
+        kind = message.get("type")
+        raw = message.get("channel")
+        channel = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if kind in ("message", b"message"):
+            if channel.startswith(self._done_prefix):
+                for e in self._done_waiters.get(channel[len(self._done_prefix) :], ()):
+                    e.set()
+            elif channel.startswith(self._work_prefix):
+                self._on_work()
+            return False
+        if kind in ("subscribe", b"subscribe"):
+            # Only a subscription still wanted counts (a late reply to an undone one does not).
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
+            if channel == self._hello and not self._listening.is_set():
+                self._listening.set()
+                # Anything that happened before this point must be looked at again.
+                self._signal_all()
+                return True
+        return False
+
+    async def _subscribe(self, channels: Sequence[str], *, counted: bool) -> bool:
+        """Subscribe to channels (``counted``: once per caller, undone by ``_unsubscribe``)
+        and wait, bounded, until the server confirms. True if a subscription was new."""
+        self._ensure_listener()
+        new = []
+        for channel in channels:
+            count = self._wanted.get(channel, 0)
+            if count == 0:
+                new.append(channel)
+            if counted or count == 0:
+                self._wanted[channel] = count + 1
+        if not new and all(self._is_confirmed(c) for c in channels):
+            return False
+        if not self._listening.is_set():
+            # The listener subscribes to everything wanted once it is connected.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), 1.0)
+            if not self._listening.is_set():
+                return bool(new)
+        send = [c for c in new if c not in self._confirmed]
+        events = [self._confirmed.setdefault(c, asyncio.Event()) for c in channels]
+        pubsub = self._pubsub
+        if pubsub is not None and send:
+            try:
+                await pubsub.subscribe(*send)
+            except Exception as exc:  # the listener sees the broken connection too
+                log.debug("subscribing to %s failed: %s", send, exc)
+                return bool(new)
+        waiting = [e.wait() for e in events if not e.is_set()]
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
+        return bool(new)
+
+    def _is_confirmed(self, channel: str) -> bool:
+        event = self._confirmed.get(channel)
+        return event is not None and event.is_set()
+
+    async def _unsubscribe(self, channel: str) -> None:
+        count = self._wanted.get(channel, 0) - 1
+        if count > 0:
+            self._wanted[channel] = count
+            return
+        self._wanted.pop(channel, None)
+        self._confirmed.pop(channel, None)
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe(channel)
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
+        """Store tasks with one script call per queue (in one round trip); an id still known
+        is left alone. An explicit id first claims its index entry (one more round trip)."""
+        self._check()
+        if not tasks:
+            return []
+        if len(tasks) == 1 and tasks[0].fresh_id and tasks[0].queue in self._registered:
+            return [await self._enqueue_one(tasks[0])]
+        include = [True] * len(tasks)
+        before: list[_Command] = []
+        reindex: list[int] = []
+        explicit = [i for i, t in enumerate(tasks) if not t.fresh_id]
+        if explicit:
+            replies = await self._exec(
+                [
+                    self._evalsha("index", [self._index_key(tasks[i].id)], [tasks[i].queue])
+                    for i in explicit
+                ]
+            )
+            self._raise_errors(replies)
+            elsewhere: list[tuple[int, str]] = []
+            for i, old in zip(explicit, replies, strict=True):
+                if old is None:
+                    continue
+                old_queue = bytes(old).decode()
+                if old_queue == tasks[i].queue:
+                    reindex.append(i)
+                else:
+                    elsewhere.append((i, old_queue))
+            if elsewhere:
+                # The id was last used on another queue: known there means known.
+                alive = await self._exec(
+                    [("EXISTS", self._queue_keys(q).task + tasks[i].id) for i, q in elsewhere]
+                )
+                self._raise_errors(alive)
+                for (i, _), exists in zip(elsewhere, alive, strict=True):
+                    if exists:
+                        include[i] = False
+                    else:
+                        before.append(("SET", self._index_key(tasks[i].id), tasks[i].queue))
+        commands = before
+        for queue in {t.queue for t in tasks} - self._registered:
+            commands.append(("SADD", f"{self.prefix}:queues", queue))
+        fresh = [t for t in tasks if t.fresh_id]
+        if self.cluster:
+            # MSET cannot span slots: one SET per id (redis-py sends each to its node).
+            commands += [("SET", self._index_key(t.id), t.queue) for t in fresh]
+        else:
+            for start in range(0, len(fresh), _ENQUEUE_CHUNK):
+                mset: list[Any] = ["MSET"]
+                for t in fresh[start : start + _ENQUEUE_CHUNK]:
+                    mset += [self._index_key(t.id), t.queue]
+                commands.append(tuple(mset))
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(tasks):
+            if include[i]:
+                groups.setdefault(t.queue, []).append(i)
+        calls: list[list[int]] = []
+        first_call = len(commands)
+        for queue, indices in groups.items():
+            k = self._queue_keys(queue)
+            for start in range(0, len(indices), _ENQUEUE_CHUNK):
+                chunk = indices[start : start + _ENQUEUE_CHUNK]
+                args: list[Any] = [k.task, k.work]
+                for i in chunk if self.cluster else ():
+                    t = tasks[i]
+                    args += [
+                        t.id,
+                        b"1" if t.fresh_id else b"0",
+                        t.priority,
+                        b"" if t.eta <= t.enqueued_at else repr(float(t.eta)),
+                        t.payload,
+                        t.options,
+                        repr(float(t.result_ttl)),
+                        t.concurrency_key or b"",
+                        b"" if t.concurrency_limit is None else t.concurrency_limit,
+                    ]
+                keys = [k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c]
+                if self.cluster:
+                    commands.append(self._evalsha("enqueue", keys, args))
+                else:
+                    commands.append(self._packed_enqueue(keys, k, [tasks[i] for i in chunk]))
+                calls.append(chunk)
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        self._registered.update(groups)
+        stored = [False] * len(tasks)
+        for chunk, reply in zip(calls, replies[first_call:], strict=True):
+            for i, flag in zip(chunk, bytes(reply), strict=True):
+                stored[i] = flag == 49  # b"1"
+        for i in explicit:
+            if include[i]:
+                self._remember(tasks[i].id, tasks[i].queue)
+        for t in tasks:
+            if t.fresh_id:
+                self._remember(t.id, t.queue)
+        after = [
+            ("SET", self._index_key(tasks[i].id), tasks[i].queue) for i in reindex if stored[i]
+        ]
+        if after:
+            # Re-assert the index after the task exists: a purge of the id's previous
+            # (expired) result may have removed it meanwhile.
+            self._raise_errors(await self._exec(after))
+        return stored
+
+    def _packed_enqueue(self, keys: list[str], k: _QueueKeys, chunk: Sequence[NewTask]) -> _Raw:
+        """The enqueue script call for a chunk of tasks, encoded in one pass (on a standalone
+        server, most of an enqueue_many's client time went to encoding arguments)."""
+        sha = self._scripts["enqueue"].sha
+        return _Raw(functools.partial(_encode_enqueue, sha, keys, k, chunk), sha)
+
+    async def _enqueue_one(self, t: NewTask) -> bool:
+        # The common case, kept short: one generated id on a known queue.
+        k = self._queue_keys(t.queue)
+        index, reply = await self._exec(
+            [
+                ("SET", self._index_key(t.id), t.queue),
+                (
+                    "EVALSHA",
+                    self._scripts["enqueue"].sha,
+                    6,
+                    k.ready,
+                    k.sched,
+                    k.seq,
+                    k.done_s,
+                    k.done_f,
+                    k.done_c,
+                    k.task,
+                    k.work,
+                    t.id,
+                    b"1",
+                    t.priority,
+                    b"" if t.eta <= t.enqueued_at else repr(float(t.eta)),
+                    t.payload,
+                    t.options,
+                    repr(float(t.result_ttl)),
+                    t.concurrency_key or b"",
+                    b"" if t.concurrency_limit is None else t.concurrency_limit,
+                ),
+            ]
+        )
+        if isinstance(index, Exception) or isinstance(reply, Exception):
+            self._raise_errors([index, reply])
+        self._remember(t.id, t.queue)
+        return bytes(reply) == b"1"
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease: float
+    ) -> list[Claim]:
+        """Take due tasks (expired leases first, then by priority, ETA and enqueue order) with
+        one script per queue; several queues are looked at first, to take the best of all."""
+        self._check()
+        self._claim_generation = self._changed
+        if limit <= 0:
+            return []
+        if len(queues) == 1:
+            counts = {queues[0]: limit}
+        else:
+            counts = await self._plan_claims(queues, limit)
+            if not counts:
+                return []
+        commands = []
+        request = uuid.uuid4().hex
+        for queue, n in counts.items():
+            k = self._queue_keys(queue)
+            commands.append(
+                self._evalsha(
+                    "claim",
+                    [k.ready, k.sched, k.leases, k.seq, f"{k.claims}{request}"],
+                    [k.task, n, repr(lease), worker_id],
+                )
+            )
+        # Safe to retry: a retry of a request that ran replays its claims (see _CLAIM).
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        claims: list[Claim] = []
+        etas: dict[str, float] = {}
+        due_at = math.inf
+        for queue, reply in zip(counts, replies, strict=True):
+            now = int(reply[0]) + int(reply[1]) / 1_000_000
+            if reply[2]:
+                due_at = min(due_at, float(reply[2]) - now)
+            for j in range(3, len(reply), 4):
+                task_id = reply[j].decode()
+                fence, att, pri, ret, enq, ttl, cancel, eta = reply[j + 3].split()
+                etas[task_id] = float(eta)
+                self._remember(task_id, queue)
+                claims.append(
+                    Claim(
+                        task_id=task_id,
+                        queue=queue,
+                        payload=reply[j + 1],
+                        options=reply[j + 2].decode(),
+                        priority=int(pri),
+                        fencing_token=int(fence),
+                        attempts=int(att),
+                        retries=int(ret),
+                        enqueued_at=float(enq),
+                        started_at=now,
+                        result_ttl=float(ttl),
+                        cancel_requested=cancel == b"1",
+                    )
+                )
+        if len(queues) == 1:
+            self._due_hint = (tuple(queues), time.monotonic() + due_at)
+        else:
+            # Each queue's claims are in order; put them in one order across the queues.
+            claims.sort(key=lambda c: (-c.priority, etas[c.task_id]))
+        return claims
+
+    async def _plan_claims(self, queues: Sequence[str], limit: int) -> dict[str, int]:
+        commands = []
+        for queue in queues:
+            k = self._queue_keys(queue)
+            commands.append(
+                self._evalsha("peek", [k.ready, k.sched, k.leases, k.seq], [k.task, limit])
+            )
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        counts: dict[str, int] = {}
+        left = limit
+        for queue, reply in zip(queues, replies, strict=True):
+            take = min(int(reply[0]), left)
+            if take:
+                counts[queue] = take
+                left -= take
+        heads = sorted(
+            (bytes(m)[:_RANK_LEN], queue)
+            for queue, reply in zip(queues, replies, strict=True)
+            for m in reply[1:]
+        )
+        for _, queue in heads[:left]:
+            counts[queue] = counts.get(queue, 0) + 1
+        return counts
+
+    async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
+        """Extend current claims, one script per queue, in one round trip."""
+        self._check()
+        if not claims:
+            return []
+        where = await self._locate(c.task_id for c in claims)
+        groups: dict[str, list[int]] = {}
+        for i, ref in enumerate(claims):
+            queue = where.get(ref.task_id)
+            if queue is not None:
+                groups.setdefault(queue, []).append(i)
+        commands = []
+        for queue, indices in groups.items():
+            k = self._queue_keys(queue)
+            args: list[Any] = [k.task, repr(lease)]
+            for i in indices:
+                args += [claims[i].task_id, claims[i].fencing_token]
+            commands.append(self._evalsha("extend", [k.leases], args))
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        states = [LeaseState.LOST] * len(claims)
+        for indices, reply in zip(groups.values(), replies, strict=True):
+            for i, code in zip(indices, bytes(reply), strict=True):
+                states[i] = _LEASE_STATES[code - 48]
+        return states
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Apply fenced settlements, one script per queue, in one round trip."""
+        self._check()
+        if not settlements:
+            return []
+        where = await self._locate(s.claim.task_id for s in settlements)
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(settlements):
+            queue = where.get(s.claim.task_id)
+            if queue is not None:
+                groups.setdefault(queue, []).append(i)
+        commands = []
+        request = uuid.uuid4().hex
+        for queue, indices in groups.items():
+            k = self._queue_keys(queue)
+            args: list[Any] = [k.task, k.work, self._done_prefix]
+            for i in indices:
+                s = settlements[i]
+                ref = s.claim
+                if isinstance(s, Finish):
+                    args += [
+                        b"F",
+                        ref.task_id,
+                        ref.fencing_token,
+                        _STATUS_CODE[s.status],
+                        _opt(s.value),
+                        _opt(s.error),
+                        _opt(s.traceback),
+                        repr(max(s.expires_at - s.finished_at, 0.001)),
+                    ]
+                elif isinstance(s, Reschedule):
+                    args += [
+                        b"R",
+                        ref.task_id,
+                        ref.fencing_token,
+                        repr(float(s.eta)),
+                        _opt(s.error),
+                        _opt(s.traceback),
+                    ]
+                elif isinstance(s, Release):
+                    args += [b"L", ref.task_id, ref.fencing_token]
+                else:  # pragma: no cover
+                    raise TypeError(f"not a settlement: {s!r}")
+            commands.append(
+                self._evalsha(
+                    "settle",
+                    [
+                        k.ready,
+                        k.sched,
+                        k.leases,
+                        k.seq,
+                        k.done_s,
+                        k.done_f,
+                        k.done_c,
+                        f"{k.settles}{request}",
+                    ],
+                    args,
+                )
+            )
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        applied = [False] * len(settlements)
+        for indices, reply in zip(groups.values(), replies, strict=True):
+            for i, flag in zip(indices, bytes(reply), strict=True):
+                applied[i] = flag == 49  # b"1"
+        return applied
+
+    async def cancel(self, task_id: str, now: float) -> CancelOutcome:
+        """Cancel a pending task (it finishes as cancelled) or flag a running one."""
+        self._check()
+        hinted = self._hints.get(task_id)
+        code = 0
+        if hinted is not None:
+            code = await self._cancel_in(hinted, task_id)
+        if code == 0:
+            # Not remembered, or remembered wrongly: ask the id index.
+            self._hints.pop(task_id, None)
+            queue = await self._locate_index(task_id)
+            if queue is not None and queue != hinted:
+                code = await self._cancel_in(queue, task_id)
+        return (
+            CancelOutcome.NOT_FOUND,
+            CancelOutcome.CANCELLED,
+            CancelOutcome.REQUESTED,
+            CancelOutcome.ALREADY_FINISHED,
+        )[code]
+
+    async def _cancel_in(self, queue: str, task_id: str) -> int:
+        k = self._queue_keys(queue)
+        # Not retried: a cancel that ran twice would report "already finished".
+        (reply,) = await self._exec(
+            [
+                self._evalsha(
+                    "cancel", [k.ready, k.sched, k.done_c], [k.task, task_id, self._done_prefix]
+                )
+            ],
+            retry=False,
+        )
+        self._raise_errors([reply])
+        return int(reply)
+
+    async def get_task(self, task_id: str) -> TaskSnapshot | None:
+        """Read the task's hash in its queue (remembered, else from the id index)."""
+        self._check()
+        hinted = self._hints.get(task_id)
+        if hinted is not None:
+            snap = await self._read(hinted, task_id)
+            if snap is not None:
+                return snap
+            self._hints.pop(task_id, None)
+        queue = await self._locate_index(task_id)
+        if queue is None or queue == hinted:
+            return None
+        return await self._read(queue, task_id)
+
+    async def _locate_index(self, task_id: str) -> str | None:
+        (reply,) = await self._exec([("GET", self._index_key(task_id))])
+        self._raise_errors([reply])
+        return None if reply is None else bytes(reply).decode()
+
+    async def _read(self, queue: str, task_id: str) -> TaskSnapshot | None:
+        key = self._queue_keys(queue).task + task_id
+        (row,) = await self._exec(
+            [("HMGET", key, "st", "att", "enq", "eta", "sa", "fa", "v", "err", "tb")]
+        )
+        self._raise_errors([row])
+        if row[0] is None:
+            return None
+        return TaskSnapshot(
+            task_id=task_id,
+            queue=queue,
+            status=_CODE_STATUS[bytes(row[0])],
+            attempts=int(row[1] or 0),
+            enqueued_at=float(row[2]),
+            eta=float(row[3]),
+            started_at=_float(row[4]),
+            finished_at=_float(row[5]),
+            value=None if row[6] is None else bytes(row[6]),
+            error=_text(row[7]),
+            traceback=_text(row[8]),
+        )
+
+    async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
+        """Wait for the task's done message (pub/sub), with a bounded fallback poll."""
+        deadline = time.monotonic() + timeout
+        snap = await self.get_task(task_id)
+        if snap is None or snap.status.is_final or timeout <= 0:
+            return snap
+        channel = self._done_prefix + task_id
+        event = asyncio.Event()
+        self._done_waiters.setdefault(task_id, []).append(event)
+        try:
+            await self._subscribe([channel], counted=True)
+            while True:
+                event.clear()
+                snap = await self.get_task(task_id)
+                remaining = deadline - time.monotonic()
+                if snap is None or snap.status.is_final or remaining <= 0 or self._closing:
+                    return snap
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, self._poll_cap()))
+        finally:
+            waiters = self._done_waiters.get(task_id, [])
+            if event in waiters:
+                waiters.remove(event)
+            if not waiters:
+                self._done_waiters.pop(task_id, None)
+            await self._unsubscribe(channel)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Wait for a work message on the queues' channels, the next ETA or lease expiry (as
+        the last claim reported it), or ``timeout``."""
+        self._check()
+        changed = self._claim_generation or self._changed
+        self._claim_generation = None
+        hint, self._due_hint = self._due_hint, None
+        if await self._subscribe([self._queue_keys(q).work for q in queues], counted=False):
+            return  # newly listening: something may have come in before; claim again
+        if hint is not None and hint[0] == tuple(queues):
+            due_in = hint[1] - time.monotonic()
+        else:
+            due_in = await self._next_due(queues)
+        timeout = min(timeout, max(due_in, 0.0), self._poll_cap())
+        if timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    async def _next_due(self, queues: Sequence[str]) -> float:
+        commands = []
+        for queue in queues:
+            k = self._queue_keys(queue)
+            commands.append(self._evalsha("next_due", [k.ready, k.sched, k.leases], []))
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        due = math.inf
+        for reply in replies:
+            if reply[2]:
+                now = int(reply[0]) + int(reply[1]) / 1_000_000
+                due = min(due, float(reply[2]) - now)
+        return due
+
+    async def _queues(self) -> list[str]:
+        (members,) = await self._exec([("SMEMBERS", f"{self.prefix}:queues")])
+        self._raise_errors([members])
+        return sorted(bytes(m).decode() for m in members)
+
+    async def purge_expired(self, now: float, limit: int = 10_000) -> int:
+        """Trim up to ``limit`` expired results from the queues' done sets (their hashes have
+        expired already) and drop their id index entries."""
+        self._check()
+        queues = await self._queues()
+        removed: list[tuple[str, str]] = []
+        left = limit
+        for queue in queues:
+            if left <= 0:
+                break
+            k = self._queue_keys(queue)
+            (reply,) = await self._exec(
+                [self._evalsha("purge", [k.done_s, k.done_f, k.done_c], [left])]
+            )
+            self._raise_errors([reply])
+            removed += [(queue, bytes(i).decode()) for i in reply]
+            left -= len(reply)
+        if not removed:
+            return len(removed)
+        commands: list[tuple[Any, ...]] = [
+            self._evalsha("unindex", [self._index_key(i)], [q]) for q, i in removed
+        ]
+        commands += [("EXISTS", self._queue_keys(q).task + i) for q, i in removed]
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        # An id enqueued again meanwhile keeps (gets back) its index entry.
+        heal = [
+            ("SET", self._index_key(i), q)
+            for (q, i), exists in zip(removed, replies[len(removed) :], strict=True)
+            if exists
+        ]
+        if heal:
+            self._raise_errors(await self._exec(heal))
+        for _, task_id in removed:
+            self._hints.pop(task_id, None)
+        return len(removed)
+
+    async def stats(self, now: float) -> list[QueueStats]:
+        """Count tasks per queue and state (one script per queue, one round trip)."""
+        self._check()
+        queues = await self._queues()
+        commands = []
+        for queue in queues:
+            k = self._queue_keys(queue)
+            commands.append(
+                self._evalsha(
+                    "stats", [k.ready, k.sched, k.leases, k.done_s, k.done_f, k.done_c], []
+                )
+            )
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        out = []
+        for queue, reply in zip(queues, replies, strict=True):
+            counts = [int(x) for x in reply]
+            if any(counts):
+                out.append(QueueStats(queue, *counts))
+        return out
