@@ -68,7 +68,57 @@ async def _drop_schema(schema: str) -> None:
         await conn.close()
 
 
-STORES: dict[str, Callable[[], Any]] = {"sqlite": sqlite_store, "postgres": postgres_store}
+NATS_URL = os.environ.get("SITQ_BENCH_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@asynccontextmanager
+async def nats_store() -> AsyncIterator[str]:
+    stream = "BENCH" + uuid.uuid4().hex[:10].upper()
+    try:
+        yield f"{NATS_URL}?stream={stream}"
+    finally:
+        await _delete_nats(stream)
+
+
+async def _delete_nats(stream: str) -> None:
+    import nats
+
+    nc = await nats.connect(NATS_URL)
+    try:
+        js = nc.jetstream()
+        for name in await js.streams_info():
+            if name.config.name in (stream, f"KV_{stream}"):
+                await js.delete_stream(name.config.name)
+    finally:
+        await nc.close()
+
+
+REDIS_URL = os.environ.get("SITQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@asynccontextmanager
+async def redis_store() -> AsyncIterator[str]:
+    prefix = "bench_" + uuid.uuid4().hex[:12]
+    try:
+        yield f"{REDIS_URL}?prefix={prefix}"
+    finally:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            for start in range(0, len(keys), 1000):
+                await client.delete(*keys[start : start + 1000])
+        finally:
+            await client.aclose()
+
+
+STORES: dict[str, Callable[[], Any]] = {
+    "sqlite": sqlite_store,
+    "postgres": postgres_store,
+    "redis": redis_store,
+    "nats": nats_store,
+}
 
 
 class WorkerProcess:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from sitq.backends import backend_from_url
 from sitq.backends.base import Backend
 from sitq.backends.memory import MemoryBackend
+from sitq.backends.nats import NATSBackend
 from sitq.backends.postgres import PostgresBackend
+from sitq.backends.redis import RedisBackend
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.errors import (
     BackendError,
@@ -42,10 +44,12 @@ __all__ = [
     "LockTimeout",
     "MemoryBackend",
     "MissingDependencyError",
+    "NATSBackend",
     "PickleSerializer",
     "PostgresBackend",
     "ProcessWorker",
     "QueueStats",
+    "RedisBackend",
     "Result",
     "Retry",
     "RetryPolicy",

@@ -12,13 +12,17 @@ from sitq.errors import ConfigurationError, MissingDependencyError
 
 if TYPE_CHECKING:
     from sitq.backends.memory import MemoryBackend
+    from sitq.backends.nats import NATSBackend
     from sitq.backends.postgres import PostgresBackend
+    from sitq.backends.redis import RedisBackend
     from sitq.backends.sqlite import SQLiteBackend
 
 __all__ = [
     "Backend",
     "MemoryBackend",
+    "NATSBackend",
     "PostgresBackend",
+    "RedisBackend",
     "SQLiteBackend",
     "backend_from_url",
     "resolve_backend",
@@ -70,7 +74,8 @@ def backend_from_url(url: str) -> Backend:
         )
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - validates the port
+        if parts.scheme.lower() != "nats":  # nats://h1:4222,h2:4222 lists several servers
+            parts.port  # noqa: B018 - validates the port
     except ValueError as exc:
         raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
     scheme = parts.scheme.lower()
