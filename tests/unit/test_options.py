@@ -266,3 +266,13 @@ def test_check_queue_name_rejects_trailing_newline() -> None:
 def test_merge_timeout_int_too_large_for_float_raises_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="timeout"):
         TaskOptions().merge(timeout=10**400)
+
+
+def test_queue_refuses_concurrency_limits_it_cannot_enforce_yet() -> None:
+    from sitq import TaskQueue
+
+    queue = TaskQueue("memory://")
+    with pytest.raises(ConfigurationError, match="not enforced"):
+        queue.options(concurrency_key="tenant-7", concurrency_limit=2)
+    with pytest.raises(ConfigurationError, match="not enforced"):
+        TaskQueue("memory://", concurrency_key="tenant-7", concurrency_limit=2)
