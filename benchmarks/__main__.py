@@ -25,99 +25,23 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import tasks
+from benchmarks.peers.sitq_peer import SitqNats, SitqPostgres, SitqRedis, SitqSqlite
 from sitq import TaskQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@asynccontextmanager
-async def sqlite_store() -> AsyncIterator[str]:
-    with tempfile.TemporaryDirectory(prefix="sitq-bench-") as tmp:
-        yield f"sqlite:///{tmp}/bench.db"
-
-
-POSTGRES_DSN = os.environ.get("SITQ_BENCH_POSTGRES_DSN", "postgresql://root@127.0.0.1:5432/test")
-
-
-@asynccontextmanager
-async def postgres_store() -> AsyncIterator[str]:
-    schema = "bench_" + uuid.uuid4().hex[:12]
-    try:
-        yield f"{POSTGRES_DSN}?schema={schema}"
-    finally:
-        await _drop_schema(schema)
-
-
-async def _drop_schema(schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
-NATS_URL = os.environ.get("SITQ_BENCH_NATS_URL", "nats://127.0.0.1:4222")
-
-
-@asynccontextmanager
-async def nats_store() -> AsyncIterator[str]:
-    stream = "BENCH" + uuid.uuid4().hex[:10].upper()
-    try:
-        yield f"{NATS_URL}?stream={stream}"
-    finally:
-        await _delete_nats(stream)
-
-
-async def _delete_nats(stream: str) -> None:
-    import nats
-
-    nc = await nats.connect(NATS_URL)
-    try:
-        js = nc.jetstream()
-        for name in await js.streams_info():
-            if name.config.name in (stream, f"KV_{stream}"):
-                await js.delete_stream(name.config.name)
-    finally:
-        await nc.close()
-
-
-REDIS_URL = os.environ.get("SITQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@asynccontextmanager
-async def redis_store() -> AsyncIterator[str]:
-    prefix = "bench_" + uuid.uuid4().hex[:12]
-    try:
-        yield f"{REDIS_URL}?prefix={prefix}"
-    finally:
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-            for start in range(0, len(keys), 1000):
-                await client.delete(*keys[start : start + 1000])
-        finally:
-            await client.aclose()
-
-
+# The same isolated stores the peer benchmarks use for sitq: a temp file, a fresh schema, a fresh
+# key prefix, a fresh stream; each removed afterwards.
 STORES: dict[str, Callable[[], Any]] = {
-    "sqlite": sqlite_store,
-    "postgres": postgres_store,
-    "redis": redis_store,
-    "nats": nats_store,
+    cls.backend: cls().store for cls in (SitqSqlite, SitqPostgres, SitqRedis, SitqNats)
 }
 
 
