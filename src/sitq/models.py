@@ -215,3 +215,17 @@ class QueueStats:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CronRecord:
+    """A cron schedule as a backend stores it.
+
+    ``definition`` is the engine's own encoding of the schedule (expression, time zone, the
+    task to enqueue); a backend stores it as it is and never reads it. ``last_tick`` is the
+    POSIX time of the last tick the schedule has been advanced past (whole seconds).
+    """
+
+    name: str
+    definition: bytes
+    last_tick: float

@@ -22,6 +22,7 @@ from sitq.models import (
     CancelOutcome,
     Claim,
     ClaimRef,
+    CronRecord,
     LeaseState,
     NewTask,
     QueueStats,
@@ -85,6 +86,12 @@ class Backend(abc.ABC):
         order. Each claim atomically sets the task running, increments ``attempts``, sets a new
         fencing token and a lease of ``lease`` seconds. Guarantee: no task is handed out twice
         while a lease on it holds.
+
+        Concurrency keys: a task with a ``concurrency_key`` is handed out only while fewer than
+        its ``concurrency_limit`` tasks of the same queue and key are running under a lease that
+        has not expired, counting the ones this call hands out; otherwise it stays pending and
+        does not hold back the tasks behind it. The check and the claim are one atomic step
+        across every worker.
         """
 
     @abc.abstractmethod
@@ -100,7 +107,8 @@ class Backend(abc.ABC):
 
         Each settlement applies only if its fencing token is the task's current claim and the
         task is running; the returned list says which applied. A finished task keeps its result
-        until ``expires_at``; a finished task's payload may be dropped.
+        until ``expires_at``; a finished task's payload may be dropped. Settling a task that has
+        a concurrency key frees its slot: workers waiting for work on its queue are woken.
         """
 
     @abc.abstractmethod
@@ -146,6 +154,45 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def stats(self, now: float) -> list[QueueStats]:
         """Per-queue counts of tasks by state, sorted by queue name."""
+
+    # -- cron -----------------------------------------------------------------------------------
+
+    async def put_cron(self, name: str, definition: bytes, start: float) -> None:
+        """Store the cron schedule ``name``: create it with ``last_tick = start``, or replace the
+        definition of an existing one and keep its ``last_tick``. Durable when it returns."""
+        raise ConfigurationError(f"{type(self).__name__} does not store cron schedules")
+
+    async def delete_cron(self, name: str) -> bool:
+        """Remove the cron schedule ``name``; ``True`` if it existed."""
+        raise ConfigurationError(f"{type(self).__name__} does not store cron schedules")
+
+    async def list_crons(self) -> list[CronRecord]:
+        """Every stored cron schedule, sorted by name."""
+        raise ConfigurationError(f"{type(self).__name__} does not store cron schedules")
+
+    async def advance_cron(self, name: str, expected: float, tick: float) -> bool:
+        """Set the schedule's ``last_tick`` to ``tick`` if it is still ``expected``.
+
+        Guarantee: a compare-and-set, atomic across every worker: of several workers advancing
+        from the same ``expected``, exactly one gets ``True``. ``False`` if the schedule is gone.
+        """
+        raise ConfigurationError(f"{type(self).__name__} does not store cron schedules")
+
+    # -- locks ----------------------------------------------------------------------------------
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Take the lock ``name`` for ``token`` for ``ttl`` seconds if nobody holds it (or its
+        holder's TTL has run out); ``True`` if taken. Atomic across every client; never waits."""
+        raise ConfigurationError(f"{type(self).__name__} does not provide locks")
+
+    async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Extend the lock to ``now + ttl`` if ``token`` still holds it; ``True`` if it did."""
+        raise ConfigurationError(f"{type(self).__name__} does not provide locks")
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Release the lock if ``token`` still holds it; ``True`` if it did. Never releases a
+        lock another token holds."""
+        raise ConfigurationError(f"{type(self).__name__} does not provide locks")
 
     def describe(self) -> str:
         """Where this backend points, for logs and ``sitq info``, never with a password."""
