@@ -51,17 +51,6 @@ def _wait_seconds(timeout: float | None) -> float:
     return float(timeout)
 
 
-def _refuse_unenforced(options: TaskOptions) -> TaskOptions:
-    # Accepting a limit that no worker enforces would silently run more tasks at once than the
-    # caller asked for; refuse it until the workers enforce it.
-    if options.concurrency_key is not None:
-        raise ConfigurationError(
-            "concurrency_key/concurrency_limit are not enforced by this version of sitq yet; "
-            "refusing them rather than running without the limit"
-        )
-    return options
-
-
 class TaskOptionsView:
     """The ``enqueue*`` methods of a queue with some options set; from ``queue.options(...)``."""
 
@@ -82,9 +71,7 @@ class TaskOptionsView:
         transaction on that connection: the tasks exist only if the transaction commits.
         """
         connection = options.pop("connection", self._connection)
-        return TaskOptionsView(
-            self._queue, _refuse_unenforced(self._options.merge(**options)), connection
-        )
+        return TaskOptionsView(self._queue, self._options.merge(**options), connection)
 
     async def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Enqueue ``func(*args, **kwargs)`` to run now; return the task id."""
@@ -150,7 +137,7 @@ class TaskQueue(TaskOptionsView):
                 f"serializer must be a sitq Serializer (PickleSerializer, JsonSerializer or a "
                 f"subclass of Serializer), not {serializer!r}"
             )
-        super().__init__(self, _refuse_unenforced(TaskOptions().merge(queue=queue, **defaults)))
+        super().__init__(self, TaskOptions().merge(queue=queue, **defaults))
 
     # -- lifecycle --------------------------------------------------------------------------
 

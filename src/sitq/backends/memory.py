@@ -12,7 +12,7 @@ import contextlib
 import heapq
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sitq.backends.base import Backend, stats_from_counts, stats_kind
@@ -21,6 +21,7 @@ from sitq.models import (
     CancelOutcome,
     Claim,
     ClaimRef,
+    CronRecord,
     Finish,
     LeaseState,
     NewTask,
@@ -54,6 +55,30 @@ class _Record:
     payload: bytes | None = field(default=None)
 
 
+class _KeySlots:
+    """Free slots per (queue, concurrency key), from the tasks running under a live lease."""
+
+    def __init__(self, running: Iterable[_Record], now: float) -> None:
+        self._busy: dict[tuple[str, str], int] = {}
+        for rec in running:
+            key = rec.task.concurrency_key
+            if key is not None and rec.lease_until > now:
+                slot = (rec.task.queue, key)
+                self._busy[slot] = self._busy.get(slot, 0) + 1
+
+    def take(self, task: NewTask) -> bool:
+        """Count ``task`` as started if its key has a free slot; ``False`` if it must wait."""
+        if task.concurrency_key is None:
+            return True
+        slot = (task.queue, task.concurrency_key)
+        busy = self._busy.get(slot, 0)
+        assert task.concurrency_limit is not None
+        if busy >= task.concurrency_limit:
+            return False
+        self._busy[slot] = busy + 1
+        return True
+
+
 class MemoryBackend(Backend):
     """Tasks in a dict, due tasks in heaps; nothing survives the process."""
 
@@ -69,6 +94,8 @@ class MemoryBackend(Backend):
         self._connected = False
         self._work: asyncio.Event | None = None
         self._finished: asyncio.Condition | None = None
+        self._crons: dict[str, CronRecord] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
 
     async def connect(self) -> None:
         """Mark the backend usable (there is nothing to open)."""
@@ -145,17 +172,23 @@ class MemoryBackend(Backend):
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
     ) -> list[Claim]:
-        """Hand out due tasks: expired leases first, then the ready heaps in priority order."""
+        """Hand out due tasks: expired leases first, then the ready heaps in priority order.
+
+        A keyed task whose key is full is set aside for this call and pushed back afterwards,
+        so it neither runs nor holds back the tasks behind it.
+        """
         self._check()
         now = time.time()
         self._promote_due(now)
         chosen: list[_Record] = []
         wanted = set(queues)
+        slots = _KeySlots(self._running.values(), now)
         for rec in self._running.values():
             if len(chosen) >= limit:
                 break
-            if rec.lease_until <= now and rec.task.queue in wanted:
+            if rec.lease_until <= now and rec.task.queue in wanted and slots.take(rec.task):
                 chosen.append(rec)
+        set_aside: list[tuple[str, tuple[int, float, int, str]]] = []
         while len(chosen) < limit:
             best: tuple[tuple[int, float, int, str], str] | None = None
             for queue in queues:
@@ -177,7 +210,13 @@ class MemoryBackend(Backend):
             if best is None:
                 break
             heapq.heappop(self._ready[best[1]])
-            chosen.append(self._tasks[best[0][3]])
+            rec = self._tasks[best[0][3]]
+            if slots.take(rec.task):
+                chosen.append(rec)
+            else:
+                set_aside.append((best[1], best[0]))
+        for queue, entry in set_aside:
+            heapq.heappush(self._ready[queue], entry)
         claims = []
         for rec in chosen:
             rec.status = TaskStatus.RUNNING
@@ -239,6 +278,9 @@ class MemoryBackend(Backend):
                 continue
             rec.worker_id = None
             del self._running[rec.task.id]
+            if rec.task.concurrency_key is not None:
+                assert self._work is not None
+                self._work.set()
             if isinstance(item, Finish):
                 rec.status = item.status
                 rec.value = item.value
@@ -358,3 +400,62 @@ class MemoryBackend(Backend):
             for rec in self._tasks.values()
             if rec.expires_at is None or rec.expires_at > now
         )
+
+    # -- cron -----------------------------------------------------------------------------
+
+    async def put_cron(self, name: str, definition: bytes, start: float) -> None:
+        """Create the schedule, or replace its definition keeping its last tick."""
+        self._check()
+        old = self._crons.get(name)
+        last_tick = start if old is None else old.last_tick
+        self._crons[name] = CronRecord(name, definition, last_tick)
+
+    async def delete_cron(self, name: str) -> bool:
+        """Remove the schedule."""
+        self._check()
+        return self._crons.pop(name, None) is not None
+
+    async def list_crons(self) -> list[CronRecord]:
+        """Every schedule, by name."""
+        self._check()
+        return [self._crons[name] for name in sorted(self._crons)]
+
+    async def advance_cron(self, name: str, expected: float, tick: float) -> bool:
+        """Compare-and-set the schedule's last tick."""
+        self._check()
+        old = self._crons.get(name)
+        if old is None or old.last_tick != expected:
+            return False
+        self._crons[name] = CronRecord(name, old.definition, tick)
+        return True
+
+    # -- locks ----------------------------------------------------------------------------
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Take the lock if it is free or its holder's TTL ran out."""
+        self._check()
+        now = time.time()
+        held = self._locks.get(name)
+        if held is not None and held[1] > now:
+            return False
+        self._locks[name] = (token, now + ttl)
+        return True
+
+    async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Extend the lock if ``token`` holds it."""
+        self._check()
+        now = time.time()
+        held = self._locks.get(name)
+        if held is None or held[0] != token or held[1] <= now:
+            return False
+        self._locks[name] = (token, now + ttl)
+        return True
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Release the lock if ``token`` holds it."""
+        self._check()
+        held = self._locks.get(name)
+        if held is None or held[0] != token:
+            return False
+        del self._locks[name]
+        return held[1] > time.time()

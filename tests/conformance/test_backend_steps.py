@@ -1,0 +1,230 @@
+"""SPEC §1.4 at the storage level: the backend steps that cron, locks and concurrency keys are
+built on, with the guarantee each step's docstring states, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sitq import TaskQueue
+from sitq.backends.base import Backend
+from sitq.models import Claim, ClaimRef, Finish, Release, Reschedule, TaskStatus
+from tests.conformance import tasks
+from tests.conftest import BackendFactory, wait_until
+
+ODD_NAME = "tenant/7:é*#" + "x" * 200
+
+
+@pytest.fixture
+async def others(backends: BackendFactory) -> AsyncIterator[list[Backend]]:
+    """Four more connected backend objects on the same store (other clients)."""
+    made = [backends.make() for _ in range(4)]
+    for backend in made:
+        if not backend.connected:
+            await backend.connect()
+    yield made
+    if backends.shared:
+        for backend in made:
+            await backend.close()
+
+
+def _finish(claim: Claim) -> Finish:
+    now = time.time()
+    return Finish(
+        ClaimRef(claim.task_id, claim.fencing_token),
+        TaskStatus.SUCCESS,
+        None,
+        None,
+        None,
+        now,
+        now + 60,
+    )
+
+
+# -- cron storage ---------------------------------------------------------------------------
+
+
+async def test_cron_records_are_stored_replaced_and_deleted(queue: TaskQueue) -> None:
+    backend = queue.backend
+    assert await backend.list_crons() == []
+    await backend.put_cron("b", b"def-b", 1000.0)
+    await backend.put_cron(ODD_NAME, b"def-odd", 2000.0)
+    await backend.put_cron("a", b"\x00binary\xff", 3000.0)
+    names = [r.name for r in await backend.list_crons()]
+    assert names == sorted(["a", "b", ODD_NAME])
+    assert await backend.advance_cron("b", 1000.0, 1060.0)
+    await backend.put_cron("b", b"def-b2", 5000.0)
+    (b,) = [r for r in await backend.list_crons() if r.name == "b"]
+    assert b.definition == b"def-b2"
+    assert b.last_tick == 1060.0, "replacing a definition must keep the last tick"
+    (a,) = [r for r in await backend.list_crons() if r.name == "a"]
+    assert a.definition == b"\x00binary\xff" and a.last_tick == 3000.0
+    assert await backend.delete_cron("b") is True
+    assert await backend.delete_cron("b") is False
+    assert [r.name for r in await backend.list_crons()] == sorted(["a", ODD_NAME])
+    assert await backend.advance_cron("b", 1060.0, 1120.0) is False
+
+
+async def test_advance_cron_is_a_compare_and_set(queue: TaskQueue, others: list[Backend]) -> None:
+    backend = queue.backend
+    await backend.put_cron("tick", b"d", 100.0)
+    assert await backend.advance_cron("tick", 99.0, 160.0) is False
+    results = await asyncio.gather(
+        *(b.advance_cron("tick", 100.0, 160.0) for b in [backend, *others, *others])
+    )
+    assert results.count(True) == 1
+    (rec,) = await backend.list_crons()
+    assert rec.last_tick == 160.0
+
+
+# -- locks ----------------------------------------------------------------------------------
+
+
+async def test_lock_has_one_owner(queue: TaskQueue) -> None:
+    backend = queue.backend
+    assert await backend.acquire_lock(ODD_NAME, "t1", 30) is True
+    assert await backend.acquire_lock(ODD_NAME, "t2", 30) is False
+    assert await backend.extend_lock(ODD_NAME, "t2", 30) is False
+    assert await backend.release_lock(ODD_NAME, "t2") is False
+    assert await backend.acquire_lock(ODD_NAME, "t3", 30) is False, "a stranger released it"
+    assert await backend.extend_lock(ODD_NAME, "t1", 30) is True
+    assert await backend.acquire_lock("another", "t2", 30) is True, "locks are independent"
+    assert await backend.release_lock(ODD_NAME, "t1") is True
+    assert await backend.release_lock(ODD_NAME, "t1") is False
+    assert await backend.acquire_lock(ODD_NAME, "t2", 30) is True
+
+
+async def test_lock_of_a_dead_holder_frees_itself_after_its_ttl(queue: TaskQueue) -> None:
+    backend = queue.backend
+    assert await backend.acquire_lock("dead", "gone", 0.5) is True
+
+    async def taken() -> bool:
+        return await backend.acquire_lock("dead", "alive", 30)
+
+    await wait_until(taken, timeout=10, message="the expired lock to be acquirable")
+    assert await backend.extend_lock("dead", "gone", 30) is False
+    assert await backend.release_lock("dead", "gone") is False
+    assert await backend.acquire_lock("dead", "third", 30) is False
+
+
+async def test_extending_keeps_the_lock_past_its_first_ttl(queue: TaskQueue) -> None:
+    backend = queue.backend
+    assert await backend.acquire_lock("kept", "holder", 0.6)
+    deadline = time.monotonic() + 1.8
+    while time.monotonic() < deadline:
+        assert await backend.extend_lock("kept", "holder", 0.6)
+        assert await backend.acquire_lock("kept", "other", 30) is False
+        await asyncio.sleep(0.1)
+
+
+async def test_concurrent_acquire_has_one_winner(queue: TaskQueue, others: list[Backend]) -> None:
+    clients = [queue.backend, *others]
+    results = await asyncio.gather(
+        *(b.acquire_lock("race", f"token-{i}", 30) for i, b in enumerate(clients * 2))
+    )
+    assert results.count(True) == 1
+
+
+# -- concurrency keys -----------------------------------------------------------------------
+
+
+async def test_one_claim_hands_out_no_more_than_the_limit(queue: TaskQueue) -> None:
+    keyed = queue.options(concurrency_key=ODD_NAME, concurrency_limit=2)
+    for i in range(5):
+        await keyed.enqueue(tasks.add, i, i)
+    first = await queue.backend.claim(["default"], 10, "w", 30)
+    assert len(first) == 2
+    assert await queue.backend.claim(["default"], 10, "w", 30) == []
+    assert await queue.backend.settle([_finish(first[0])]) == [True]
+    second = await queue.backend.claim(["default"], 10, "w", 30)
+    assert len(second) == 1
+    (stats,) = await queue.stats()
+    assert (stats.pending, stats.running, stats.succeeded) == (2, 2, 1)
+
+
+async def test_a_full_key_does_not_hold_back_other_tasks(queue: TaskQueue) -> None:
+    keyed = queue.options(concurrency_key="k", concurrency_limit=1, priority=10)
+    for i in range(20):
+        await keyed.enqueue(tasks.add, i, i)
+    await queue.options(concurrency_key="other", concurrency_limit=1).enqueue(tasks.add, 0, 0)
+    plain = await queue.enqueue(tasks.add, 1, 1)
+    backend = queue.backend
+    (first,) = await backend.claim(["default"], 1, "w", 30)
+    claimed = await backend.claim(["default"], 1, "w", 30)
+    claimed += await backend.claim(["default"], 1, "w", 30)
+    assert len(claimed) == 2, "tasks behind a full key must still be handed out"
+    assert plain in {c.task_id for c in claimed}
+    assert await backend.claim(["default"], 5, "w", 30) == []
+    assert first.task_id not in {c.task_id for c in claimed}
+
+
+async def test_keys_are_counted_per_queue(queue: TaskQueue) -> None:
+    for name in ("q1", "q2"):
+        view = queue.options(queue=name, concurrency_key="shared", concurrency_limit=1)
+        await view.enqueue(tasks.add, 1, 1)
+        await view.enqueue(tasks.add, 2, 2)
+    claimed = await queue.backend.claim(["q1", "q2"], 10, "w", 30)
+    assert sorted(c.queue for c in claimed) == ["q1", "q2"]
+
+
+async def test_release_and_retry_free_the_slot(queue: TaskQueue) -> None:
+    keyed = queue.options(concurrency_key="k", concurrency_limit=1)
+    for i in range(3):
+        await keyed.enqueue(tasks.add, i, i)
+    backend = queue.backend
+    (a,) = await backend.claim(["default"], 5, "w", 30)
+    assert await backend.settle([Release(ClaimRef(a.task_id, a.fencing_token))]) == [True]
+    (b,) = await backend.claim(["default"], 5, "w", 30)
+    retry = Reschedule(ClaimRef(b.task_id, b.fencing_token), time.time() + 3600, "boom", None)
+    assert await backend.settle([retry]) == [True]
+    (c,) = await backend.claim(["default"], 5, "w", 30)
+    assert await backend.claim(["default"], 5, "w", 30) == []
+    assert await backend.settle([_finish(c)]) == [True]
+
+
+async def test_an_expired_lease_frees_its_slot_once(queue: TaskQueue) -> None:
+    keyed = queue.options(concurrency_key="k", concurrency_limit=1)
+    for i in range(3):
+        await keyed.enqueue(tasks.add, i, i)
+    backend = queue.backend
+    assert len(await backend.claim(["default"], 5, "dead-worker", 0.3)) == 1
+    taken: list[Claim] = []
+
+    async def slot_freed() -> bool:
+        taken.extend(await backend.claim(["default"], 5, "w", 30))
+        return bool(taken)
+
+    await wait_until(slot_freed, timeout=15, message="the dead worker's slot to free itself")
+    assert len(taken) == 1, "one slot, so one task, even with an expired claim also due"
+    assert await backend.claim(["default"], 5, "w", 30) == []
+
+
+async def test_concurrent_claimers_never_exceed_the_limit(
+    queue: TaskQueue, others: list[Backend]
+) -> None:
+    keyed = queue.options(concurrency_key="k", concurrency_limit=3)
+    await keyed.enqueue_many([(tasks.add, (i, i)) for i in range(30)])
+    clients = [queue.backend, *others]
+    batches = await asyncio.gather(
+        *(b.claim(["default"], 4, f"w{i}", 30) for i, b in enumerate(clients * 2))
+    )
+    assert sum(len(b) for b in batches) == 3
+
+
+async def test_settling_a_keyed_task_wakes_a_waiting_worker(
+    queue: TaskQueue, others: list[Backend]
+) -> None:
+    keyed = queue.options(concurrency_key="k", concurrency_limit=1)
+    await keyed.enqueue(tasks.add, 1, 1)
+    await keyed.enqueue(tasks.add, 2, 2)
+    waiter = others[0]
+    (running,) = await queue.backend.claim(["default"], 5, "w1", 30)
+    assert await waiter.claim(["default"], 5, "w2", 30) == []
+    wait = asyncio.create_task(waiter.wait_for_work(["default"], 60))
+    await asyncio.sleep(0.2)  # let the waiter block first: the settle below must end its wait
+    assert await queue.backend.settle([_finish(running)]) == [True]
+    await asyncio.wait_for(wait, 20)  # TimeoutError here: the freed slot woke nobody
+    assert len(await waiter.claim(["default"], 5, "w2", 30)) == 1
