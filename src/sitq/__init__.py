@@ -13,6 +13,7 @@ from sitq.backends.nats import NATSBackend
 from sitq.backends.postgres import PostgresBackend
 from sitq.backends.redis import RedisBackend
 from sitq.backends.sqlite import SQLiteBackend
+from sitq.cron import CronInfo
 from sitq.errors import (
     BackendError,
     ConfigurationError,
@@ -24,6 +25,7 @@ from sitq.errors import (
     TaskFailedError,
     TaskNotFound,
 )
+from sitq.locks import Lock
 from sitq.models import QueueStats, Result, TaskStatus
 from sitq.queue import TaskOptionsView, TaskQueue
 from sitq.retry import ExponentialBackoff, FixedBackoff, RetryPolicy
@@ -38,9 +40,11 @@ __all__ = [
     "Backend",
     "BackendError",
     "ConfigurationError",
+    "CronInfo",
     "ExponentialBackoff",
     "FixedBackoff",
     "JsonSerializer",
+    "Lock",
     "LockTimeout",
     "MemoryBackend",
     "MissingDependencyError",

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 
 from sitq.backends import backend_from_url, redact_url
+from sitq.cron import CronInfo
 from sitq.errors import SitqError
 from sitq.serializers import PickleSerializer, Serializer, serializer_from_name
 from sitq.worker import WORKER_KINDS
@@ -124,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest idle wait between checks (env SITQ_POLL_INTERVAL)",
     )
     worker.add_argument(
+        "--no-cron",
+        dest="cron",
+        action="store_false",
+        default=os.environ.get("SITQ_CRON", "1").lower() not in ("0", "false", "no", "off"),
+        help="do not drive cron schedules in this worker (env SITQ_CRON=0); any other "
+        "worker may, and each tick still runs once",
+    )
+    worker.add_argument(
         "--log-level",
         default=os.environ.get("SITQ_LOG_LEVEL", "INFO"),
         help="logging level (env SITQ_LOG_LEVEL)",
@@ -161,6 +170,7 @@ async def _run_worker(args: argparse.Namespace) -> None:
         lease=args.lease,
         shutdown_timeout=args.shutdown_timeout,
         poll_interval=args.poll_interval,
+        cron=args.cron,
     )
     print(
         f"sitq {args.kind} worker {worker.worker_id} on {redact_url(backend.describe())}, "
@@ -176,6 +186,7 @@ async def _info(args: argparse.Namespace) -> None:
     await backend.connect()
     try:
         stats = await backend.stats(time.time())
+        crons = [CronInfo.from_record(r) for r in await backend.list_crons()]
     finally:
         await backend.close()
     print(f"{redact_url(backend.describe())}")
@@ -202,6 +213,15 @@ async def _info(args: argparse.Namespace) -> None:
         )
     if not stats:
         print("(no tasks)")
+    if crons:
+        print()
+        print("cron schedules:")
+        for c in crons:
+            upcoming = c.next_run.isoformat() if c.next_run else "never"
+            print(
+                f"  {c.name}  {c.expression!r} {c.timezone}  -> {c.func} on {c.queue}, "
+                f"next {upcoming}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -12,7 +13,9 @@ from typing import Any, Self
 from sitq._task import check_signature
 from sitq.backends import resolve_backend
 from sitq.backends.base import Backend
+from sitq.cron import MISFIRE_POLICIES, CronDefinition, CronExpression, CronInfo, check_cron_name
 from sitq.errors import ConfigurationError, TaskFailedError, TaskNotFound
+from sitq.locks import Lock
 from sitq.models import CancelOutcome, NewTask, QueueStats, Result, TaskStatus
 from sitq.options import TaskOptions
 from sitq.serializers import PickleSerializer, Serializer
@@ -89,6 +92,32 @@ class TaskOptionsView:
         """Enqueue to run after ``delay`` (seconds or a timedelta); return the task id."""
         eta = time.time() + _delay_seconds(delay)
         return await self._queue._submit(self, [(func, args, kwargs)], eta)
+
+    async def add_cron(
+        self,
+        name: str,
+        expression: str,
+        func: Callable[..., Any],
+        /,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timezone: str = "UTC",
+        misfire: str = "once",
+        **options: Any,
+    ) -> None:
+        """Store the schedule ``name``: enqueue ``func(*args, **kwargs)`` at every tick of
+        ``expression``, evaluated in ``timezone`` (an IANA name).
+
+        ``expression`` has 5 fields (minute hour day month weekday) or 6 with seconds first.
+        ``misfire`` says what happens to ticks missed while no worker ran: ``"once"`` runs the
+        last of them once, ``"skip"`` drops them. Other keyword arguments are task options
+        (``queue``, ``priority``, ``retry``, ...). Adding a schedule that exists replaces it and
+        keeps its place in time; running workers pick the change up within a second.
+        """
+        await self._queue._add_cron(
+            self, name, expression, func, args, kwargs, timezone, misfire, options
+        )
 
     async def enqueue_many(self, calls: Iterable[CallSpec]) -> list[str]:
         """Enqueue many calls, ``(func, args)`` or ``(func, args, kwargs)``, in one step.
@@ -192,6 +221,70 @@ class TaskQueue(TaskOptionsView):
             concurrency_limit=opts.concurrency_limit,
             fresh_id=opts.task_id is None,
         )
+
+    async def _add_cron(
+        self,
+        view: TaskOptionsView,
+        name: str,
+        expression: str,
+        func: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        timezone: str,
+        misfire: str,
+        options: dict[str, Any],
+    ) -> None:
+        check_cron_name(name)
+        schedule = CronExpression(expression, timezone)
+        if misfire not in MISFIRE_POLICIES:
+            raise ConfigurationError(
+                f"misfire={misfire!r} is not a policy: use one of {list(MISFIRE_POLICIES)}"
+            )
+        if not isinstance(args, tuple | list):
+            raise ConfigurationError(f"add_cron args must be a tuple or list, not {args!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigurationError(f"add_cron kwargs must be a dict, not {kwargs!r}")
+        opts = view._options.merge(**options)
+        if opts.task_id is not None:
+            raise ConfigurationError(
+                "add_cron cannot take task_id: each tick's id is derived from the schedule name "
+                "and the tick time"
+            )
+        template = self._build(opts, func, tuple(args), dict(kwargs or {}), None, 0.0)
+        definition = CronDefinition(
+            expression=schedule,
+            misfire=misfire,
+            func=f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', repr(func))}",
+            queue=template.queue,
+            payload=template.payload,
+            options=template.options,
+            priority=template.priority,
+            result_ttl=template.result_ttl,
+            concurrency_key=template.concurrency_key,
+            concurrency_limit=template.concurrency_limit,
+        )
+        await self.connect()
+        await self.backend.put_cron(name, definition.encode(), float(math.floor(time.time())))
+
+    async def remove_cron(self, name: str) -> bool:
+        """Delete the schedule ``name``; ``True`` if it existed. Ticks already enqueued stay."""
+        check_cron_name(name)
+        await self.connect()
+        return await self.backend.delete_cron(name)
+
+    async def list_crons(self) -> list[CronInfo]:
+        """Every stored schedule, by name, with its last and next tick."""
+        await self.connect()
+        return [CronInfo.from_record(r) for r in await self.backend.list_crons()]
+
+    def lock(self, name: str, ttl: float = 30.0, timeout: float = 10.0) -> Lock:
+        """A distributed lock on this queue's backend: ``async with queue.lock("name"):``.
+
+        Held by one holder at a time across every process and machine that shares the backend;
+        extended while the block runs; freed ``ttl`` seconds after a holder dies.
+        :class:`LockTimeout` if not acquired within ``timeout`` seconds.
+        """
+        return Lock(self, name, ttl, timeout)
 
     async def _submit(
         self,

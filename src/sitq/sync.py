@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from sitq.backends.base import Backend
+from sitq.cron import CronInfo
 from sitq.errors import SitqError
+from sitq.locks import Lock
 from sitq.models import QueueStats, Result, TaskStatus
 from sitq.queue import CallSpec, TaskOptionsView, TaskQueue
 from sitq.serializers import Serializer
@@ -93,6 +95,72 @@ class SyncOptionsView:
     def enqueue_many(self, calls: Iterable[CallSpec]) -> list[str]:
         """Enqueue many calls in one step; return their ids."""
         return self._call(self._view.enqueue_many(list(calls)))  # type: ignore[no-any-return]
+
+    def add_cron(
+        self,
+        name: str,
+        expression: str,
+        func: Callable[..., Any],
+        /,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timezone: str = "UTC",
+        misfire: str = "once",
+        **options: Any,
+    ) -> None:
+        """Store a cron schedule; see :meth:`TaskQueue.add_cron`."""
+        self._call(
+            self._view.add_cron(
+                name,
+                expression,
+                func,
+                args,
+                kwargs,
+                timezone=timezone,
+                misfire=misfire,
+                **options,
+            )
+        )
+
+
+class SyncLock:
+    """The blocking face of :class:`~sitq.locks.Lock`: ``with queue.lock("name"):``. The lock
+    is extended from the background loop while the block runs."""
+
+    def __init__(self, portal_call: Callable[[Coroutine[Any, Any, Any]], Any], lock: Lock) -> None:
+        self._call = portal_call
+        self._lock = lock
+
+    @property
+    def name(self) -> str:
+        """The lock's name."""
+        return self._lock.name
+
+    @property
+    def held(self) -> bool:
+        """True while held and its last extension succeeded."""
+        return self._lock.held
+
+    def acquire(self) -> None:
+        """Wait for the lock; :class:`~sitq.LockTimeout` if not acquired in time."""
+        self._call(self._lock.acquire())
+
+    def release(self) -> None:
+        """Release the lock."""
+        self._call(self._lock.release())
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 class SyncTaskQueue(SyncOptionsView):
@@ -172,6 +240,18 @@ class SyncTaskQueue(SyncOptionsView):
     def stats(self) -> list[QueueStats]:
         """Per-queue counts by state."""
         return self._portal_call(self._queue.stats())
+
+    def remove_cron(self, name: str) -> bool:
+        """Delete a cron schedule; ``True`` if it existed."""
+        return self._portal_call(self._queue.remove_cron(name))
+
+    def list_crons(self) -> list[CronInfo]:
+        """Every stored cron schedule."""
+        return self._portal_call(self._queue.list_crons())
+
+    def lock(self, name: str, ttl: float = 30.0, timeout: float = 10.0) -> SyncLock:
+        """A distributed lock: ``with queue.lock("name"):``; see :meth:`TaskQueue.lock`."""
+        return SyncLock(self._portal_call, self._queue.lock(name, ttl, timeout))
 
     def __del__(self) -> None:
         portal = getattr(self, "_portal", None)

@@ -24,6 +24,7 @@ from typing import Self
 from sitq._task import Outcome
 from sitq.backends import resolve_backend
 from sitq.backends.base import Backend
+from sitq.cron import CronDriver
 from sitq.errors import ConfigurationError
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
 from sitq.models import (
@@ -77,6 +78,7 @@ class Worker:
         lease: float = 30.0,
         shutdown_timeout: float = 30.0,
         poll_interval: float = 1.0,
+        cron: bool = True,
     ) -> None:
         if concurrency is None:
             concurrency = os.cpu_count() or 1
@@ -96,6 +98,8 @@ class Worker:
         self.shutdown_timeout = float(shutdown_timeout)
         self.poll_interval = _check_positive("poll_interval", poll_interval)
         self.heartbeat_interval = min(self.lease / 3, 2.0)
+        self.cron = bool(cron)
+        self._cron_driver = CronDriver(self.backend)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.executor: Executor = self.executor_class(self.serializer, concurrency)
         self._held: dict[str, _Held] = {}
@@ -152,6 +156,8 @@ class Worker:
             asyncio.create_task(self._settle_loop(), name="sitq-settle"),
             asyncio.create_task(self._purge_loop(), name="sitq-purge"),
         ]
+        if self.cron:
+            self._background.append(asyncio.create_task(self._cron_driver.run(), name="sitq-cron"))
         log.info(
             "worker %s started on %s, queues %s",
             self.worker_id,
@@ -522,6 +528,7 @@ class ProcessWorker(Worker):
         lease: float = 30.0,
         shutdown_timeout: float = 30.0,
         poll_interval: float = 1.0,
+        cron: bool = True,
     ) -> None:
         super().__init__(
             backend,
@@ -531,6 +538,7 @@ class ProcessWorker(Worker):
             lease=lease,
             shutdown_timeout=shutdown_timeout,
             poll_interval=poll_interval,
+            cron=cron,
         )
 
 
