@@ -178,6 +178,9 @@ class WorkerProcesses:
         ]
         for q in queues:
             args += ["-q", q]
+        return self._spawn(args)
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
@@ -192,6 +195,20 @@ class WorkerProcesses:
         log.close()
         self.procs.append(proc)
         return proc
+
+    def call(self, function: str, *args: str) -> subprocess.Popen[bytes]:
+        """Run ``module:function(*args)`` in a new Python process (killed at teardown)."""
+        code = (
+            "import importlib, sys; m, f = sys.argv[1].rsplit(':', 1); "
+            "getattr(importlib.import_module(m), f)(*sys.argv[2:])"
+        )
+        return self._spawn([sys.executable, "-c", code, function, *args])
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+        """SIGTERM (a graceful stop for a worker) and wait for the exit code."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout)
 
     def output(self, proc: subprocess.Popen[bytes]) -> str:
         return (self.tmp_path / f"worker-{self.procs.index(proc)}.log").read_text()

@@ -282,6 +282,9 @@ class CronDriver:
         self.backend = backend
         self.refresh = refresh
         self.enqueued = 0
+        """Tick tasks this driver stored (a tick another worker stored first is not counted)."""
+        self.passes = 0
+        """Completed passes over the schedules."""
         self._definitions: dict[bytes, CronDefinition | None] = {}
 
     def _definition(self, record: CronRecord) -> CronDefinition | None:
@@ -331,6 +334,7 @@ class CronDriver:
                 continue
             # A hair late rather than early, so the tick is due when the loop wakes.
             wake = min(wake, max(upcoming - time.time() + 0.002, 0.0))
+        self.passes += 1
         return wake
 
     async def run(self) -> None:

@@ -152,3 +152,45 @@ def record_item(log_dir: str, label: str, item: int) -> int:
 def kill_own_process() -> None:
     """Kill the process running the task (the worker itself, under an async worker)."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def increment_under_lock(url: str, counter: str, times: str, face: str) -> None:
+    """Run in a separate process: ``times`` read-modify-write increments of the ``counter``
+    file, each under the lock ``counter``, logging each hold as ``pid start end``. ``face`` is
+    ``async`` or ``sync`` (``SyncTaskQueue``)."""
+    path = Path(counter)
+    holds = path.with_suffix(".holds")
+
+    def step() -> None:
+        started = time.time()
+        value = int(path.read_text()) if path.exists() else 0
+        time.sleep(0.002)  # widen the window a missing lock would let the other process into
+        path.write_text(str(value + 1))
+        with open(holds, "a") as f:
+            f.write(f"{os.getpid()} {started} {time.time()}\n")
+
+    if face == "sync":
+        with sitq.SyncTaskQueue(url) as sq:
+            for _ in range(int(times)):
+                with sq.lock("counter", ttl=10, timeout=60):
+                    step()
+        return
+
+    async def main() -> None:
+        async with sitq.TaskQueue(url) as q:
+            for _ in range(int(times)):
+                async with q.lock("counter", ttl=10, timeout=60):
+                    step()
+
+    asyncio.run(main())
+
+
+def hold_lock_until_killed(url: str, name: str, ttl: str, marker: str) -> None:
+    """Run in a separate process: take the lock, say so in ``marker``, then block forever."""
+
+    async def main() -> None:
+        async with sitq.TaskQueue(url) as q, q.lock(name, ttl=float(ttl), timeout=30):
+            Path(marker).write_text(str(os.getpid()))
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
