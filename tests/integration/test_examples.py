@@ -44,6 +44,17 @@ def test_example_1_basic_usage(tmp_path: Path) -> None:
     assert (tmp_path / "example_queue.db").exists()
 
 
+def test_schedules_example(tmp_path: Path) -> None:
+    out = _run("schedules.py", tmp_path).splitlines()
+    assert out == [
+        "heartbeat: '* * * * * *' in UTC",
+        "report: '30 2 * * *' in Europe/Paris",
+        "api: ['tenant-7#0', 'tenant-7#1', 'tenant-7#2', 'tenant-7#3', 'tenant-7#4', 'tenant-7#5']",
+        "holding nightly-report",
+        "heartbeats ran: True",
+    ]
+
+
 def test_example_3_cpu_bound_process_worker(tmp_path: Path) -> None:
     out = _run("cpu_task_example.py", tmp_path, timeout=120).splitlines()
     assert out == ["Enqueuing CPU-bound task...", "Fibonacci result: 9227465"]
