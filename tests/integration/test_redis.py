@@ -7,6 +7,7 @@ server is never restarted, flushed or has its clients killed).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from sitq import (
     TaskStatus,
     backend_from_url,
 )
+from sitq.models import Claim, ClaimRef, Finish, LeaseState, Release, Reschedule
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
 from tests.services import in_ci
@@ -513,4 +516,316 @@ async def test_a_dead_server_mid_use_is_a_backend_error_then_recovers(
         assert await queue.get_status(task_id) is None
         assert await queue.get_status(await queue.enqueue(tasks.add, 2, 2)) == TaskStatus.PENDING
     finally:
+        await queue.close()
+
+
+# -- concurrency keys, crons and locks ------------------------------------------------------------
+
+
+def _settled(claim: Claim) -> Finish:
+    now = time.time()
+    return Finish(
+        ClaimRef(claim.task_id, claim.fencing_token),
+        TaskStatus.SUCCESS,
+        None,
+        None,
+        None,
+        now,
+        now + 3600,
+    )
+
+
+async def _keyed_leftovers(admin: Any, prefix: str) -> list[bytes]:
+    """The concurrency-key bookkeeping still in the store (running and parked sets)."""
+    return [key async for key in admin.scan_iter(match=f"{prefix}:*:ck*", count=1000)]
+
+
+async def test_keyed_claims_on_many_connections_never_exceed_their_limits(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    url = f"redis://127.0.0.1:{server.port}/0?prefix=keys"
+    limits = {"a": 1, "b": 2, "c": 3}
+    queue = TaskQueue(url)
+    await queue.connect()
+    clients = [RedisBackend.from_url(url) for _ in range(8)]
+    admin = server.admin()
+    try:
+        key_of: dict[str, str] = {}
+        for key, limit in limits.items():
+            view = queue.options(concurrency_key=key, concurrency_limit=limit)
+            for task_id in await view.enqueue_many([(tasks.add, (i, i)) for i in range(60)]):
+                key_of[task_id] = key
+        await queue.enqueue_many([(tasks.add, (i, i)) for i in range(60)])
+        total = 240
+        for client in clients:
+            await client.connect()
+        holding: dict[str, set[str]] = {key: set() for key in limits}
+        peak = dict.fromkeys(limits, 0)
+        finished: set[str] = set()
+        rng = random.Random(7)
+
+        async def work(i: int, backend: RedisBackend) -> None:
+            while len(finished) < total:
+                claims = await backend.claim(["default"], 3, f"w{i}", 30)
+                # Added after the claim returns and removed before the settle is sent, so
+                # `holding` never counts more than the server has running.
+                for c in claims:
+                    key = key_of.get(c.task_id)
+                    if key is not None:
+                        holding[key].add(c.task_id)
+                        peak[key] = max(peak[key], len(holding[key]))
+                for c in claims:
+                    await asyncio.sleep(0)  # the other clients claim while this one holds
+                    ref = ClaimRef(c.task_id, c.fencing_token)
+                    roll = rng.random()
+                    settlement: Finish | Release | Reschedule
+                    if roll < 0.15:
+                        settlement = Release(ref)
+                    elif roll < 0.3:
+                        settlement = Reschedule(ref, time.time(), "again", None)
+                    else:
+                        settlement = _settled(c)
+                    key = key_of.get(c.task_id)
+                    if key is not None:
+                        holding[key].discard(c.task_id)
+                    assert await backend.settle([settlement]) == [True]
+                    if isinstance(settlement, Finish):
+                        finished.add(c.task_id)
+                if not claims:
+                    await backend.wait_for_work(["default"], 0.5)
+
+        await asyncio.wait_for(asyncio.gather(*(work(i, b) for i, b in enumerate(clients))), 120)
+        assert all(peak[key] <= limit for key, limit in limits.items()), peak
+        assert peak["c"] >= 2, "the clients never ran keyed tasks side by side"
+        (stats,) = await queue.stats()
+        assert (stats.pending, stats.running, stats.succeeded) == (0, 0, total)
+        assert await _keyed_leftovers(admin, "keys") == []
+    finally:
+        for client in clients:
+            await client.close()
+        await queue.close()
+        await admin.aclose()
+
+
+async def test_a_full_key_parks_its_tasks_without_holding_back_the_rest(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    queue = TaskQueue(f"redis://127.0.0.1:{server.port}/0?prefix=park")
+    await queue.connect()
+    admin = server.admin()
+    backend = queue.backend
+    try:
+        keyed = queue.options(concurrency_key="k", concurrency_limit=1, priority=5)
+        ids: list[str] = []
+        for start in range(0, 1500, 500):
+            ids += await keyed.enqueue_many(
+                [(tasks.add, (i, i)) for i in range(start, start + 500)]
+            )
+        plain = await queue.enqueue(tasks.add, 1, 1)
+        (first,) = await backend.claim(["default"], 1, "w", 30)
+        assert first.task_id == ids[0]
+        # More blocked tasks than one claim script parks: the next call parks its share and
+        # comes back empty-handed, the one after reaches the unkeyed task.
+        assert await backend.claim(["default"], 1, "w", 30) == []
+        (second,) = await backend.claim(["default"], 1, "w", 30)
+        assert second.task_id == plain
+        assert await backend.claim(["default"], 5, "w", 30) == []
+        (stats,) = await queue.stats()
+        assert (stats.pending, stats.running) == (1499, 2)
+        assert await queue.get_status(ids[700]) == TaskStatus.PENDING
+
+        # A parked task cancels like any pending task.
+        assert await queue.cancel(ids[5]) is True
+        assert await queue.get_status(ids[5]) == TaskStatus.CANCELLED
+        # A settle lets the next one in order out, and only that one.
+        assert await backend.settle([_settled(first)]) == [True]
+        (nxt,) = await backend.claim(["default"], 5, "w", 30)
+        assert nxt.task_id == ids[1]
+        # A task let out of parking and cancelled before it ran passes its turn on.
+        assert await backend.settle([_settled(nxt)]) == [True]
+        assert await queue.cancel(ids[2]) is True
+        (after,) = await backend.claim(["default"], 5, "w", 30)
+        assert after.task_id == ids[3]
+        assert await backend.claim(["default"], 5, "w", 30) == []
+        assert await backend.purge_expired(time.time()) == 0
+        (stats,) = await queue.stats()
+        assert (stats.pending, stats.running, stats.succeeded, stats.cancelled) == (
+            1495,
+            2,
+            2,
+            2,
+        )
+    finally:
+        await queue.close()
+        await admin.aclose()
+
+
+async def test_a_lost_keyed_task_whose_key_filled_up_waits_parked(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    queue = TaskQueue(f"redis://127.0.0.1:{server.port}/0?prefix=lost")
+    await queue.connect()
+    backend = queue.backend
+    try:
+        # Two limits on one key: `lost` fits only alone, `wide` fits beside one other.
+        lost = await queue.options(concurrency_key="k", concurrency_limit=1, priority=9).enqueue(
+            tasks.add, 1, 1
+        )
+        wide = await queue.options(concurrency_key="k", concurrency_limit=2).enqueue(
+            tasks.add, 2, 2
+        )
+        (dead,) = await backend.claim(["default"], 1, "dead-worker", 0.3)
+        assert dead.task_id == lost
+        (other,) = await backend.claim(["default"], 1, "w", 30)
+        assert other.task_id == wide
+
+        async def parked() -> bool:
+            # Its lease ran out, but `wide` now fills its key: pending again, not run.
+            assert await backend.claim(["default"], 5, "w", 30) == []
+            return await queue.get_status(lost) == TaskStatus.PENDING
+
+        await wait_until(parked, timeout=15, message="the lost task to be parked")
+        ref = ClaimRef(dead.task_id, dead.fencing_token)
+        assert await backend.extend_lease([ref], 30) == [LeaseState.LOST]
+        assert await backend.settle([_settled(dead)]) == [False]
+        assert await backend.settle([_settled(other)]) == [True]
+        (again,) = await backend.claim(["default"], 5, "w", 30)
+        assert again.task_id == lost and again.attempts == 2
+    finally:
+        await queue.close()
+
+
+async def test_worker_processes_respect_a_concurrency_limit(
+    servers: list[RedisProcess], worker_processes: WorkerProcesses, tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    url = f"redis://127.0.0.1:{server.port}/0?prefix=procs"
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    queue = TaskQueue(url)
+    await queue.connect()
+    try:
+        keyed = queue.options(concurrency_key="tenant-7", concurrency_limit=2)
+        ids = await keyed.enqueue_many([(tasks.record, (str(log_dir), "k", 0.1))] * 20)
+        ids += await queue.enqueue_many([(tasks.record, (str(log_dir), "free", 0.1))] * 10)
+        for _ in range(3):
+            worker_processes.start(url, concurrency=4)
+        for task_id in ids:
+            result = await queue.get_result(task_id, timeout=60)
+            assert result is not None and result.status == TaskStatus.SUCCESS
+    finally:
+        await queue.close()
+    runs = tasks.executions(log_dir, "k")
+    assert len(runs) == 20
+    events = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2, f"{peak} tasks of one key ran at once"
+    assert len({r["pid"] for r in runs}) >= 2, "one worker process ran every keyed task"
+
+
+async def test_locks_and_crons_keep_to_the_server_and_survive_script_flush(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    backend = RedisBackend(port=server.port, prefix="lc")
+    await backend.connect()
+    admin = server.admin()
+    try:
+        assert await admin.script_flush()
+        assert await backend.acquire_lock("job:{7}", "t1", 20)
+        ttl = await admin.pttl("lc:lock:job:{7}")
+        assert 0 < ttl <= 20_000, "the TTL lives on the server"
+        assert await backend.acquire_lock("job:{7}", "t2", 20) is False
+        assert await admin.script_flush()
+        assert await backend.extend_lock("job:{7}", "t1", 60)
+        assert 20_000 < await admin.pttl("lc:lock:job:{7}") <= 60_000
+        assert await admin.script_flush()
+        assert await backend.release_lock("job:{7}", "t2") is False
+        assert await backend.release_lock("job:{7}", "t1") is True
+        assert await admin.exists("lc:lock:job:{7}") == 0
+
+        assert await admin.script_flush()
+        await backend.put_cron("nightly", b"def", 60.0)
+        assert await admin.script_flush()
+        assert await backend.advance_cron("nightly", 60.0, 120.0)
+        assert await backend.advance_cron("nightly", 60.0, 120.0) is False
+        await backend.put_cron("nightly", b"def2", 0.0)
+        assert [(r.name, r.definition, r.last_tick) for r in await backend.list_crons()] == [
+            ("nightly", b"def2", 120.0)
+        ]
+        assert await backend.delete_cron("nightly")
+        assert await backend.list_crons() == []
+        # What is left is the record of the advance (for a retry), which expires by itself.
+        (record,) = [k async for k in admin.scan_iter(match="lc:*")]
+        assert b":advance:" in record and 0 < await admin.pttl(record) <= 10_000
+    finally:
+        await backend.close()
+        await admin.aclose()
+
+
+async def test_keys_crons_and_locks_on_a_redis_cluster(
+    cluster_url: str, servers: list[RedisProcess]
+) -> None:
+    prefix = cluster_url.rsplit("prefix=", 1)[1]
+    first, second = _queues_on_different_nodes(prefix)
+    clients = [RedisBackend.from_url(cluster_url) for _ in range(4)]
+    queue = TaskQueue(clients[0])
+    await queue.connect()
+    try:
+        for client in clients[1:]:
+            await client.connect()
+        for name in (first, second):
+            view = queue.options(queue=name, concurrency_key="k", concurrency_limit=2)
+            await view.enqueue_many([(tasks.add, (i, i)) for i in range(10)])
+        plain = await queue.options(queue=second).enqueue(tasks.add, 0, 0)
+        batches = await asyncio.gather(
+            *(c.claim([first, second], 3, f"w{i}", 30) for i, c in enumerate(clients))
+        )
+        claimed = [c for batch in batches for c in batch]
+        claimed += await clients[1].claim([first, second], 10, "w", 30)
+        assert Counter(c.queue for c in claimed) == {first: 2, second: 3}
+        done = next(c for c in claimed if c.queue == second and c.task_id != plain)
+        assert await clients[2].settle([_settled(done)]) == [True]
+        assert len(await clients[3].claim([first, second], 10, "w", 30)) == 1
+
+        await clients[0].put_cron("every-minute", b"d", 0.0)
+        wins = await asyncio.gather(
+            *(c.advance_cron("every-minute", 0.0, 60.0) for c in clients * 3)
+        )
+        assert wins.count(True) == 1
+        grabs = await asyncio.gather(
+            *(c.acquire_lock("deploy", f"t{i}", 30) for i, c in enumerate(clients * 3))
+        )
+        assert grabs.count(True) == 1
+        winner = f"t{grabs.index(True)}"
+
+        for server in servers:
+            admin = server.admin()
+            try:
+                assert await admin.script_flush()
+            finally:
+                await admin.aclose()
+        assert await clients[1].extend_lock("deploy", winner, 30)
+        assert await clients[2].release_lock("deploy", "someone-else") is False
+        assert await clients[3].release_lock("deploy", winner)
+        assert await clients[1].advance_cron("every-minute", 60.0, 120.0)
+        (rec,) = await clients[2].list_crons()
+        assert (rec.name, rec.last_tick) == ("every-minute", 120.0)
+        assert await clients[3].claim([first, second], 10, "w", 30) == []
+        stats = {s.queue: s for s in await clients[0].stats(time.time())}
+        assert (stats[first].pending, stats[first].running) == (8, 2)
+        assert (stats[second].pending, stats[second].running, stats[second].succeeded) == (
+            7,
+            3,
+            1,
+        )
+    finally:
+        for client in clients[1:]:
+            await client.close()
         await queue.close()

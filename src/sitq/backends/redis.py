@@ -18,12 +18,19 @@ Design:
   - ``...:leases``: running tasks scored by lease expiry; a claim takes expired ones over.
   - ``...:seq`` (the sequence counter) and ``...:done:s|f|c`` (finished tasks by status,
     scored by result expiry; stats count them and ``purge_expired`` trims them).
+  - ``...:ck:r:<key>`` and ``...:ck:w:<key>``: per concurrency key, its running tasks scored
+    by lease expiry and its parked tasks (popped from ``ready`` while the key was full, moved
+    back when a settle or cancel frees a slot); ``...:ck`` lists the keys with parked tasks.
+
+* Cron schedules are one hash (``<prefix>:{<prefix>:crons}``) and each lock one key
+  (``<prefix>:lock:<name>``, the owner's token with a TTL kept by the server).
 
 * Each state change is one Lua script in the queue's slot, called with ``EVALSHA`` (reloaded
   on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one extra round trip):
   enqueue (with the idempotency check), claim (lease, attempts, fencing token), extend, settle
-  (finish / reschedule / release, each fenced), cancel, stats, purge. Times come from the
-  server's ``TIME``, so workers with skewed clocks agree on leases.
+  (finish / reschedule / release, each fenced), cancel, stats, purge; likewise each cron and
+  lock step, in its own slot. Times come from the server's ``TIME``, so workers with skewed
+  clocks agree on leases.
 * ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own slot) names the
   task's queue. It is written before the queue's script (an explicit id claims its entry in a
   round trip of its own first, so that an id known on another queue is left alone), and removed
@@ -68,6 +75,7 @@ from sitq.models import (
     CancelOutcome,
     Claim,
     ClaimRef,
+    CronRecord,
     Finish,
     LeaseState,
     NewTask,
@@ -96,6 +104,10 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 _ENQUEUE_CHUNK = 100
 _HINTS = 100_000
 _RANK_LEN = 34
+# At most this many keyed tasks parked by one claim script (each costs a few commands).
+_MAX_PARK = 1000
+# A claim on several queues plans again when a queue's share was parked instead of taken.
+_CLAIM_ROUNDS = 4
 
 # -- Lua ---------------------------------------------------------------------------------------
 
@@ -203,19 +215,57 @@ return table.concat(out)
 """
 )
 
-# KEYS: ready, sched, leases, seq, claim record (a list, per claim request)
-# ARGV: task key prefix, limit, lease seconds, worker id
-# Returns: TIME seconds, TIME microseconds, next due time ('' if none), then per claim four
-#          strings: id, payload, options, and "fence attempts priority retries enqueued_at ttl
-#          cancel eta" (few reply elements parse much faster than many).
+# Concurrency keys. `CK` (a local each script sets to its `ck` key) is the set of keys that
+# have parked tasks; per key, `CK:r:<key>` holds the running tasks scored by lease expiry and
+# `CK:w:<key>` the parked ones: their ready members, scored by their concurrency limit.
+_LUA_KEYED = """
+local function running(ck, now)
+  return redis.call('ZCOUNT', CK .. ':r:' .. ck, '(' .. string.format('%.17g', now), '+inf')
+end
+local function park(tk, ck, limit, r)
+  redis.call('ZADD', CK .. ':w:' .. ck, limit, r)
+  redis.call('SADD', CK, ck)
+  redis.call('HSET', tk, 'rk', r)
+end
+-- Moves parked tasks of `ck` back to `ready` while, counting them, they fit under their own
+-- limit (lowest limits first, then in queue order); the claim checks each again.
+local function unpark(ready, ck, now)
+  local wk = CK .. ':w:' .. ck
+  local busy = running(ck, now)
+  local moved = 0
+  while true do
+    local m = redis.call('ZRANGEBYSCORE', wk, '(' .. (busy + moved), '+inf', 'LIMIT', 0, 1)
+    if #m == 0 then break end
+    redis.call('ZREM', wk, m[1])
+    redis.call('ZADD', ready, 0, m[1])
+    moved = moved + 1
+  end
+  if redis.call('EXISTS', wk) == 0 then redis.call('SREM', CK, ck) end
+  return moved
+end
+"""
+
+# KEYS: ready, sched, leases, seq, claim record (a list, per claim request), ck
+# ARGV: task key prefix, limit, lease seconds, worker id, work channel
+# Returns: TIME seconds, TIME microseconds, next due time ('' if none), the number of tasks
+#          parked by this call, then per claim four strings: id, payload, options, and "fence
+#          attempts priority retries enqueued_at ttl cancel eta" (few reply elements parse much
+#          faster than many).
 # The claim record lists what the request claimed, for 10 s: a retry of a request whose reply
 # was lost hands out the same claims again instead of taking more tasks.
+# A keyed task whose key is full is parked (see _LUA_KEYED) instead of being handed out, and
+# the claim goes on with the tasks behind it; at most _MAX_PARK per call, so that one script
+# never blocks the server for long (it then reports work due now and publishes a wake-up).
 _CLAIM = (
     _LUA_COMMON
+    + """
+local CK = KEYS[6]
+"""
     + _LUA_REQUEUE
+    + _LUA_KEYED
     + """
 local now, t = now_s()
-local out = {t[1], t[2], ''}
+local out = {t[1], t[2], '', 0}
 local record = redis.call('LRANGE', KEYS[5], 0, -1)
 if #record > 0 then
   for j = 1, #record, 2 do
@@ -237,12 +287,14 @@ promote(now)
 local limit = tonumber(ARGV[2])
 local lease_until = now + tonumber(ARGV[3])
 local n = 0
-local function take(id, tk)
+local parked = 0
+local function take(id, tk, ck)
   local fence = redis.call('HINCRBY', tk, 'fence', 1)
   local att = redis.call('HINCRBY', tk, 'att', 1)
   redis.call('HSET', tk, 'st', 1, 'lu', lease_until, 'wid', ARGV[4], 'sa', now)
   redis.call('HDEL', tk, 'rk')
   redis.call('ZADD', KEYS[3], lease_until, id)
+  if ck then redis.call('ZADD', CK .. ':r:' .. ck, lease_until, id) end
   redis.call('RPUSH', KEYS[5], id, fence)
   local h = redis.call('HMGET', tk, 'pl', 'op', 'pri', 'ret', 'enq', 'ttl', 'cr', 'eta')
   out[#out + 1] = id
@@ -255,23 +307,47 @@ end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
   local tk = ARGV[1] .. id
-  if redis.call('HGET', tk, 'st') == '1' then
-    take(id, tk)
-  else
+  local h = redis.call('HMGET', tk, 'st', 'ck', 'cl')
+  if h[1] ~= '1' then
     redis.call('ZREM', KEYS[3], id)
+  elseif h[2] and running(h[2], now) >= (tonumber(h[3]) or 1) then
+    -- its worker was lost and its key has filled up meanwhile: pending again, parked
+    local p = redis.call('HMGET', tk, 'pri', 'eta')
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZREM', CK .. ':r:' .. h[2], id)
+    redis.call('HSET', tk, 'st', 0)
+    redis.call('HDEL', tk, 'lu', 'wid')
+    park(tk, h[2], tonumber(h[3]) or 1,
+         rank(tonumber(p[1]), tonumber(p[2]), redis.call('INCR', KEYS[4]), id))
+    parked = parked + 1
+  else
+    take(id, tk, h[2])
   end
 end
-while n < limit do
+while n < limit and parked < tonumber(ARGV[6]) do
   local popped = redis.call('ZPOPMIN', KEYS[1], limit - n)
   if #popped == 0 then break end
   for j = 1, #popped, 2 do
     local id = string.sub(popped[j], 35)
     local tk = ARGV[1] .. id
-    if redis.call('HGET', tk, 'st') == '0' then take(id, tk) end
+    local h = redis.call('HMGET', tk, 'st', 'ck', 'cl')
+    if h[1] == '0' then
+      if h[2] and running(h[2], now) >= (tonumber(h[3]) or 1) then
+        park(tk, h[2], tonumber(h[3]) or 1, popped[j])
+        parked = parked + 1
+      else
+        take(id, tk, h[2])
+      end
+    end
   end
 end
 if n > 0 then redis.call('PEXPIRE', KEYS[5], 10000) end
 out[3] = next_due()
+out[4] = parked
+if n < limit and parked >= tonumber(ARGV[6]) and redis.call('EXISTS', KEYS[1]) == 1 then
+  out[3] = string.format('%.17g', now)
+  redis.call('PUBLISH', ARGV[5], '')
+end
 return out
 """
 )
@@ -304,7 +380,7 @@ return {t[1], t[2], next_due()}
 """
 )
 
-# KEYS: leases. ARGV: task key prefix, lease seconds, then (id, fence) pairs.
+# KEYS: leases, ck. ARGV: task key prefix, lease seconds, then (id, fence) pairs.
 # Returns one character per pair: 0 lost, 1 held, 2 held with cancel requested.
 _EXTEND = (
     _LUA_COMMON
@@ -314,10 +390,11 @@ local lu = now + tonumber(ARGV[2])
 local out = {}
 for i = 3, #ARGV, 2 do
   local tk = ARGV[1] .. ARGV[i]
-  local h = redis.call('HMGET', tk, 'st', 'fence', 'cr')
+  local h = redis.call('HMGET', tk, 'st', 'fence', 'cr', 'ck')
   if h[1] == '1' and h[2] == ARGV[i + 1] then
     redis.call('HSET', tk, 'lu', lu)
     redis.call('ZADD', KEYS[1], lu, ARGV[i])
+    if h[4] then redis.call('ZADD', KEYS[2] .. ':r:' .. h[4], lu, ARGV[i]) end
     if h[3] == '1' then out[#out + 1] = '2' else out[#out + 1] = '1' end
   else
     out[#out + 1] = '0'
@@ -327,7 +404,7 @@ return table.concat(out)
 """
 )
 
-# KEYS: ready, sched, leases, seq, done:s, done:f, done:c, settle record (per request)
+# KEYS: ready, sched, leases, seq, done:s, done:f, done:c, settle record (per request), ck
 # ARGV: task key prefix, work channel, done channel prefix, then entries:
 #   F id fence status(2|3|4) value error traceback ttl   (optional values: '' or '=' .. data)
 #   R id fence eta error traceback
@@ -335,9 +412,15 @@ return table.concat(out)
 # Returns one character per entry: '1' applied, '0' refused.
 # The settle record keeps the request's answer for 10 s, so a retry whose first reply was lost
 # gets the same answer (a new request with the same settlements is refused, as it must be).
+# Settling a keyed task frees its slot: parked tasks of its key go back to `ready` if they now
+# fit, and idle workers are woken.
 _SETTLE = (
     _LUA_COMMON
+    + """
+local CK = KEYS[9]
+"""
     + _LUA_REQUEUE
+    + _LUA_KEYED
     + """
 local previous = redis.call('GET', KEYS[8])
 if previous then
@@ -347,6 +430,7 @@ end
 local now = now_s()
 local out = {}
 local work = false
+local keys = {}
 local function opt(tk, field, v)
   if v == '' then
     redis.call('HDEL', tk, field)
@@ -359,8 +443,12 @@ while i <= #ARGV do
   local kind = ARGV[i]
   local id = ARGV[i + 1]
   local tk = ARGV[1] .. id
-  local h = redis.call('HMGET', tk, 'st', 'fence', 'pri', 'eta')
+  local h = redis.call('HMGET', tk, 'st', 'fence', 'pri', 'eta', 'ck')
   local ok = h[1] == '1' and h[2] == ARGV[i + 2]
+  if ok and h[5] then
+    redis.call('ZREM', CK .. ':r:' .. h[5], id)
+    keys[h[5]] = true
+  end
   if kind == 'F' then
     if ok then
       local ex = now + tonumber(ARGV[i + 7])
@@ -402,6 +490,10 @@ while i <= #ARGV do
   end
   if ok then out[#out + 1] = '1' else out[#out + 1] = '0' end
 end
+for ck in pairs(keys) do
+  unpark(KEYS[1], ck, now)
+  work = true
+end
 if work then redis.call('PUBLISH', ARGV[2], '') end
 local answer = table.concat(out)
 redis.call('SET', KEYS[8], answer, 'PX', 10000)
@@ -409,18 +501,28 @@ return answer
 """
 )
 
-# KEYS: ready, sched, done:c. ARGV: task key prefix, id, done channel prefix.
+# KEYS: ready, sched, done:c, ck. ARGV: task key prefix, id, done channel prefix, work channel.
 # Returns 0 not found, 1 cancelled, 2 cancel requested (running), 3 already finished.
+# A cancelled keyed task may have been let out of parking for a slot it now leaves unused: the
+# key's parked tasks are looked at again.
 _CANCEL = (
     _LUA_COMMON
     + """
+local CK = KEYS[4]
+"""
+    + _LUA_KEYED
+    + """
 local tk = ARGV[1] .. ARGV[2]
-local h = redis.call('HMGET', tk, 'st', 'rk', 'ttl')
+local h = redis.call('HMGET', tk, 'st', 'rk', 'ttl', 'ck')
 if not h[1] then return 0 end
 if h[1] == '0' then
   local now = now_s()
   if h[2] then redis.call('ZREM', KEYS[1], h[2]) end
   redis.call('ZREM', KEYS[2], ARGV[2])
+  if h[4] then
+    if h[2] then redis.call('ZREM', CK .. ':w:' .. h[4], h[2]) end
+    if unpark(KEYS[1], h[4], now) > 0 then redis.call('PUBLISH', ARGV[4], '') end
+  end
   local ex = now + tonumber(h[3])
   redis.call('HSET', tk, 'st', 4, 'err', 'cancelled before it started', 'fa', now, 'ex', ex)
   redis.call('HDEL', tk, 'pl', 'rk', 'v', 'tb')
@@ -437,14 +539,19 @@ return 3
 """
 )
 
-# KEYS: ready, sched, leases, done:s, done:f, done:c. Returns the counts of QueueStats.
+# KEYS: ready, sched, leases, done:s, done:f, done:c, ck. Returns the counts of QueueStats
+# (parked tasks are pending).
 _STATS = (
     _LUA_COMMON
     + """
 local now = now_s()
 local after = '(' .. string.format('%.17g', now)
+local parked = 0
+for _, ck in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+  parked = parked + redis.call('ZCARD', KEYS[7] .. ':w:' .. ck)
+end
 return {
-  redis.call('ZCARD', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now),
+  redis.call('ZCARD', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now) + parked,
   redis.call('ZCOUNT', KEYS[2], after, '+inf'),
   redis.call('ZCARD', KEYS[3]),
   redis.call('ZCOUNT', KEYS[4], after, '+inf'),
@@ -488,6 +595,52 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: lock. ARGV: token, TTL in milliseconds. Takes a free lock (an expired one is gone:
+# Redis expires the key on its own clock). The token that holds it gets yes too, so a retry
+# after a lost reply is not taken for a refusal.
+_LOCK_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: lock. ARGV: token, TTL in milliseconds. Extends the lock only for its holder.
+_LOCK_EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lock. ARGV: token. Releases the lock only for its holder.
+_LOCK_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: crons. ARGV: name, definition, start. A schedule is two fields of the crons hash:
+# `d:<name>` (its definition) and `t:<name>` (its last tick). A new one starts at `start`; a
+# replaced one keeps its last tick.
+_CRON_PUT = """
+redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], ARGV[2])
+redis.call('HSETNX', KEYS[1], 't:' .. ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: crons, advance record (per request). ARGV: name, expected, tick.
+# Compare-and-set of the last tick; 1 if set. A success is recorded for 10 s so that a retry
+# whose first reply was lost still gets its yes (and no other caller can get one).
+_CRON_ADVANCE = """
+if redis.call('GET', KEYS[2]) then return 1 end
+local last = redis.call('HGET', KEYS[1], 't:' .. ARGV[1])
+if not last or tonumber(last) ~= tonumber(ARGV[2]) then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'd:' .. ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 't:' .. ARGV[1], ARGV[3])
+redis.call('SET', KEYS[2], 1, 'PX', 10000)
+return 1
+"""
+
 _SCRIPTS = {
     "enqueue": _ENQUEUE,
     "claim": _CLAIM,
@@ -500,6 +653,11 @@ _SCRIPTS = {
     "purge": _PURGE,
     "index": _INDEX,
     "unindex": _UNINDEX,
+    "lock_acquire": _LOCK_ACQUIRE,
+    "lock_extend": _LOCK_EXTEND,
+    "lock_release": _LOCK_RELEASE,
+    "cron_put": _CRON_PUT,
+    "cron_advance": _CRON_ADVANCE,
 }
 
 
@@ -517,6 +675,7 @@ class _QueueKeys:
     done_c: str
     claims: str
     settles: str
+    ck: str
     work: str
 
 
@@ -623,6 +782,11 @@ def _encode_enqueue(sha: str, keys: list[str], k: _QueueKeys, chunk: Sequence[Ne
     return b"".join(parts)
 
 
+def _millis(seconds: float) -> int:
+    """A TTL in whole milliseconds for ``PX``/``PEXPIRE`` (at least 1: 0 is an error)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
 def _text(value: Any) -> str | None:
     return None if value is None else bytes(value).decode()
 
@@ -725,6 +889,8 @@ class RedisBackend(Backend):
         self._done_prefix = f"{prefix}:done:"
         self._work_prefix = f"{prefix}:work:"
         self._hello = f"{prefix}:hello"
+        # One slot for all cron schedules (and the records of their compare-and-sets).
+        self._crons = f"{prefix}:{{{prefix}:crons}}"
         self._closing = False
         # pub/sub state
         self._changed = asyncio.Event()
@@ -907,6 +1073,7 @@ class RedisBackend(Backend):
                 done_c=f"{base}:done:c",
                 claims=f"{base}:claim:",
                 settles=f"{base}:settle:",
+                ck=f"{base}:ck",
                 work=f"{self._work_prefix}{queue}",
             )
             self._keys[queue] = keys
@@ -1369,17 +1536,37 @@ class RedisBackend(Backend):
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
     ) -> list[Claim]:
         """Take due tasks (expired leases first, then by priority, ETA and enqueue order) with
-        one script per queue; several queues are looked at first, to take the best of all."""
+        one script per queue; several queues are looked at first, to take the best of all.
+        A keyed task whose key is full is parked by the script, which goes on with the tasks
+        behind it."""
         self._check()
         self._claim_generation = self._changed
         if limit <= 0:
             return []
         if len(queues) == 1:
-            counts = {queues[0]: limit}
-        else:
-            counts = await self._plan_claims(queues, limit)
+            claims, etas, _ = await self._claim_round({queues[0]: limit}, worker_id, lease, True)
+            return claims
+        claims = []
+        etas = {}
+        for _ in range(_CLAIM_ROUNDS):
+            counts = await self._plan_claims(queues, limit - len(claims))
             if not counts:
-                return []
+                break
+            got, got_etas, parked = await self._claim_round(counts, worker_id, lease, False)
+            claims += got
+            etas.update(got_etas)
+            # Parked tasks have left `ready`: plan again to give their share to other tasks.
+            if not parked or len(claims) >= limit:
+                break
+        # Each queue's claims are in order; put them in one order across the queues.
+        claims.sort(key=lambda c: (-c.priority, etas[c.task_id]))
+        return claims
+
+    async def _claim_round(
+        self, counts: dict[str, int], worker_id: str, lease: float, hint: bool
+    ) -> tuple[list[Claim], dict[str, float], bool]:
+        """One claim script per queue (``counts`` tasks each) in one round trip: the claims,
+        their ETAs, and whether any script parked a task."""
         commands = []
         request = uuid.uuid4().hex
         for queue, n in counts.items():
@@ -1387,8 +1574,8 @@ class RedisBackend(Backend):
             commands.append(
                 self._evalsha(
                     "claim",
-                    [k.ready, k.sched, k.leases, k.seq, f"{k.claims}{request}"],
-                    [k.task, n, repr(lease), worker_id],
+                    [k.ready, k.sched, k.leases, k.seq, f"{k.claims}{request}", k.ck],
+                    [k.task, n, repr(lease), worker_id, k.work, _MAX_PARK],
                 )
             )
         # Safe to retry: a retry of a request that ran replays its claims (see _CLAIM).
@@ -1397,11 +1584,14 @@ class RedisBackend(Backend):
         claims: list[Claim] = []
         etas: dict[str, float] = {}
         due_at = math.inf
+        parked = False
         for queue, reply in zip(counts, replies, strict=True):
             now = int(reply[0]) + int(reply[1]) / 1_000_000
             if reply[2]:
                 due_at = min(due_at, float(reply[2]) - now)
-            for j in range(3, len(reply), 4):
+            if reply[3]:
+                parked = True
+            for j in range(4, len(reply), 4):
                 task_id = reply[j].decode()
                 fence, att, pri, ret, enq, ttl, cancel, eta = reply[j + 3].split()
                 etas[task_id] = float(eta)
@@ -1422,12 +1612,9 @@ class RedisBackend(Backend):
                         cancel_requested=cancel == b"1",
                     )
                 )
-        if len(queues) == 1:
-            self._due_hint = (tuple(queues), time.monotonic() + due_at)
-        else:
-            # Each queue's claims are in order; put them in one order across the queues.
-            claims.sort(key=lambda c: (-c.priority, etas[c.task_id]))
-        return claims
+        if hint:
+            self._due_hint = (tuple(counts), time.monotonic() + due_at)
+        return claims, etas, parked
 
     async def _plan_claims(self, queues: Sequence[str], limit: int) -> dict[str, int]:
         commands = []
@@ -1471,7 +1658,7 @@ class RedisBackend(Backend):
             args: list[Any] = [k.task, repr(lease)]
             for i in indices:
                 args += [claims[i].task_id, claims[i].fencing_token]
-            commands.append(self._evalsha("extend", [k.leases], args))
+            commands.append(self._evalsha("extend", [k.leases, k.ck], args))
         replies = await self._exec(commands)
         self._raise_errors(replies)
         states = [LeaseState.LOST] * len(claims)
@@ -1535,6 +1722,7 @@ class RedisBackend(Backend):
                         k.done_f,
                         k.done_c,
                         f"{k.settles}{request}",
+                        k.ck,
                     ],
                     args,
                 )
@@ -1573,7 +1761,9 @@ class RedisBackend(Backend):
         (reply,) = await self._exec(
             [
                 self._evalsha(
-                    "cancel", [k.ready, k.sched, k.done_c], [k.task, task_id, self._done_prefix]
+                    "cancel",
+                    [k.ready, k.sched, k.done_c, k.ck],
+                    [k.task, task_id, self._done_prefix, k.work],
                 )
             ],
             retry=False,
@@ -1733,7 +1923,7 @@ class RedisBackend(Backend):
             k = self._queue_keys(queue)
             commands.append(
                 self._evalsha(
-                    "stats", [k.ready, k.sched, k.leases, k.done_s, k.done_f, k.done_c], []
+                    "stats", [k.ready, k.sched, k.leases, k.done_s, k.done_f, k.done_c, k.ck], []
                 )
             )
         replies = await self._exec(commands)
@@ -1744,3 +1934,85 @@ class RedisBackend(Backend):
             if any(counts):
                 out.append(QueueStats(queue, *counts))
         return out
+
+    # -- cron -------------------------------------------------------------------------------
+
+    async def put_cron(self, name: str, definition: bytes, start: float) -> None:
+        """Create the schedule at ``start``, or replace its definition keeping its last tick
+        (one script on the crons hash)."""
+        self._check()
+        (reply,) = await self._exec(
+            [self._evalsha("cron_put", [self._crons], [name, definition, repr(float(start))])]
+        )
+        self._raise_errors([reply])
+
+    async def delete_cron(self, name: str) -> bool:
+        """Remove both fields of the schedule; ``True`` if it existed."""
+        self._check()
+        (reply,) = await self._exec([("HDEL", self._crons, f"d:{name}", f"t:{name}")])
+        self._raise_errors([reply])
+        return int(reply) > 0
+
+    async def list_crons(self) -> list[CronRecord]:
+        """Every schedule, sorted by name, from one read of the crons hash."""
+        self._check()
+        (reply,) = await self._exec([("HGETALL", self._crons)])
+        self._raise_errors([reply])
+        # redis-py's cluster client turns the flat reply into a dict; the direct path does not.
+        pairs = (
+            list(reply.items())
+            if isinstance(reply, dict)
+            else list(zip(reply[::2], reply[1::2], strict=True))
+        )
+        definitions: dict[str, bytes] = {}
+        ticks: dict[str, float] = {}
+        for field, value in pairs:
+            kind, name = bytes(field).decode().split(":", 1)
+            if kind == "d":
+                definitions[name] = bytes(value)
+            else:
+                ticks[name] = float(value)
+        return [
+            CronRecord(name, definitions[name], ticks[name])
+            for name in sorted(definitions)
+            if name in ticks
+        ]
+
+    async def advance_cron(self, name: str, expected: float, tick: float) -> bool:
+        """Compare-and-set the schedule's last tick in one script; safe to retry."""
+        self._check()
+        (reply,) = await self._exec(
+            [
+                self._evalsha(
+                    "cron_advance",
+                    [self._crons, f"{self._crons}:advance:{uuid.uuid4().hex}"],
+                    [name, repr(float(expected)), repr(float(tick))],
+                )
+            ]
+        )
+        self._raise_errors([reply])
+        return int(reply) == 1
+
+    # -- locks ------------------------------------------------------------------------------
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    async def _lock_step(self, script: str, name: str, *args: Any) -> bool:
+        self._check()
+        (reply,) = await self._exec([self._evalsha(script, [self._lock_key(name)], args)])
+        self._raise_errors([reply])
+        return int(reply) == 1
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Take the lock if its key is absent (Redis drops it when the TTL runs out, on the
+        server's clock): ``SET ... PX`` in a script, one round trip."""
+        return await self._lock_step("lock_acquire", name, token, _millis(ttl))
+
+    async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Reset the lock's TTL if ``token`` still holds it."""
+        return await self._lock_step("lock_extend", name, token, _millis(ttl))
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Delete the lock if ``token`` still holds it."""
+        return await self._lock_step("lock_release", name, token)
