@@ -16,6 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,7 @@ from sitq import (
     backend_from_url,
 )
 from sitq.backends.nats import NATSBackend
+from sitq.models import Claim, ClaimRef, Finish, LeaseState
 from tests import services
 from tests.backend_nats import delete_nats_stream, unique_stream
 from tests.conformance import tasks
@@ -483,3 +485,274 @@ def test_unique_stream_names_are_valid() -> None:
     assert NATSBackend(stream=name).stream == name
     assert len({unique_stream() for _ in range(100)}) == 100
     assert uuid.UUID(name[1:].lower())
+
+
+# -- cron storage, locks and concurrency keys -------------------------------------------------
+
+
+def _done(claim: Claim) -> Finish:
+    now = time.time()
+    ref = ClaimRef(claim.task_id, claim.fencing_token)
+    return Finish(ref, TaskStatus.SUCCESS, None, None, None, now, now + 60)
+
+
+async def _connected(url: str, count: int) -> list[NATSBackend]:
+    backends = [NATSBackend.from_url(url) for _ in range(count)]
+    await asyncio.gather(*(b.connect() for b in backends))
+    return backends
+
+
+async def test_keyed_claims_on_many_connections_never_exceed_the_limit(nats_url: str) -> None:
+    """Six clients claim, heartbeat, settle and abandon keyed tasks at once; at no moment do
+    more than the limit hold a claim, and every task ends once."""
+    limit, lease = 3, 0.6
+    backends = await _connected(nats_url, 6)
+    try:
+        queue = TaskQueue(backends[0])
+        keyed = queue.options(concurrency_key="tenant/7:é", concurrency_limit=limit)
+        ids = await keyed.enqueue_many([(tasks.add, (i, i)) for i in range(30)])
+        ids += [await keyed.enqueue(tasks.add, i, i) for i in range(10)]
+        intervals: list[tuple[float, float]] = []
+        finished: set[str] = set()
+        abandoned = 0
+
+        async def hold(backend: NATSBackend, claim: Claim, seconds: float) -> None:
+            started = time.monotonic()
+            ref = ClaimRef(claim.task_id, claim.fencing_token)
+            while time.monotonic() - started < seconds:
+                await asyncio.sleep(0.1)
+                assert await backend.extend_lease([ref], lease) == [LeaseState.HELD]
+            intervals.append((started, time.monotonic()))
+            assert await backend.settle([_done(claim)]) == [True]
+            finished.add(claim.task_id)
+
+        async def client(index: int, backend: NATSBackend) -> None:
+            nonlocal abandoned
+            running: set[asyncio.Task[None]] = set()
+            while len(finished) < len(ids):
+                claims = await backend.claim(["default"], 2, f"w{index}", lease)
+                for claim in claims:
+                    if index == 0 and abandoned < 3:
+                        abandoned += 1  # a lost worker: never extended nor settled
+                        now = time.monotonic()
+                        intervals.append((now, now + lease - 0.1))
+                        continue
+                    task = asyncio.create_task(hold(backend, claim, 0.05 + 0.1 * (len(ids) % 4)))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if not claims:
+                    await backend.wait_for_work(["default"], 0.2)
+            await asyncio.gather(*running)
+
+        await asyncio.wait_for(asyncio.gather(*(client(i, b) for i, b in enumerate(backends))), 90)
+        assert finished == set(ids)
+        events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+        peak = running_now = 0
+        for _, delta in events:
+            running_now += delta
+            peak = max(peak, running_now)
+        assert peak <= limit
+        for task_id in ids:
+            assert await queue.get_status(task_id) == TaskStatus.SUCCESS
+    finally:
+        await asyncio.gather(*(b.close() for b in backends))
+
+
+async def _put_slot_holder(backend: NATSBackend, key: str, holders: list[list[Any]]) -> None:
+    """Write a slot record as a claimer that died between its two writes leaves it."""
+    import nats
+
+    nc = await nats.connect(backend.servers[0])
+    try:
+        subject = f"$KV.{backend.stream}._.ck.default.{key}"
+        reply = await nc.request(subject, json.dumps({"h": holders}).encode(), timeout=5)
+        assert "error" not in json.loads(reply.data)
+    finally:
+        await nc.close()
+
+
+async def test_a_slot_whose_task_never_started_frees_at_its_lease_end(nats_url: str) -> None:
+    (backend,) = await _connected(nats_url, 1)
+    try:
+        queue = TaskQueue(backend)
+        task_id = await queue.options(concurrency_key="k", concurrency_limit=1).enqueue(
+            tasks.add, 1, 1
+        )
+        lease_end = time.time() + 1.0
+        await _put_slot_holder(backend, "k", [["ghost", 1, lease_end, "dead"]])
+        assert await backend.claim(["default"], 5, "w", 30) == []
+        claimed: list[Claim] = []
+
+        async def freed() -> bool:
+            claimed.extend(await backend.claim(["default"], 5, "w", 30))
+            return bool(claimed)
+
+        await wait_until(freed, timeout=15, message="the orphaned slot to free itself")
+        assert time.time() >= lease_end - 0.05
+        assert [c.task_id for c in claimed] == [task_id]
+    finally:
+        await backend.close()
+
+
+async def test_a_keyed_claim_whose_slot_lapsed_is_lost(nats_url: str) -> None:
+    """A frozen worker's slot goes to another task once its lease ends; the frozen worker's
+    next heartbeat then finds its claim lost, even though nobody took its own task."""
+    frozen, other = await _connected(nats_url, 2)
+    try:
+        keyed = TaskQueue(frozen).options(concurrency_key="k", concurrency_limit=1)
+        first = await keyed.enqueue(tasks.add, 1, 1)
+        (a,) = await frozen.claim(["default"], 1, "frozen", 0.3)
+        assert a.task_id == first
+        second = await keyed.enqueue(tasks.add, 2, 2)
+        taken: list[Claim] = []
+
+        async def slot_taken() -> bool:
+            taken.extend(await other.claim(["default"], 1, "other", 30))
+            return bool(taken)
+
+        await wait_until(slot_taken, timeout=15, message="the lapsed slot to be taken")
+        assert taken[0].task_id in (first, second)
+        ref = ClaimRef(a.task_id, a.fencing_token)
+        assert await frozen.extend_lease([ref], 30) == [LeaseState.LOST]
+        assert await frozen.settle([_done(a)]) == [taken[0].task_id != first]
+        assert await other.settle([_done(taken[0])]) == [True]
+    finally:
+        await asyncio.gather(frozen.close(), other.close())
+
+
+async def _deliveries(backend: NATSBackend, consumer: str) -> int:
+    reply = await backend._api(f"CONSUMER.INFO.{backend.stream}.{consumer}", None)
+    assert reply is not None
+    return int(reply["delivered"]["consumer_seq"])
+
+
+async def test_blocked_and_scheduled_tasks_are_not_busy_polled(nats_url: str) -> None:
+    """An idle worker's loop beside a full key (20 tasks waiting on it) and a scheduled task:
+    the plain task behind them runs at once, and the waiting ones come back only with a
+    growing back-off."""
+    holder, waiter = await _connected(nats_url, 2)
+    try:
+        keyed = TaskQueue(holder).options(concurrency_key="k", concurrency_limit=1)
+        await keyed.enqueue(tasks.add, 0, 0)
+        (running,) = await holder.claim(["default"], 1, "holder", 30)
+        for i in range(1, 21):
+            await keyed.enqueue(tasks.add, i, i)
+        await TaskQueue(holder).enqueue_in(60, tasks.add, 0, 0)
+        plain = await TaskQueue(waiter).enqueue(tasks.add, 5, 5)
+        before = await _deliveries(waiter, "q_default_p0")
+        claimed: list[Claim] = []
+        loops = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            loops += 1
+            claimed += await waiter.claim(["default"], 1, "waiter", 30)
+            await waiter.wait_for_work(["default"], 1.0)
+        assert [c.task_id for c in claimed] == [plain], "the plain task is not held back"
+        deliveries = await _deliveries(waiter, "q_default_p0") - before
+        # Each blocked task comes back after 0.05, 0.1, 0.2, 0.4, 0.8 s, then every second
+        # (about 7 times in 3 s); the scheduled one at its ETA.
+        assert deliveries <= 20 * 10, deliveries
+        assert loops <= 100, loops
+        assert await holder.settle([_done(running)]) == [True]
+    finally:
+        await asyncio.gather(holder.close(), waiter.close())
+
+
+async def test_a_freed_slot_wakes_the_client_holding_the_blocked_task(nats_url: str) -> None:
+    """The blocked task was last seen by another client, which naked it for a second: the
+    settle's notice brings it back there at once, not when that second is over."""
+    holder, waiter = await _connected(nats_url, 2)
+    try:
+        keyed = TaskQueue(holder).options(concurrency_key="k", concurrency_limit=1)
+        await keyed.enqueue(tasks.add, 0, 0)
+        (running,) = await holder.claim(["default"], 1, "holder", 30)
+        blocked = await keyed.enqueue(tasks.add, 1, 1)
+
+        def parked_for_long() -> bool:
+            ends = [until for p in waiter._parked.values() for _, until in p.values()]
+            return bool(ends) and min(ends) - time.monotonic() > 0.7
+
+        async def blocked_for_long() -> bool:
+            assert await waiter.claim(["default"], 1, "waiter", 30) == []
+            if parked_for_long():
+                return True
+            await waiter.wait_for_work(["default"], 1.0)
+            return False
+
+        await wait_until(blocked_for_long, timeout=20, message="a back-off of a second")
+        settled = time.monotonic()
+        assert await holder.settle([_done(running)]) == [True]
+        await waiter.wait_for_work(["default"], 5.0)
+        (claim,) = await waiter.claim(["default"], 1, "waiter", 30)
+        assert claim.task_id == blocked
+        assert time.monotonic() - settled < 0.5
+    finally:
+        await asyncio.gather(holder.close(), waiter.close())
+
+
+async def test_cron_index_and_locks_under_concurrent_clients(nats_url: str) -> None:
+    backends = await _connected(nats_url, 5)
+    try:
+        names = [f"job.{i}/é" for i in range(20)]
+        await asyncio.gather(
+            *(backends[i % 5].put_cron(n, n.encode(), 100.0 + i) for i, n in enumerate(names))
+        )
+        listed = await backends[0].list_crons()
+        assert [r.name for r in listed] == sorted(names)
+        assert {r.name: r.last_tick for r in listed} == {n: 100.0 + i for i, n in enumerate(names)}
+        gone = await asyncio.gather(
+            *(backends[i % 5].delete_cron(n) for i, n in enumerate(names[::2]))
+        )
+        assert all(gone)
+        assert [r.name for r in await backends[1].list_crons()] == sorted(names[1::2])
+
+        won = await asyncio.gather(
+            *(b.acquire_lock("one", f"t{i}", 30) for i, b in enumerate(backends))
+        )
+        assert won.count(True) == 1
+        owner = f"t{won.index(True)}"
+        assert await backends[3].release_lock("one", owner) is True
+        assert await backends[4].acquire_lock("one", "late", 30) is True
+    finally:
+        await asyncio.gather(*(b.close() for b in backends))
+
+
+async def test_sitq_records_stay_apart_from_tasks(nats_url: str) -> None:
+    """Cron, lock and slot records share the bucket with the tasks under keys no task id can
+    have: tasks with look-alike ids, stats and expiry are not disturbed."""
+    async with TaskQueue(nats_url) as queue:
+        backend = queue.backend
+        await backend.put_cron("c", b"d", 1.0)
+        assert await backend.acquire_lock("l", "t", 30)
+        keyed = queue.options(concurrency_key="k", concurrency_limit=1)
+        await keyed.enqueue(tasks.add, 1, 1)
+        look_alikes = ["_.crons", "_.cron.c", "_.lock.l", "_.ck.default.k"]
+        for task_id in look_alikes:
+            await queue.options(task_id=task_id).enqueue(tasks.add, 2, 2)
+        (stats,) = await queue.stats()
+        assert (stats.queue, stats.pending) == ("default", 5)
+        async with AsyncWorker(backend, poll_interval=0.2):
+            for task_id in look_alikes:
+                assert await queue.get_value(task_id, timeout=10) == 4
+        assert [r.name for r in await backend.list_crons()] == ["c"]
+        assert await backend.acquire_lock("l", "other", 30) is False
+        assert await backend.purge_expired(time.time() + 10**6) == 0
+
+
+async def test_cluster_cron_locks_and_keys(cluster_queue: TaskQueue) -> None:
+    """The same steps through the stream leader (no direct gets with three replicas)."""
+    backend = cluster_queue.backend
+    await backend.put_cron("c", b"d", 10.0)
+    assert await backend.advance_cron("c", 10.0, 20.0)
+    assert [(r.name, r.last_tick) for r in await backend.list_crons()] == [("c", 20.0)]
+    assert await backend.delete_cron("c")
+    assert await backend.acquire_lock("l", "t1", 0.5)
+    assert not await backend.acquire_lock("l", "t2", 30)
+    await wait_until(lambda: backend.acquire_lock("l", "t2", 30), message="the lock's TTL")
+    keyed = cluster_queue.options(concurrency_key="k", concurrency_limit=1)
+    for i in range(2):
+        await keyed.enqueue(tasks.add, i, i)
+    (first,) = await backend.claim(["default"], 5, "w", 30)
+    assert await backend.claim(["default"], 5, "w", 30) == []
+    assert await backend.settle([_done(first)]) == [True]
+    assert len(await backend.claim(["default"], 5, "w", 30)) == 1

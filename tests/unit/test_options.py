@@ -268,11 +268,13 @@ def test_merge_timeout_int_too_large_for_float_raises_configuration_error() -> N
         TaskOptions().merge(timeout=10**400)
 
 
-def test_queue_refuses_concurrency_limits_it_cannot_enforce_yet() -> None:
+def test_concurrency_options_reach_the_stored_task() -> None:
     from sitq import TaskQueue
 
-    queue = TaskQueue("memory://")
-    with pytest.raises(ConfigurationError, match="not enforced"):
-        queue.options(concurrency_key="tenant-7", concurrency_limit=2)
-    with pytest.raises(ConfigurationError, match="not enforced"):
-        TaskQueue("memory://", concurrency_key="tenant-7", concurrency_limit=2)
+    queue = TaskQueue("memory://", concurrency_key="tenant-7", concurrency_limit=2)
+    assert queue.task_options.concurrency_key == "tenant-7"
+    view = queue.options(concurrency_key="tenant-8", concurrency_limit=1)
+    assert (view.task_options.concurrency_key, view.task_options.concurrency_limit) == (
+        "tenant-8",
+        1,
+    )

@@ -42,6 +42,23 @@ Design:
   per consumer, so a new task, a task reaching its ETA and a lease running out all reach a waiting
   worker at once. Result waiters subscribe to the record's subject (every write to the key is
   published there) and re-read the record when a write looks final.
+* **sitq's own records** share the bucket under keys that start with ``_.`` (a task key never
+  has a ``.``): ``_.cron.<name>`` per cron schedule plus ``_.crons``, the index of their names;
+  ``_.lock.<name>`` per held lock; ``_.ck.<queue>.<key>`` per (queue, concurrency key), the
+  list of its slot holders. Names are encoded as task ids are. Every change to them is a write
+  conditioned on the revision read, and a delete removes one exact revision.
+* **Locks.** A lock record holds its token and TTL; the TTL counts from the server's timestamp
+  of the write that took or last extended the lock, judged against this client's estimate of
+  the server's clock (the one leases use), so the holder's own clock never matters.
+* **Concurrency keys.** A claim takes a keyed task's slot before it writes the task's record:
+  it adds ``[task key, fencing token, lease until, owner]`` to the slots record, conditioned on
+  the revision that showed fewer than the task's limit of other unexpired holders. A task whose
+  key is full is naked with a back-off growing to ``_BLOCKED_MAX`` (never past the first
+  holder's lease end) and parked in the client that saw it; a settle removes the holder and
+  notifies ``sitq.<stream>.n.k.<queue>``, and each client hands as many parked messages of
+  that key to its next claim. Heartbeats extend the holder first: a claim whose slot lapsed is
+  lost. A holder whose task never started (a crash between the two writes) lapses at its
+  lease end.
 * Streams and consumers are created on ``connect()`` (and consumers when a queue or priority is
   first seen), idempotently: any number of workers may start at once.
 """
@@ -73,6 +90,7 @@ from sitq.models import (
     CancelOutcome,
     Claim,
     ClaimRef,
+    CronRecord,
     Finish,
     LeaseState,
     NewTask,
@@ -103,6 +121,29 @@ _RETURN_AFTER = 0.25
 _PRIORITY_REFRESH = 10.0
 _MAX_FETCH = 256
 _NS = 1_000_000_000
+_CAS_TRIES = 50
+"""Attempts at a read-modify-write of one of sitq's own records before giving up."""
+_BLOCKED_MAX = 1.0
+"""Longest back-off (seconds) before a task whose concurrency key is full is looked at again."""
+_CRON_INDEX = "_.crons"
+_MAX_PARKED = 1000
+
+
+def _cron_key(name: str) -> str:
+    return "_.cron." + _key(name)
+
+
+def _lock_key(name: str) -> str:
+    return "_.lock." + _key(name)
+
+
+def _slot_key(rec: dict[str, Any]) -> str:
+    """The bucket key of the slots of a keyed task's (queue, concurrency key)."""
+    return f"_.ck.{rec['q']}.{_key(str(rec['ck']))}"
+
+
+def _keyed(rec: dict[str, Any] | None) -> bool:
+    return rec is not None and rec.get("ck") is not None and rec.get("cl") is not None
 
 
 def _key(task_id: str) -> str:
@@ -157,6 +198,21 @@ def _ack_info(reply: str | None) -> tuple[int, float]:
     return 0, 0.0
 
 
+def _stream_seq(reply: str | None) -> int:
+    """The stream sequence of a delivered message from its ack subject; 0 if unknown."""
+    if not reply:
+        return 0
+    tokens = reply.split(".")
+    try:
+        if len(tokens) == 9:
+            return int(tokens[5])
+        if len(tokens) >= 11:
+            return int(tokens[7])
+    except ValueError:
+        pass
+    return 0
+
+
 class _Consumer:
     """One durable pull consumer, and this backend's two inboxes for it (fetches, long polls)."""
 
@@ -199,6 +255,59 @@ class _Delivery:
     rev: int = 0
     known: bool = False
     tries: int = 0
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One of sitq's own records (cron, lock, slots) as read: ``head`` is ``None`` for a
+    delete marker; ``stamp`` is the server's time of the write."""
+
+    head: dict[str, Any] | None
+    tail: bytes
+    rev: int
+    stamp: float
+
+
+@dataclass(slots=True)
+class _Slots:
+    """The running tasks of one (queue, concurrency key): holders ``[task key, fencing token,
+    lease until, owner]``, as read at revision ``rev`` (0: no record yet)."""
+
+    rev: int
+    holders: list[list[Any]]
+
+    @classmethod
+    def read(cls, entry: _Entry | None) -> _Slots:
+        if entry is None or entry.head is None:
+            return cls(entry.rev if entry else 0, [])
+        holders = entry.head.get("h")
+        if not isinstance(holders, list):
+            return cls(entry.rev, [])
+        return cls(entry.rev, [h for h in holders if isinstance(h, list) and len(h) == 4])
+
+    def busy(self, now: float, but: str) -> set[str]:
+        """The tasks (other than ``but``) holding a slot under an unexpired lease."""
+        return {h[0] for h in self.holders if h[2] > now and h[0] != but}
+
+    def admit(
+        self, task: str, fence: int, until: float, owner: str, limit: int, now: float
+    ) -> bool:
+        """Take a slot for ``task`` if fewer than ``limit`` other tasks hold one; expired
+        holders and the task's own older claims are dropped."""
+        if len(self.busy(now, task)) >= limit:
+            return False
+        self.holders = [
+            h for h in self.holders if h[2] > now and not (h[0] == task and h[1] < fence)
+        ]
+        self.holders.append([task, fence, until, owner])
+        return True
+
+    def next_free(self, now: float) -> float:
+        """Seconds until the first unexpired holder's lease runs out (``inf`` if none)."""
+        return min((h[2] for h in self.holders if h[2] > now), default=math.inf) - now
+
+    def encode(self) -> bytes:
+        return _encode({"h": self.holders})
 
 
 class NATSBackend(Backend):
@@ -277,6 +386,10 @@ class NATSBackend(Backend):
         self._generations = 0
         self._work = asyncio.Event()
         self._subs: list[Any] = []
+        self._owner = secrets.token_hex(6)
+        # Messages of tasks whose concurrency key was full, by (queue, key) then stream
+        # sequence: (message, monotonic time its nak delay ends). A freed slot brings them back.
+        self._parked: dict[tuple[str, str], dict[int, tuple[Any, float]]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> NATSBackend:
@@ -505,6 +618,7 @@ class NATSBackend(Backend):
         self._refreshed.clear()
         self._held.clear()
         self._held_fence.clear()
+        self._parked.clear()
         self._subs = []
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 10)
@@ -701,6 +815,44 @@ class NATSBackend(Backend):
         replies = await self._many(self._get_item(k) for k in keys)
         return [self._got(r) for r in replies]
 
+    async def _read_meta(self, keys: Sequence[str]) -> list[_Entry | None]:
+        """Read sitq's own records (cron, lock, slots) with their revisions and server
+        timestamps; ``None`` where a key has no record."""
+        if not keys:
+            return []
+        out: list[_Entry | None] = []
+        for reply in await self._many(self._get_item(k) for k in keys):
+            if self._direct:
+                headers = reply.headers or {}
+                status = headers.get("Status")
+                if status == "404":
+                    out.append(None)
+                    continue
+                if status:
+                    raise BackendError(f"NATS JetStream get failed: status {status}")
+                marker = headers.get("KV-Operation") in ("DEL", "PURGE")
+                data, rev = bytes(reply.data), int(headers["Nats-Sequence"])
+                stamp = _parse_time(headers["Nats-Time-Stamp"])
+            else:
+                result = _api_result(reply, (_ERR_NO_MESSAGE,))
+                if result is None:
+                    out.append(None)
+                    continue
+                message = result["message"]
+                raw = message.get("hdrs")
+                marker = bool(raw and b"KV-Operation" in base64.b64decode(raw))
+                data = base64.b64decode(message.get("data") or "")
+                rev, stamp = int(message["seq"]), _parse_time(message["time"])
+            head: dict[str, Any] | None = None
+            tail = b""
+            if not marker:
+                try:
+                    head, tail = _decode(data)
+                except ValueError:
+                    log.error("record %s in %s is not a sitq record", rev, self._kv_stream)
+            out.append(_Entry(head, tail, rev, stamp))
+        return out
+
     async def _get_by_seq(self, seq: int) -> float | None:
         """The server timestamp of one message of the bucket's stream."""
         if self._direct:
@@ -776,10 +928,11 @@ class NATSBackend(Backend):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
             return
-        consumer.buffer.append((msg, time.monotonic()))
         if poll:
+            self._buffer(consumer, msg)
             self._work.set()
         else:
+            self._buffer(consumer, msg)
             consumer.fetch_got += 1
             waiter = consumer.fetch_waiter
             if (
@@ -788,6 +941,10 @@ class NATSBackend(Backend):
                 and consumer.fetch_got >= consumer.fetch_need
             ):
                 waiter.set_result(None)
+
+    def _buffer(self, consumer: _Consumer, msg: Any) -> None:
+        """Keep a message for the next claim; it goes back if no claim takes it soon."""
+        consumer.buffer.append((msg, time.monotonic()))
         if not consumer.return_scheduled:
             consumer.return_scheduled = True
             asyncio.get_running_loop().call_later(_RETURN_AFTER * 1.5, self._return_stale, consumer)
@@ -807,8 +964,15 @@ class NATSBackend(Backend):
             asyncio.get_running_loop().call_later(_RETURN_AFTER, self._return_stale, consumer)
 
     async def _on_notification(self, msg: Any) -> None:
-        # sitq.<stream>.n.p.<queue>: a priority is in use on a queue.
-        queue = msg.subject.rsplit(".", 1)[-1]
+        # sitq.<stream>.n.p.<queue>: a priority is in use on a queue;
+        # sitq.<stream>.n.k.<queue>: a slot of the concurrency key in the payload was freed.
+        tokens = msg.subject.split(".")
+        queue = tokens[-1]
+        if len(tokens) >= 2 and tokens[-2] == "k":
+            with contextlib.suppress(UnicodeDecodeError, ValueError):
+                count, _, ck = bytes(msg.data).decode().partition(" ")
+                self._unpark(queue, ck, int(count))
+            return
         try:
             priority = int(msg.data)
         except ValueError:
@@ -1029,9 +1193,13 @@ class NATSBackend(Backend):
                     if len(claims) - before < len(msgs):
                         batch = min(batch * 2, _MAX_FETCH)  # skipped some: read further at once
                 if more is None:
-                    # A long poll brought these in: claim them now rather than fetch first,
-                    # and stop here (this consumer may have more; the next round fetches).
-                    return claims
+                    # A long poll (or a freed concurrency slot) brought these in: claim them
+                    # now rather than fetch first, and stop here if they all went (this
+                    # consumer may have more; the next round fetches). Otherwise fetch what
+                    # stands behind the ones that could not go.
+                    if len(claims) - before >= len(msgs):
+                        return claims
+                    continue
                 if not more:
                     break
             if len(claims) >= limit:
@@ -1110,6 +1278,7 @@ class NATSBackend(Backend):
         self, msgs: list[Any], need: int, worker_id: str, lease: float, claims: list[Claim]
     ) -> list[Claim]:
         deliveries: list[_Delivery] = []
+        admitted: dict[str, set[tuple[str, int]]] = {}  # slots taken: record key -> claims
         for msg in msgs:
             d = self._parse(msg)
             if d is None:
@@ -1135,17 +1304,17 @@ class NATSBackend(Backend):
                 ):
                     d.known = True
                     d.rec, d.rev = (got[0], got[2]) if got is not None else (None, 0)
-            writes: list[tuple[_Delivery, dict[str, Any]]] = []
+            due: list[_Delivery] = []
             for d in todo:
                 if not d.known:
                     rec = {k: v for k, v in d.head.items() if k not in ("o", "rev")}
                     d.rec, d.rev = rec, int(d.head["rev"])
-                if len(claims) + len(writes) >= need and self._claimable(d, now):
-                    await self._publish(d.msg.reply, b"-NAK")
-                    continue
                 if await self._decide(d, now):
-                    writes.append((d, self._running(d, now, worker_id, lease)))
+                    due.append(d)
+            chosen = await self._choose(due, need - len(claims), now, lease, admitted)
+            writes = [(d, self._running(d, now, worker_id, lease)) for d in chosen]
             if not writes:
+                todo = []  # each went back already, with its own delay
                 break
             if abs(lease - self.ack_wait) > 0.5:
                 # The lease's timer: JetStream redelivers the message when the lease ends. It
@@ -1167,15 +1336,177 @@ class NATSBackend(Backend):
                 claims.append(self._hand_out(d, rec, rev))
         for d in todo:  # lost every race for it: let it come back
             await self._publish(d.msg.reply, b"-NAK")
+        if admitted:
+            # Slots taken for tasks that another worker claimed first go back at once.
+            claimed = {(_key(c.task_id), c.fencing_token) for c in claims}
+            await self._free_slots({k: v - claimed for k, v in admitted.items()}, own=True)
         return claims
 
-    def _claimable(self, d: _Delivery, now: float) -> bool:
-        rec = d.rec
-        if rec is None or rec.get("g") != d.head.get("g"):
-            return False
-        if rec["s"] == "pending":
-            return bool(rec["eta"] <= now)
-        return bool(rec["s"] == "running" and rec.get("lu", 0) <= now)
+    async def _choose(
+        self,
+        due: list[_Delivery],
+        room: int,
+        now: float,
+        lease: float,
+        admitted: dict[str, set[tuple[str, int]]],
+    ) -> list[_Delivery]:
+        """The due deliveries to claim, in order: at most ``room``, and a task with a
+        concurrency key only if it got a slot (taken here, before its claim is written). The
+        others go back: those beyond ``room`` at once, those whose key is full after a delay."""
+        if not any(_keyed(d.rec) for d in due):
+            for d in due[room:]:
+                await self._publish(d.msg.reply, b"-NAK")
+            return due[:room]
+        keys = list(dict.fromkeys(_slot_key(d.rec) for d in due if d.rec and _keyed(d.rec)))
+        slots = {k: _Slots.read(e) for k, e in zip(keys, await self._read_meta(keys), strict=True)}
+        chosen: list[_Delivery] = []
+        groups: dict[str, list[_Delivery]] = {}
+        for d in due:
+            assert d.rec is not None
+            if len(chosen) >= room:
+                await self._publish(d.msg.reply, b"-NAK")
+                continue
+            if _keyed(d.rec):
+                key = _slot_key(d.rec)
+                if not self._admit(slots[key], d, now, lease):
+                    await self._block(d, slots[key], now)
+                    continue
+                groups.setdefault(key, []).append(d)
+            chosen.append(d)
+        if not groups:
+            return chosen
+        kept = await self._take_slots(groups, slots, now, lease)
+        for key, ds in kept.items():
+            admitted.setdefault(key, set()).update((d.key, d.rev) for d in ds)
+        taken = {id(d) for ds in kept.values() for d in ds}
+        return [d for d in chosen if not _keyed(d.rec) or id(d) in taken]
+
+    def _admit(self, slots: _Slots, d: _Delivery, now: float, lease: float) -> bool:
+        assert d.rec is not None
+        return slots.admit(d.key, d.rev, now + lease, self._owner, int(d.rec["cl"]), now)
+
+    async def _take_slots(
+        self, groups: dict[str, list[_Delivery]], slots: dict[str, _Slots], now: float, lease: float
+    ) -> dict[str, list[_Delivery]]:
+        """Write the slot records with the holders admitted (each conditioned on the revision
+        read); where another worker wrote first, read again and admit what still fits."""
+        kept: dict[str, list[_Delivery]] = {}
+        for _ in range(_CAS_TRIES):
+            keys = list(groups)
+            acks = await self._many(self._write(k, slots[k].encode(), slots[k].rev) for k in keys)
+            failed = []
+            for key, ack in zip(keys, acks, strict=True):
+                rev = self._ack(ack)
+                if rev:
+                    slots[key].rev = rev
+                    kept[key] = groups[key]
+                else:
+                    failed.append(key)
+            if not failed:
+                return kept
+            fresh = await self._read_meta(failed)
+            retry: dict[str, list[_Delivery]] = {}
+            for key, entry in zip(failed, fresh, strict=True):
+                slots[key] = _Slots.read(entry)
+                for d in groups[key]:
+                    if self._admit(slots[key], d, now, lease):
+                        retry.setdefault(key, []).append(d)
+                    else:
+                        await self._block(d, slots[key], now)
+            groups = retry
+            if not groups:
+                return kept
+        for ds in groups.values():  # no luck against the other writers: try later
+            for d in ds:
+                await self._block(d, None, now)
+        return kept
+
+    async def _block(self, d: _Delivery, slots: _Slots | None, now: float) -> None:
+        """Put back a task whose concurrency key is full: naked with a growing delay (never
+        past the moment the first holder's lease ends), and parked here so that a slot freed
+        before then brings it back at once."""
+        assert d.rec is not None
+        delay = min(0.05 * 2 ** min(max(d.delivered - 1, 0), 8), _BLOCKED_MAX)
+        if slots is not None:
+            delay = min(delay, slots.next_free(now) + 0.005)
+        delay = max(delay, 0.005)
+        await self._nak(d.msg.reply, delay)
+        self._park(d.msg, str(d.rec["q"]), str(d.rec["ck"]), delay)
+
+    async def _drop_slots(self, drops: dict[str, set[tuple[str, int]]], *, own: bool) -> None:
+        """Remove holders from slot records: per (task key, fencing token), the claims of the
+        task up to that token (``own``: only this backend's holder with exactly that token)."""
+        todo = {k: v for k, v in drops.items() if v}
+        for _ in range(_CAS_TRIES):
+            if not todo:
+                return
+            keys = list(todo)
+            writes: list[tuple[str, _Slots]] = []
+            for key, entry in zip(keys, await self._read_meta(keys), strict=True):
+                slots = _Slots.read(entry)
+                gone = todo[key]
+                if own:
+                    kept = [
+                        h for h in slots.holders if h[3] != self._owner or (h[0], h[1]) not in gone
+                    ]
+                else:
+                    kept = [
+                        h
+                        for h in slots.holders
+                        if not any(h[0] == t and h[1] <= f for t, f in gone)
+                    ]
+                if len(kept) < len(slots.holders):
+                    slots.holders = kept
+                    writes.append((key, slots))
+            if not writes:
+                return
+            acks = await self._many(self._write(k, s.encode(), s.rev) for k, s in writes)
+            todo = {
+                k: todo[k] for (k, _), ack in zip(writes, acks, strict=True) if not self._ack(ack)
+            }
+        raise BackendError("could not free concurrency slots: their records kept changing")
+
+    async def _free_slots(self, drops: dict[str, set[tuple[str, int]]], own: bool = False) -> None:
+        """``_drop_slots`` after the outcomes are stored: a failure here only delays the slot
+        until its holder's lease runs out, so it is logged, not raised."""
+        try:
+            await self._drop_slots(drops, own=own)
+        except BackendError as exc:
+            log.warning("freeing concurrency slots failed (%s); they free at lease end", exc)
+
+    async def _extend_slots(
+        self, items: Sequence[tuple[str, str, int]], until: float, now: float
+    ) -> list[bool]:
+        """Extend the slots held by claims (slot record key, task key, fencing token) to
+        ``until``; per claim, whether its slot was still held under an unexpired lease."""
+        held = [False] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, (key, _, _) in enumerate(items):
+            groups.setdefault(key, []).append(i)
+        for _ in range(_CAS_TRIES):
+            keys = list(groups)
+            writes: list[tuple[str, _Slots]] = []
+            for key, entry in zip(keys, await self._read_meta(keys), strict=True):
+                slots = _Slots.read(entry)
+                for i in groups[key]:
+                    _, task, fence = items[i]
+                    mine = [
+                        h for h in slots.holders if h[0] == task and h[1] == fence and h[2] > now
+                    ]
+                    held[i] = bool(mine)
+                    for h in mine:
+                        h[2] = max(h[2], until)
+                if any(held[i] for i in groups[key]):
+                    writes.append((key, slots))
+            if not writes:
+                return held
+            acks = await self._many(self._write(k, s.encode(), s.rev) for k, s in writes)
+            groups = {
+                k: groups[k] for (k, _), ack in zip(writes, acks, strict=True) if not self._ack(ack)
+            }
+            if not groups:
+                return held
+        raise BackendError("could not extend concurrency slots: their records kept changing")
 
     async def _decide(self, d: _Delivery, now: float) -> bool:
         """True if the delivery's task is due to be claimed; otherwise ack or nak it."""
@@ -1236,6 +1567,55 @@ class NATSBackend(Backend):
             del self._held_fence[key[0]]
         return held
 
+    def _park(self, msg: Any, queue: str, ck: str, delay: float) -> None:
+        """Remember a message whose concurrency key was full (it was naked with ``delay``), so
+        that a slot freed before then brings it back at once."""
+        seq = _stream_seq(msg.reply)
+        if not seq:
+            return
+        parked = self._parked.setdefault((queue, ck), {})
+        parked.pop(seq, None)
+        parked[seq] = (msg, time.monotonic() + delay)
+        if len(parked) > 64:
+            now = time.monotonic()
+            for stale in [k for k, (_, until) in parked.items() if until <= now]:
+                del parked[stale]
+            while len(parked) > _MAX_PARKED:
+                del parked[next(iter(parked))]  # the oldest; its own timer brings it back
+        if len(self._parked) > _MAX_PARKED:
+            now = time.monotonic()
+            for slot in [
+                k for k, v in self._parked.items() if all(u <= now for _, u in v.values())
+            ]:
+                del self._parked[slot]
+
+    def _unpark(self, queue: str, ck: str, count: int) -> None:
+        """``count`` slots of (queue, ck) were freed: hand as many parked messages of that key
+        (highest priority, then oldest first) to the next claim, and wake the waiters. A message
+        no claim takes soon goes back to the stream."""
+        parked = self._parked.get((queue, ck))
+        if not parked:
+            return
+        now = time.monotonic()
+        ready: list[tuple[int, int, Any, _Consumer]] = []
+        for seq, (msg, until) in list(parked.items()):
+            if until <= now:
+                del parked[seq]  # its timer gave it back already
+                continue
+            with contextlib.suppress(ValueError):
+                priority = int(msg.subject.rsplit(".", 1)[-1])
+                consumer = self._consumers.get(self._consumer_name(queue, priority))
+                if consumer is not None:
+                    ready.append((-priority, seq, msg, consumer))
+        ready.sort(key=lambda item: item[:2])
+        for _, seq, msg, consumer in ready[: max(count, 1)]:
+            del parked[seq]
+            self._buffer(consumer, msg)
+        if not parked:
+            del self._parked[(queue, ck)]
+        if ready:
+            self._work.set()
+
     async def _nak(self, reply: str | None, delay: float) -> None:
         if reply:
             await self._publish(reply, b'-NAK {"delay": %d}' % max(int(delay * _NS), 1_000_000))
@@ -1265,12 +1645,14 @@ class NATSBackend(Backend):
         self,
         refs: Sequence[ClaimRef],
         build: list[Any],
+        state: list[tuple[_Held | None, dict[str, Any] | None, int]] | None = None,
     ) -> list[tuple[int, dict[str, Any] | None]]:
         """Write ``build[i](record)`` for each claim that is current; retry on a lost race when
         the claim is still current (e.g. a cancel flag was set meanwhile). Per claim: (new
         revision, record written), or (0, record found) if the claim is not current."""
         results: list[tuple[int, dict[str, Any] | None]] = [(0, None)] * len(refs)
-        state = await self._current(refs)
+        if state is None:
+            state = await self._current(refs)
         todo = list(range(len(refs)))
         for _ in range(5):
             writes = []
@@ -1312,19 +1694,43 @@ class NATSBackend(Backend):
         def extend(rec: dict[str, Any]) -> dict[str, Any]:
             return {**rec, "lu": now + lease}
 
-        results = await self._fenced_writes(claims, [extend] * len(claims))
+        state = await self._current(claims)
+        # A task with a concurrency key keeps its slot first: a claim whose slot lapsed (its
+        # lease ran out and another task may hold the slot now) is lost.
+        keyed = [
+            i
+            for i, (_, rec, _) in enumerate(state)
+            if rec is not None
+            and _keyed(rec)
+            and rec["s"] == "running"
+            and rec.get("f") == claims[i].fencing_token
+        ]
+        slot_of = {i: _slot_key(rec) for i in keyed if (rec := state[i][1]) is not None}
+        lapsed: set[int] = set()
+        if keyed:
+            items = [(slot_of[i], _key(claims[i].task_id), claims[i].fencing_token) for i in keyed]
+            extended = await self._extend_slots(items, now + lease, now)
+            lapsed = {i for i, ok in zip(keyed, extended, strict=True) if not ok}
+            for i in lapsed:
+                state[i] = (state[i][0], None, 0)
+        results = await self._fenced_writes(claims, [extend] * len(claims), state)
+        drops: dict[str, set[tuple[str, int]]] = {}
         states = []
-        for ref, (rev, rec) in zip(claims, results, strict=True):
+        for i, (ref, (rev, rec)) in enumerate(zip(claims, results, strict=True)):
             key = (ref.task_id, ref.fencing_token)
             if not rev or rec is None:
                 self._forget(key)
                 states.append(LeaseState.LOST)
+                if i in slot_of and i not in lapsed:
+                    drops.setdefault(slot_of[i], set()).add((_key(ref.task_id), ref.fencing_token))
                 continue
             held = self._held.get(key)
             if held is not None:  # (not settled meanwhile)
                 held.rev, held.rec = rev, rec
                 await self._nak(held.reply, lease)
             states.append(LeaseState.CANCEL_REQUESTED if rec.get("c") else LeaseState.HELD)
+        if drops:
+            await self._free_slots(drops)
         return states
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
@@ -1338,9 +1744,18 @@ class NATSBackend(Backend):
         results = await self._fenced_writes(refs, builders)
         applied: list[bool] = []
         expiring: dict[str, list[list[Any]]] = {}
+        drops: dict[str, set[tuple[str, int]]] = {}
+        freed: dict[tuple[str, str], int] = {}
         for item, (rev, rec) in zip(settlements, results, strict=True):
             key = (item.claim.task_id, item.claim.fencing_token)
             held = self._forget(key)
+            known = rec if rec is not None else (held.rec if held else None)
+            if known is not None and _keyed(known):
+                # Whether applied or refused, claims of the task up to this one are over.
+                drops.setdefault(_slot_key(known), set()).add((_key(known["id"]), key[1]))
+                if rev:
+                    slot = (str(known["q"]), str(known["ck"]))
+                    freed[slot] = freed.get(slot, 0) + 1
             if not rev:
                 applied.append(False)
                 continue
@@ -1357,6 +1772,13 @@ class NATSBackend(Backend):
                 await self._nak(reply, max(item.eta - now, 0.0))
             elif reply:
                 await self._publish(reply, b"-NAK")
+        if drops:
+            await self._free_slots(drops)
+        for (queue, ck), count in freed.items():
+            # Here first (a claim right after this settle finds them), then in every other
+            # process (the notification also comes back here, finding less to wake).
+            self._unpark(queue, ck, count)
+            await self._publish(f"{self._subject_prefix}.n.k.{queue}", f"{count} {ck}".encode())
         if expiring:
             await self._index(expiring)
         return applied
@@ -1530,6 +1952,150 @@ class NATSBackend(Backend):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._work.wait(), timeout)
+
+    # -- cron -------------------------------------------------------------------------------
+
+    async def put_cron(self, name: str, definition: bytes, start: float) -> None:
+        """Create the schedule's record (``last_tick = start``) or replace its definition and
+        keep its ``last_tick`` (a conditioned write), then list its name in the index."""
+        key = _cron_key(name)
+        for _ in range(_CAS_TRIES):
+            (entry,) = await self._read_meta([key])
+            tick = start
+            if entry is not None and entry.head is not None:
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    tick = float(entry.head["t"])
+            data = _encode({"n": name, "t": tick}, definition)
+            if self._ack(await self._one(*self._write(key, data, entry.rev if entry else 0))):
+                break
+        else:
+            raise BackendError(f"could not store cron {name!r}: its record kept changing")
+        await self._cron_index(name, add=True)
+
+    async def delete_cron(self, name: str) -> bool:
+        """Delete the schedule's record by its revision, then take its name off the index."""
+        key = _cron_key(name)
+        for _ in range(_CAS_TRIES):
+            (entry,) = await self._read_meta([key])
+            if entry is None or entry.head is None:
+                return False
+            if await self._delete_rev(entry.rev):
+                break
+        else:
+            raise BackendError(f"could not delete cron {name!r}: its record kept changing")
+        await self._cron_index(name, add=False)
+        (entry,) = await self._read_meta([key])
+        if entry is not None and entry.head is not None:
+            await self._cron_index(name, add=True)  # stored again meanwhile: keep it listed
+        return True
+
+    async def list_crons(self) -> list[CronRecord]:
+        """Read the index of names, then every schedule's record (two round trips)."""
+        (index,) = await self._read_meta([_CRON_INDEX])
+        names = index.head.get("names", []) if index is not None and index.head else []
+        found = await self._read_meta([_cron_key(n) for n in names])
+        out = []
+        for entry in found:
+            if entry is None or entry.head is None:
+                continue  # listed by a put or delete that was interrupted
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out.append(CronRecord(str(entry.head["n"]), entry.tail, float(entry.head["t"])))
+        out.sort(key=lambda r: r.name)
+        return out
+
+    async def advance_cron(self, name: str, expected: float, tick: float) -> bool:
+        """Compare-and-set of ``last_tick``: a write conditioned on the revision that showed
+        ``expected``; a lost race reads again only to see whether ``expected`` still holds."""
+        key = _cron_key(name)
+        for _ in range(_CAS_TRIES):
+            (entry,) = await self._read_meta([key])
+            if entry is None or entry.head is None or entry.head.get("t") != expected:
+                return False
+            data = _encode({**entry.head, "t": tick}, entry.tail)
+            if self._ack(await self._one(*self._write(key, data, entry.rev))):
+                return True
+        raise BackendError(f"could not advance cron {name!r}: its record kept changing")
+
+    async def _cron_index(self, name: str, *, add: bool) -> None:
+        """Add a name to (or remove it from) the index of schedules, a conditioned write."""
+        for _ in range(_CAS_TRIES):
+            (entry,) = await self._read_meta([_CRON_INDEX])
+            names: list[str] = []
+            if entry is not None and entry.head is not None:
+                names = list(entry.head.get("names") or [])
+            if (name in names) == add:
+                return
+            names = sorted({*names, name}) if add else [n for n in names if n != name]
+            data = _encode({"names": names})
+            if self._ack(
+                await self._one(*self._write(_CRON_INDEX, data, entry.rev if entry else 0))
+            ):
+                return
+        raise BackendError("could not update the index of cron schedules: it kept changing")
+
+    async def _delete_rev(self, rev: int) -> bool:
+        """Delete one revision of a record; ``False`` if it is no longer there (rewritten)."""
+        result = await self._api(
+            f"STREAM.MSG.DELETE.{self._kv_stream}",
+            {"seq": rev, "no_erase": True},
+            ok=(_ERR_DELETE_NO_MESSAGE, _ERR_NO_MESSAGE),
+        )
+        return bool(result and result.get("success"))
+
+    # -- locks ------------------------------------------------------------------------------
+
+    def _lock_held(self, entry: _Entry | None, now: float) -> bool:
+        """Whether a lock record is held: its TTL counts from the server's timestamp of the
+        write that took or last extended it."""
+        if entry is None or entry.head is None:
+            return False
+        try:
+            return entry.stamp + float(entry.head["ttl"]) > now
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Create the lock's record, or replace one whose TTL ran out, by a write conditioned
+        on the revision read; of racing clients exactly one write succeeds."""
+        key = _lock_key(name)
+        data = _encode({"n": name, "tok": token, "ttl": ttl})
+        for _ in range(_CAS_TRIES):
+            (entry,) = await self._read_meta([key])
+            if self._lock_held(entry, self._now()):
+                return False
+            if self._ack(await self._one(*self._write(key, data, entry.rev if entry else 0))):
+                return True
+        return False
+
+    async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Rewrite the record (restarting its TTL) if ``token`` holds the lock."""
+        key = _lock_key(name)
+        data = _encode({"n": name, "tok": token, "ttl": ttl})
+        for _ in range(_CAS_TRIES):
+            (entry,) = await self._read_meta([key])
+            if (
+                entry is None
+                or entry.head is None
+                or entry.head.get("tok") != token
+                or not self._lock_held(entry, self._now())
+            ):
+                return False
+            if self._ack(await self._one(*self._write(key, data, entry.rev))):
+                return True
+        return False
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Delete the record by its revision if ``token`` holds the lock (a record of this
+        token whose TTL ran out is deleted too, but reported as not held)."""
+        key = _lock_key(name)
+        for _ in range(_CAS_TRIES):
+            (entry,) = await self._read_meta([key])
+            if entry is None or entry.head is None or entry.head.get("tok") != token:
+                return False
+            held = self._lock_held(entry, self._now())
+            if await self._delete_rev(entry.rev):
+                return held
+        return False
 
     # -- expiry and stats -------------------------------------------------------------------
 
