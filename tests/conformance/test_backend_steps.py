@@ -11,7 +11,7 @@ import pytest
 
 from sitq import TaskQueue
 from sitq.backends.base import Backend
-from sitq.models import Claim, ClaimRef, Finish, Release, Reschedule, TaskStatus
+from sitq.models import Claim, ClaimRef, Finish, LeaseState, Release, Reschedule, TaskStatus
 from tests.conformance import tasks
 from tests.conftest import BackendFactory, wait_until
 
@@ -228,3 +228,20 @@ async def test_settling_a_keyed_task_wakes_a_waiting_worker(
     assert await queue.backend.settle([_finish(running)]) == [True]
     await asyncio.wait_for(wait, 20)  # TimeoutError here: the freed slot woke nobody
     assert len(await waiter.claim(["default"], 5, "w2", 30)) == 1
+
+
+async def test_a_lapsed_keyed_lease_is_lost_not_extended(queue: TaskQueue) -> None:
+    """A keyed task whose lease ran out gave up its slot (another task may hold it now), so a
+    late heartbeat must not revive it: the limit would be exceeded."""
+    keyed = queue.options(concurrency_key="k", concurrency_limit=1)
+    task_id = await keyed.enqueue(tasks.add, 1, 1)
+    backend = queue.backend
+    (late,) = await backend.claim(["default"], 5, "frozen-worker", 0.3)
+    lapsed_at = time.time() + 0.6
+    await wait_until(lambda: time.time() > lapsed_at, message="the lease to lapse")
+    late_ref = ClaimRef(task_id, late.fencing_token)
+    assert await backend.extend_lease([late_ref], 30) == [LeaseState.LOST]
+    (again,) = await backend.claim(["default"], 5, "w", 30)
+    assert again.task_id == task_id and again.attempts == 2
+    assert await backend.settle([_finish(late)]) == [False]
+    assert await backend.settle([_finish(again)]) == [True]

@@ -258,7 +258,8 @@ class MemoryBackend(Backend):
         states = []
         for ref in claims:
             rec = self._current(ref)
-            if rec is None:
+            if rec is None or (rec.task.concurrency_key is not None and rec.lease_until <= now):
+                # A keyed task's lapsed lease gave up its slot, which another task may hold now.
                 states.append(LeaseState.LOST)
                 continue
             rec.lease_until = now + lease

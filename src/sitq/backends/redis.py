@@ -382,6 +382,7 @@ return {t[1], t[2], next_due()}
 
 # KEYS: leases, ck. ARGV: task key prefix, lease seconds, then (id, fence) pairs.
 # Returns one character per pair: 0 lost, 1 held, 2 held with cancel requested.
+# A keyed task whose lease has lapsed is lost: its slot may belong to another task now.
 _EXTEND = (
     _LUA_COMMON
     + """
@@ -390,8 +391,9 @@ local lu = now + tonumber(ARGV[2])
 local out = {}
 for i = 3, #ARGV, 2 do
   local tk = ARGV[1] .. ARGV[i]
-  local h = redis.call('HMGET', tk, 'st', 'fence', 'cr', 'ck')
-  if h[1] == '1' and h[2] == ARGV[i + 1] then
+  local h = redis.call('HMGET', tk, 'st', 'fence', 'cr', 'ck', 'lu')
+  -- A keyed task's lapsed lease gave up its slot, which another task may hold now.
+  if h[1] == '1' and h[2] == ARGV[i + 1] and not (h[4] and tonumber(h[5]) <= now) then
     redis.call('HSET', tk, 'lu', lu)
     redis.call('ZADD', KEYS[1], lu, ARGV[i])
     if h[4] then redis.call('ZADD', KEYS[2] .. ':r:' .. h[4], lu, ARGV[i]) end

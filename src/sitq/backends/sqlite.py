@@ -9,8 +9,14 @@ Design:
   loss at some cost in speed.
 * All statements of one backend object run on one thread of their own, so the event loop never
   blocks on the file or on another process holding the write lock.
-* One table; partial indexes keep only live rows in the claim paths, so claims stay fast however
-  many finished rows wait for their results to expire.
+* One table of tasks; partial indexes keep only live rows in the claim paths, so claims stay fast
+  however many finished rows wait for their results to expire.
+* Concurrency keys are checked inside the claim's write transaction against a partial index of
+  running keyed tasks. Tasks with a key have their own claim index; one whose key is full is
+  parked (out of that index) until a task of its key settles, so blocked tasks are never walked
+  over again and never hold back the tasks behind them.
+* Cron schedules and locks are rows of two small tables (``sitq_crons``, ``sitq_locks``), each
+  step one statement in a write transaction; lock TTLs run on this machine's clock.
 * No server means no push channel: on Linux, an inotify watch on the ``-wal`` file wakes idle
   workers and result waiters in every process the moment another process commits; elsewhere
   waiters poll with a short, growing interval.
@@ -34,6 +40,7 @@ from sitq.models import (
     CancelOutcome,
     Claim,
     ClaimRef,
+    CronRecord,
     Finish,
     LeaseState,
     NewTask,
@@ -56,9 +63,9 @@ _STATE_TO_STATUS = {
     _CANCELLED: TaskStatus.CANCELLED,
 }
 _STATUS_TO_STATE = {v: k for k, v in _STATE_TO_STATUS.items()}
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS sitq_tasks (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -93,15 +100,180 @@ CREATE INDEX IF NOT EXISTS sitq_tasks_expiry
     ON sitq_tasks (expires_at) WHERE expires_at IS NOT NULL;
 """
 
+# Version 2: cron schedules, locks, and concurrency keys. Tasks with a key leave the unkeyed
+# claim index for indexes of their own; ``parked`` marks pending keyed tasks set aside because
+# their key was full, so that claims never walk over them again until a slot frees.
+_SCHEMA_V2 = """
+CREATE TABLE sitq_crons (
+    name TEXT PRIMARY KEY,
+    definition BLOB NOT NULL,
+    last_tick REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE sitq_locks (
+    name TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE sitq_tasks ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
+DROP INDEX sitq_tasks_due;
+CREATE INDEX sitq_tasks_due
+    ON sitq_tasks (queue, priority DESC, eta, seq) WHERE state = 0 AND concurrency_key IS NULL;
+CREATE INDEX sitq_tasks_keyed_due
+    ON sitq_tasks (queue, priority DESC, eta, seq, concurrency_key, concurrency_limit)
+    WHERE state = 0 AND concurrency_key IS NOT NULL AND parked = 0;
+CREATE INDEX sitq_tasks_keyed
+    ON sitq_tasks (queue, concurrency_key, parked, priority DESC, eta, seq, concurrency_limit)
+    WHERE state = 0 AND concurrency_key IS NOT NULL;
+CREATE INDEX sitq_tasks_keyed_running
+    ON sitq_tasks (queue, concurrency_key, lease_until)
+    WHERE state = 1 AND concurrency_key IS NOT NULL;
+"""
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script, split where SQLite sees each one complete."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending)
+            pending = ""
+    if pending.strip():
+        statements.append(pending)
+    return statements
+
+
 _CLAIM_SET = """
     state = 1, attempts = attempts + 1, fence = fence + 1, lease_until = :lease_until,
-    worker_id = :worker, started_at = :now
+    worker_id = :worker, started_at = :now, parked = 0
 """
 _CLAIM_RETURNING = """
     RETURNING id, queue, payload, options, priority, fence, attempts, retries, enqueued_at,
               result_ttl, cancel_requested, eta, seq
 """
+_DUE = (
+    "SELECT priority, eta, seq FROM sitq_tasks INDEXED BY sitq_tasks_due "
+    "WHERE state = 0 AND concurrency_key IS NULL AND queue = ? AND eta <= ? "
+    "ORDER BY priority DESC, eta, seq LIMIT ?"
+)
+_KEYED_DUE = (
+    "SELECT priority, eta, seq, concurrency_key, concurrency_limit "
+    "FROM sitq_tasks INDEXED BY sitq_tasks_keyed_due "
+    "WHERE state = 0 AND concurrency_key IS NOT NULL AND parked = 0 AND queue = ? AND eta <= ? "
+    "ORDER BY priority DESC, eta, seq LIMIT ?"
+)
+_KEY_RUNNING = (
+    "SELECT COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_keyed_running "
+    "WHERE state = 1 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ? "
+    "AND lease_until > ?"
+)
+_PARK = (
+    "UPDATE sitq_tasks SET parked = 1 WHERE seq IN (SELECT seq FROM sitq_tasks "
+    "INDEXED BY sitq_tasks_keyed WHERE state = 0 AND concurrency_key IS NOT NULL "
+    "AND queue = ? AND concurrency_key = ? AND parked = 0 AND eta <= ? "
+    "AND concurrency_limit <= ? LIMIT ?)"
+)
+_PARKED = (
+    "SELECT seq, concurrency_limit FROM sitq_tasks INDEXED BY sitq_tasks_keyed "
+    "WHERE state = 0 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ? "
+    "AND parked = 1 ORDER BY priority DESC, eta, seq"
+)
+_FENCE = " WHERE id = ? AND fence = ? AND state = 1"
+_FINISH = (
+    "UPDATE sitq_tasks SET state = ?, value = ?, error = ?, traceback = ?, finished_at = ?, "
+    "expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL" + _FENCE
+)
+_RESCHEDULE = (
+    "UPDATE sitq_tasks SET state = 0, eta = ?, retries = retries + 1, error = ?, traceback = ?, "
+    "worker_id = NULL, lease_until = NULL" + _FENCE
+)
+_RELEASE = (
+    "UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, worker_id = NULL, "
+    "lease_until = NULL" + _FENCE
+)
+_UNKEYED = " AND concurrency_key IS NULL"
+_KEYED = " AND concurrency_key IS NOT NULL RETURNING queue, concurrency_key"
+# Rows one claim may park before it returns what it has: bounds how long a claim holds the
+# write lock after a large backlog of one key arrived (the next claims park the rest).
+_PARK_BUDGET = 2000
+# Keyed rows read per look: more than a claim needs, so that a few blocked rows at the head
+# rarely cost a second look.
+_KEYED_PAGE = 64
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
+
+
+class _KeyCounts:
+    """Running tasks per (queue, concurrency key) as one claim sees them: the count read in the
+    claim's write transaction plus the tasks the claim hands out."""
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        self.conn = conn
+        self.now = now
+        self.counts: dict[tuple[str, str], int] = {}
+        self.budget = _PARK_BUDGET
+
+    def admit(self, queue: str, key: str | None, cap: int | None) -> bool:
+        """True, and count it, if a task with this key and limit may start now."""
+        if key is None or cap is None:
+            return True
+        n = self.counts.get((queue, key))
+        if n is None:
+            n = self.conn.execute(_KEY_RUNNING, (queue, key, self.now)).fetchone()[0]
+        if n >= cap:
+            self.counts[(queue, key)] = n
+            return False
+        self.counts[(queue, key)] = n + 1
+        return True
+
+    def candidates(self, queue: str, want: int) -> list[tuple[int, float, int, str, str]]:
+        """Up to ``want`` due keyed tasks of ``queue`` that may start, in claim order, as
+        ``(priority, eta, seq, queue, key)``; tasks found blocked are parked on the way."""
+        picked: list[tuple[int, float, int, str, str]] = []
+        taken: set[int] = set()
+        while True:
+            size = max(want, _KEYED_PAGE) + len(picked)
+            full: set[str] = set()
+            seen = 0
+            cur = self.conn.execute(_KEYED_DUE, (queue, self.now, size))
+            for priority, eta, seq, key, cap in cur:
+                seen += 1
+                if seq in taken:
+                    continue
+                if self.admit(queue, key, cap):
+                    picked.append((priority, eta, seq, queue, key))
+                    taken.add(seq)
+                    if len(picked) == want:
+                        break
+                else:
+                    full.add(key)
+            cur.close()
+            if not full:
+                return picked
+            for key in full:
+                if self.budget <= 0:
+                    break
+                limit = self.counts[(queue, key)]
+                parked = self.conn.execute(_PARK, (queue, key, self.now, limit, self.budget))
+                self.budget -= parked.rowcount
+            if len(picked) == want or seen < size or self.budget <= 0:
+                return picked
+
+
+def _unpark(conn: sqlite3.Connection, queue: str, key: str, now: float) -> None:
+    """Make parked tasks of a key claimable again, as many as its free slots can start."""
+    running = conn.execute(_KEY_RUNNING, (queue, key, now)).fetchone()[0]
+    seqs: list[int] = []
+    cur = conn.execute(_PARKED, (queue, key))
+    for seq, cap in cur:
+        if cap is not None and running >= cap:
+            break
+        seqs.append(seq)
+        running += 1
+    cur.close()
+    if seqs:
+        conn.execute(f"UPDATE sitq_tasks SET parked = 0 WHERE seq IN ({','.join(map(str, seqs))})")
 
 
 class SQLiteBackend(Backend):
@@ -142,6 +314,8 @@ class SQLiteBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: DirectoryWatch | None = None
         self._changes = ChangeSignal()
+        # Per queue list, the time of the last claim that handed out everything it could.
+        self._claimed_all_at: dict[tuple[str, ...], float] = {}
 
     @classmethod
     def options_from_query(cls, params: dict[str, str]) -> dict[str, Any]:
@@ -212,17 +386,8 @@ class SQLiteBackend(Backend):
             conn.execute("PRAGMA temp_store=MEMORY")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            elif version > SCHEMA_VERSION:
+                version = self._migrate(conn)
+            if version > SCHEMA_VERSION:
                 raise BackendError(
                     f"SQLite database {self.db_path!r} has schema version {version}, newer than "
                     f"this sitq understands ({SCHEMA_VERSION}): upgrade sitq"
@@ -234,6 +399,24 @@ class SQLiteBackend(Backend):
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> int:
+        # Under the write lock, so that of several processes opening an old file at once,
+        # exactly one upgrades it and the others see the new version.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _statements(_MIGRATIONS[step]):
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return version
 
     def _open_fast(self) -> sqlite3.Connection | None:
         # A second connection used straight from the event loop: it never waits for a lock
@@ -380,50 +563,64 @@ class SQLiteBackend(Backend):
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
     ) -> list[Claim]:
-        """Claim expired leases first, then due pending tasks in priority order, atomically."""
+        """Claim expired leases first, then due pending tasks in priority order, atomically.
+
+        Tasks with a concurrency key are admitted against the running count of their key, read
+        in the same write transaction; a task whose key is full is parked (set aside from the
+        claim index) until a task of its key settles, so it never holds back the tasks behind it.
+        """
         # A commit noticed from now on must end the wait that follows an empty claim.
         self._changes.mark_claim()
         if limit <= 0:
             return []
         marks = ",".join("?" * len(queues))
+        expired_sql = (
+            "SELECT seq, queue, concurrency_key, concurrency_limit FROM sitq_tasks "
+            f"WHERE state = 1 AND lease_until <= ? AND queue IN ({marks})"
+        )
 
-        def claim(conn: sqlite3.Connection) -> list[Claim]:
+        def claim(conn: sqlite3.Connection) -> tuple[list[Claim], float, bool]:
             now = time.time()
             params = {"lease_until": now + lease, "worker": worker_id, "now": now}
-            rows: list[Any] = []
-            expired = conn.execute(
-                f"SELECT seq FROM sitq_tasks WHERE state = 1 AND lease_until <= ? "
-                f"AND queue IN ({marks}) LIMIT ?",
-                (now, *queues, limit),
-            ).fetchall()
-            if expired:
-                seqs = ",".join(str(r[0]) for r in expired)
-                rows += conn.execute(
-                    f"UPDATE sitq_tasks SET {_CLAIM_SET} WHERE seq IN ({seqs}) {_CLAIM_RETURNING}",
-                    params,
-                ).fetchall()
-            remaining = limit - len(rows)
+            keys = _KeyCounts(conn, now)
+            seqs: list[int] = []
+            cur = conn.execute(expired_sql, (now, *queues))
+            for seq, queue, key, cap in cur:
+                if keys.admit(queue, key, cap):
+                    seqs.append(seq)
+                    if len(seqs) == limit:
+                        break
+            cur.close()
+            remaining = limit - len(seqs)
+            dropped: set[tuple[str, str]] = set()
             if remaining > 0:
                 due: list[Any] = []
+                keyed = False
                 for queue in queues:
-                    due += conn.execute(
-                        "SELECT priority, eta, seq FROM sitq_tasks INDEXED BY sitq_tasks_due "
-                        "WHERE state = 0 AND queue = ? "
-                        "AND eta <= ? ORDER BY priority DESC, eta, seq LIMIT ?",
-                        (queue, now, remaining),
-                    ).fetchall()
+                    due += conn.execute(_DUE, (queue, now, remaining)).fetchall()
+                    picks = keys.candidates(queue, remaining)
+                    if picks:
+                        due += picks
+                        keyed = True
                 if due:
-                    if len(queues) > 1:
+                    if keyed or len(queues) > 1:
                         due.sort(key=lambda r: (-r[0], r[1], r[2]))
+                        # A keyed pick left out here parked its key's other tasks on a count
+                        # that included it: put those back after the claim.
+                        dropped = {(r[3], r[4]) for r in due[remaining:] if len(r) > 3}
                         due = due[:remaining]
-                    seqs = ",".join(str(r[2]) for r in due)
-                    rows += conn.execute(
-                        f"UPDATE sitq_tasks SET {_CLAIM_SET} WHERE seq IN ({seqs}) "
-                        f"{_CLAIM_RETURNING}",
-                        params,
-                    ).fetchall()
+                    seqs += [r[2] for r in due]
+            rows: list[Any] = []
+            if seqs:
+                rows = conn.execute(
+                    f"UPDATE sitq_tasks SET {_CLAIM_SET} WHERE seq IN ({','.join(map(str, seqs))}) "
+                    f"{_CLAIM_RETURNING}",
+                    params,
+                ).fetchall()
+            for queue, key in dropped:
+                _unpark(conn, queue, key, now)
             rows.sort(key=lambda r: (-r[4], r[11], r[12]))
-            return [
+            claims = [
                 Claim(
                     task_id=r[0],
                     queue=r[1],
@@ -440,20 +637,34 @@ class SQLiteBackend(Backend):
                 )
                 for r in rows
             ]
+            return claims, now, keys.budget <= 0
 
-        return await self._run(lambda c: self._write(c, claim))
+        claims, now, unfinished = await self._run(lambda c: self._write(c, claim))
+        waited_on = tuple(queues)
+        if len(claims) < limit and not unfinished:
+            # Every task on these queues that was due and could run at ``now`` was handed out.
+            self._claimed_all_at[waited_on] = now
+        else:
+            self._claimed_all_at.pop(waited_on, None)
+        if unfinished:
+            # Parking a backlog stopped at its budget: the next claim must come at once.
+            self._signal_change()
+        return claims
 
     async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
         """Extend current claims in one transaction."""
 
         def extend(conn: sqlite3.Connection) -> list[LeaseState]:
-            until = time.time() + lease
+            # A keyed task's lapsed lease gave up its slot, which another task may hold now.
+            now = time.time()
+            until = now + lease
             states = []
             for ref in claims:
                 row = conn.execute(
                     "UPDATE sitq_tasks SET lease_until = ? WHERE id = ? AND fence = ? "
-                    "AND state = 1 RETURNING cancel_requested",
-                    (until, ref.task_id, ref.fencing_token),
+                    "AND state = 1 AND (concurrency_key IS NULL OR lease_until > ?) "
+                    "RETURNING cancel_requested",
+                    (until, ref.task_id, ref.fencing_token, now),
                 ).fetchone()
                 if row is None:
                     states.append(LeaseState.LOST)
@@ -464,45 +675,46 @@ class SQLiteBackend(Backend):
         return await self._run(lambda c: self._write(c, extend))
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """Apply fenced settlements in one transaction."""
-        fence = "WHERE id = ? AND fence = ? AND state = 1"
+        """Apply fenced settlements in one transaction. Settling a keyed task frees its slot:
+        parked tasks of its key become claimable in the same transaction."""
 
         def settle(conn: sqlite3.Connection) -> list[bool]:
             applied = []
+            freed: set[tuple[str, str]] = set()
             for s in settlements:
                 ref = s.claim
                 if isinstance(s, Finish):
-                    cur = conn.execute(
-                        "UPDATE sitq_tasks SET state = ?, value = ?, error = ?, traceback = ?, "
-                        "finished_at = ?, expires_at = ?, payload = NULL, worker_id = NULL, "
-                        f"lease_until = NULL {fence}",
-                        (
-                            _STATUS_TO_STATE[s.status],
-                            s.value,
-                            s.error,
-                            s.traceback,
-                            s.finished_at,
-                            s.expires_at,
-                            ref.task_id,
-                            ref.fencing_token,
-                        ),
+                    sql = _FINISH
+                    params: tuple[Any, ...] = (
+                        _STATUS_TO_STATE[s.status],
+                        s.value,
+                        s.error,
+                        s.traceback,
+                        s.finished_at,
+                        s.expires_at,
+                        ref.task_id,
+                        ref.fencing_token,
                     )
                 elif isinstance(s, Reschedule):
-                    cur = conn.execute(
-                        "UPDATE sitq_tasks SET state = 0, eta = ?, retries = retries + 1, "
-                        "error = ?, traceback = ?, worker_id = NULL, lease_until = NULL "
-                        f"{fence}",
-                        (s.eta, s.error, s.traceback, ref.task_id, ref.fencing_token),
-                    )
+                    sql = _RESCHEDULE
+                    params = (s.eta, s.error, s.traceback, ref.task_id, ref.fencing_token)
                 elif isinstance(s, Release):
-                    cur = conn.execute(
-                        "UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, "
-                        f"worker_id = NULL, lease_until = NULL {fence}",
-                        (ref.task_id, ref.fencing_token),
-                    )
+                    sql = _RELEASE
+                    params = (ref.task_id, ref.fencing_token)
                 else:  # pragma: no cover
                     raise TypeError(f"not a settlement: {s!r}")
-                applied.append(cur.rowcount == 1)
+                # Most tasks have no key: their statement stays as cheap as it ever was, and
+                # only a miss pays for reading back the key of the task it settles.
+                if conn.execute(sql + _UNKEYED, params).rowcount == 1:
+                    applied.append(True)
+                    continue
+                rows = conn.execute(sql + _KEYED, params).fetchall()
+                freed.update((queue, key) for queue, key in rows)
+                applied.append(bool(rows))
+            if freed:
+                now = time.time()
+                for queue, key in freed:
+                    _unpark(conn, queue, key, now)
             return applied
 
         return await self._run(lambda c: self._write(c, settle), wrote=True)
@@ -512,7 +724,8 @@ class SQLiteBackend(Backend):
 
         def cancel(conn: sqlite3.Connection) -> CancelOutcome:
             row = conn.execute(
-                "SELECT state, expires_at FROM sitq_tasks WHERE id = ?", (task_id,)
+                "SELECT state, expires_at, queue, concurrency_key FROM sitq_tasks WHERE id = ?",
+                (task_id,),
             ).fetchone()
             if row is None or (row[1] is not None and row[1] <= now):
                 return CancelOutcome.NOT_FOUND
@@ -523,6 +736,9 @@ class SQLiteBackend(Backend):
                     "finished_at = ?, expires_at = ? + result_ttl, payload = NULL WHERE id = ?",
                     (now, now, task_id),
                 )
+                if row[3] is not None:
+                    # It may have been the task a freed slot was waiting for.
+                    _unpark(conn, row[2], row[3], time.time())
                 return CancelOutcome.CANCELLED
             if state == _RUNNING:
                 conn.execute("UPDATE sitq_tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
@@ -579,15 +795,19 @@ class SQLiteBackend(Backend):
         """Wait for a commit, the next scheduled ETA or lease expiry, or ``timeout``."""
         changed = self._changes.since_claim()
         marks = ",".join("?" * len(queues))
+        # After a claim that took everything it could, a task due before it is waiting for its
+        # key (a settle will wake us) or for another queue: only later times end the wait.
+        since = self._claimed_all_at.get(tuple(queues), -math.inf)
 
         def next_due(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
                 "SELECT MIN(eta) FROM sitq_tasks INDEXED BY sitq_tasks_scheduled "
-                f"WHERE state = 0 AND queue IN ({marks})",
-                tuple(queues),
+                f"WHERE state = 0 AND queue IN ({marks}) AND eta > ?",
+                (*queues, since),
             ).fetchone()
             lease = conn.execute(
-                "SELECT MIN(lease_until) FROM sitq_tasks WHERE state = 1"
+                "SELECT MIN(lease_until) FROM sitq_tasks WHERE state = 1 AND lease_until > ?",
+                (since,),
             ).fetchone()
             times = [t for t in (row[0], lease[0]) if t is not None]
             return min(times) if times else None
@@ -602,7 +822,7 @@ class SQLiteBackend(Backend):
         await ChangeSignal.wait(changed, timeout)
 
     async def purge_expired(self, now: float, limit: int = 10_000) -> int:
-        """Delete expired results in one transaction."""
+        """Delete expired results (and locks whose TTL ran out) in one transaction."""
 
         def purge(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -610,6 +830,8 @@ class SQLiteBackend(Backend):
                 "WHERE expires_at <= ? LIMIT ?)",
                 (now, limit),
             )
+            # Locks whose holders died without releasing them.
+            conn.execute("DELETE FROM sitq_locks WHERE expires_at <= ?", (time.time(),))
             return cur.rowcount
 
         return await self._run(lambda c: self._write(c, purge))
@@ -629,3 +851,94 @@ class SQLiteBackend(Backend):
             )
 
         return await self._run(count)
+
+    # -- cron -------------------------------------------------------------------------------
+
+    async def put_cron(self, name: str, definition: bytes, start: float) -> None:
+        """Create the schedule with ``last_tick = start``, or replace its definition only."""
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO sitq_crons (name, definition, last_tick) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
+                (name, definition, start),
+            )
+
+        await self._run(lambda c: self._write(c, put))
+
+    async def delete_cron(self, name: str) -> bool:
+        """Remove the schedule; ``True`` if it existed."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM sitq_crons WHERE name = ?", (name,)).rowcount == 1
+
+        return await self._run(lambda c: self._write(c, delete))
+
+    async def list_crons(self) -> list[CronRecord]:
+        """Every schedule, sorted by name."""
+
+        def read(conn: sqlite3.Connection) -> list[CronRecord]:
+            rows = conn.execute("SELECT name, definition, last_tick FROM sitq_crons").fetchall()
+            return sorted(
+                (CronRecord(name=r[0], definition=bytes(r[1]), last_tick=r[2]) for r in rows),
+                key=lambda r: r.name,
+            )
+
+        return await self._run(read)
+
+    async def advance_cron(self, name: str, expected: float, tick: float) -> bool:
+        """Compare-and-set ``last_tick`` in one write transaction."""
+
+        def advance(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE sitq_crons SET last_tick = ? WHERE name = ? AND last_tick = ?",
+                (tick, name, expected),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(lambda c: self._write(c, advance))
+
+    # -- locks ------------------------------------------------------------------------------
+    # One row per held lock; the TTL runs on this machine's clock, which every process
+    # sharing the file reads.
+
+    async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Take the lock if it is free or its holder's TTL ran out."""
+
+        def acquire(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            cur = conn.execute(
+                "INSERT INTO sitq_locks (name, token, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET token = excluded.token, "
+                "expires_at = excluded.expires_at WHERE sitq_locks.expires_at <= ?",
+                (name, token, now + ttl, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(lambda c: self._write(c, acquire))
+
+    async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Extend the lock to ``now + ttl`` if ``token`` holds it and its TTL has not run out."""
+
+        def extend(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE sitq_locks SET expires_at = ? "
+                "WHERE name = ? AND token = ? AND expires_at > ?",
+                (now + ttl, name, token, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(lambda c: self._write(c, extend))
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Release the lock if ``token`` still holds it; another token's lock is left alone."""
+
+        def release(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "DELETE FROM sitq_locks WHERE name = ? AND token = ? RETURNING expires_at",
+                (name, token),
+            ).fetchone()
+            return row is not None and row[0] > time.time()
+
+        return await self._run(lambda c: self._write(c, release))
