@@ -14,11 +14,14 @@ from sitq._task import check_signature
 from sitq.backends import resolve_backend
 from sitq.backends.base import Backend
 from sitq.cron import MISFIRE_POLICIES, CronDefinition, CronExpression, CronInfo, check_cron_name
-from sitq.errors import ConfigurationError, TaskFailedError, TaskNotFound
+from sitq.errors import ConfigurationError, SerializationError, TaskFailedError, TaskNotFound
 from sitq.locks import Lock
 from sitq.models import CancelOutcome, NewTask, QueueStats, Result, TaskStatus
 from sitq.options import TaskOptions
 from sitq.serializers import PickleSerializer, Serializer
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+"""Bytes a serialized task call may take, unless ``TaskQueue(max_payload=...)`` says otherwise."""
 
 CallSpec = (
     tuple[Callable[..., Any], Sequence[Any]]
@@ -147,7 +150,8 @@ class TaskQueue(TaskOptionsView):
     """Enqueue calls and read their results.
 
     ``backend`` is a backend object, a URL, or ``None`` for ``SQLiteBackend("sitq.db")``;
-    ``serializer`` defaults to :class:`PickleSerializer`. Other keyword arguments are the
+    ``serializer`` defaults to :class:`PickleSerializer`. ``max_payload`` bounds the size of one
+    serialized call (bytes; :class:`SerializationError` at enqueue). Other keyword arguments are the
     default task options (``retry``, ``timeout``, ``priority``, ``result_ttl``, ...).
     """
 
@@ -157,8 +161,14 @@ class TaskQueue(TaskOptionsView):
         serializer: Serializer | None = None,
         *,
         queue: str = "default",
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
         **defaults: Any,
     ) -> None:
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1:
+            raise ConfigurationError(
+                f"max_payload must be a number of bytes >= 1, not {max_payload!r}"
+            )
+        self.max_payload = max_payload
         self.backend: Backend = resolve_backend(backend)
         self.serializer: Serializer = serializer if serializer is not None else PickleSerializer()
         if not isinstance(self.serializer, Serializer):
@@ -208,6 +218,13 @@ class TaskQueue(TaskOptionsView):
         if bad is not None:
             raise ConfigurationError(f"cannot enqueue: {bad}")
         payload = self.serializer.dumps_call(func, args, kwargs)
+        if len(payload) > self.max_payload:
+            raise SerializationError(
+                f"the task's payload is {len(payload):,} bytes, over max_payload="
+                f"{self.max_payload:,}: pass large data by reference (a file path, an object "
+                "store key) or raise TaskQueue(max_payload=...) (NATS servers also have a "
+                "max_payload, 1 MB by default)"
+            )
         return NewTask(
             id=opts.task_id or str(uuid.uuid4()),
             queue=opts.queue,

@@ -12,6 +12,7 @@ import pytest
 
 from sitq import (
     AsyncWorker,
+    ConfigurationError,
     JsonSerializer,
     PickleSerializer,
     ProcessWorker,
@@ -166,3 +167,18 @@ async def test_worker_with_a_secret_refuses_unsigned_payloads(
     assert result is not None and result.status == TaskStatus.FAILED
     assert "not signed" in (result.error or "")
     assert not marker.exists(), "the unsigned payload must never be unpickled"
+
+
+async def test_oversized_payload_is_refused_at_enqueue(queue: TaskQueue) -> None:
+    with pytest.raises(SerializationError, match="max_payload"):
+        await queue.enqueue(tasks.add, b"x" * (2 * 1024 * 1024), b"")
+    small = TaskQueue(queue.backend, max_payload=200)
+    with pytest.raises(SerializationError, match=r"over max_payload=200"):
+        await small.enqueue(tasks.add, "y" * 500, "")
+    with pytest.raises(SerializationError):
+        await small.add_cron("big", "* * * * *", tasks.add, args=("y" * 500, ""))
+    assert await queue.stats() == []
+    task_id = await small.enqueue(tasks.add, 1, 2)
+    assert await queue.get_status(task_id) is TaskStatus.PENDING
+    with pytest.raises(ConfigurationError, match="max_payload"):
+        TaskQueue(queue.backend, max_payload=0)
