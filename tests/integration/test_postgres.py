@@ -1,9 +1,12 @@
-"""PostgreSQL-only behaviour: concurrent migrations, transactional enqueue, a dropped listener."""
+"""PostgreSQL-only behaviour: concurrent migrations, transactional enqueue, a dropped listener,
+concurrency keys under contention between connections."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 
 from sitq import AsyncWorker, BackendError, PostgresBackend, TaskQueue, TaskStatus
+from sitq.models import Claim, ClaimRef, Finish, LeaseState, NewTask, Release
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, drop_postgres_schema, wait_until, with_query
 from tests.services import postgres_dsn, require
@@ -196,3 +200,341 @@ async def test_worker_recovers_when_every_connection_is_terminated(
         assert set(int(item) for item in lines[0::2]) == set(range(300))
     finally:
         await admin.close()
+
+
+# -- concurrency keys, cron storage, locks --------------------------------------------------
+
+
+def _new(
+    task_id: str,
+    queue: str = "q",
+    key: str | None = None,
+    limit: int | None = None,
+    priority: int = 0,
+    delay: float = 0.0,
+) -> NewTask:
+    now = time.time()
+    return NewTask(
+        id=task_id,
+        queue=queue,
+        payload=b"-",
+        options="{}",
+        priority=priority,
+        eta=now + delay,
+        enqueued_at=now,
+        result_ttl=60,
+        concurrency_key=key,
+        concurrency_limit=limit,
+    )
+
+
+def _done(claim: Claim) -> Finish:
+    now = time.time()
+    return Finish(
+        ClaimRef(claim.task_id, claim.fencing_token),
+        TaskStatus.SUCCESS,
+        None,
+        None,
+        None,
+        now,
+        now + 60,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _backends(url: str, n: int) -> AsyncIterator[list[PostgresBackend]]:
+    made = [PostgresBackend.from_url(url) for _ in range(n)]
+    try:
+        for backend in made:
+            await backend.connect()
+        yield made
+    finally:
+        for backend in made:
+            await backend.close()
+
+
+class _RunningMonitor:
+    """Samples, on a connection of its own, how many keyed tasks run under an unexpired lease
+    per (queue, key): each sample is one snapshot, so it sees the limit exactly as committed."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.peak: Counter[tuple[str, str]] = Counter()
+        self.samples = 0
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        conn = await asyncpg.connect(postgres_dsn())
+        try:
+            while not self._stop.is_set():
+                rows = await conn.fetch(
+                    f'SELECT queue, concurrency_key, count(*) AS n FROM "{self.schema}".tasks '
+                    "WHERE state = 1 AND concurrency_key IS NOT NULL "
+                    "AND lease_until > extract(epoch FROM clock_timestamp()) GROUP BY 1, 2"
+                )
+                for r in rows:
+                    key = (r["queue"], r["concurrency_key"])
+                    self.peak[key] = max(self.peak[key], r["n"])
+                self.samples += 1
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def _hammer(
+    backend: PostgresBackend,
+    queues: list[str],
+    name: str,
+    finished: set[str],
+    total: int,
+    running: Counter[tuple[str, str]],
+    peak: Counter[tuple[str, str]],
+    keys: dict[str, tuple[str, str]],
+    rng: random.Random,
+) -> None:
+    """Claim, hold briefly, settle (mostly finish, sometimes release) until all are done."""
+    while len(finished) < total:
+        claims = await backend.claim(queues, rng.randint(1, 4), name, 30)
+        held = [keys[c.task_id] for c in claims if c.task_id in keys]
+        # Counted from the claim's return to just before its settlement is sent: inside the
+        # interval in which the database counts it, so this can only under-count.
+        for k in held:
+            running[k] += 1
+            peak[k] = max(peak[k], running[k])
+        if claims:
+            await asyncio.sleep(rng.uniform(0, 0.004))  # the "work"
+        for k in held:
+            running[k] -= 1
+        settlements: list[Finish | Release] = []
+        for c in claims:
+            if rng.random() < 0.1:
+                settlements.append(Release(ClaimRef(c.task_id, c.fencing_token)))
+            else:
+                settlements.append(_done(c))
+        if settlements:
+            applied = await backend.settle(settlements)
+            assert all(applied)
+            finished.update(s.claim.task_id for s in settlements if isinstance(s, Finish))
+        else:
+            await backend.wait_for_work(queues, 0.5)
+
+
+async def test_eight_claimers_on_one_key_never_exceed_its_limit(pg_url: str) -> None:
+    """8 claimers on separate connections race for 200 tasks of one key (limit 3), settling as
+    they go; 40 unkeyed tasks are mixed in. The limit holds in every snapshot of the table."""
+    keyed = [_new(f"k{i}", key="tenant-7", limit=3) for i in range(200)]
+    plain = [_new(f"p{i}") for i in range(40)]
+    keys = {t.id: ("q", "tenant-7") for t in keyed}
+    monitor = _RunningMonitor(_schema(pg_url))
+    running: Counter[tuple[str, str]] = Counter()
+    peak: Counter[tuple[str, str]] = Counter()
+    finished: set[str] = set()
+    async with _backends(pg_url, 8) as clients:
+        await clients[0].enqueue(keyed[:100] + plain + keyed[100:])
+        watching = asyncio.create_task(monitor.run())
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        _hammer(
+                            b, ["q"], f"w{i}", finished, 240, running, peak, keys, random.Random(i)
+                        )
+                        for i, b in enumerate(clients)
+                    )
+                ),
+                timeout=120,
+            )
+        finally:
+            monitor.stop()
+            await watching
+        stats = {s.queue: s for s in await clients[0].stats(time.time())}["q"]
+    assert (stats.succeeded, stats.pending, stats.running) == (240, 0, 0)
+    assert monitor.samples > 0
+    assert monitor.peak[("q", "tenant-7")] <= 3
+    assert peak[("q", "tenant-7")] == 3, "the claimers did reach the limit"
+
+
+async def test_many_keys_on_two_queues_under_contention(pg_url: str) -> None:
+    """Claimers on two queues race for tasks of eight keys with different limits (the same key
+    names on both queues, counted apart) and random priorities: every per-queue limit holds,
+    every task finishes, and the key locks taken in a claim never deadlock."""
+    rng = random.Random(7)
+    limits = {f"key-{n}": 1 + n % 3 for n in range(8)}
+    tasks_: list[NewTask] = []
+    keys: dict[str, tuple[str, str]] = {}
+    for i in range(400):
+        queue = "a" if i % 2 else "b"
+        if i % 5 == 0:
+            tasks_.append(_new(f"t{i}", queue=queue, priority=rng.randint(0, 3)))
+            continue
+        key = rng.choice(sorted(limits))
+        tasks_.append(_new(f"t{i}", queue, key, limits[key], rng.randint(0, 3)))
+        keys[f"t{i}"] = (queue, key)
+    monitor = _RunningMonitor(_schema(pg_url))
+    running: Counter[tuple[str, str]] = Counter()
+    peak: Counter[tuple[str, str]] = Counter()
+    finished: set[str] = set()
+    async with _backends(pg_url, 6) as clients:
+        await clients[0].enqueue(tasks_)
+        watching = asyncio.create_task(monitor.run())
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        _hammer(
+                            b,
+                            ["a", "b"] if i % 2 else ["b", "a"],
+                            f"w{i}",
+                            finished,
+                            400,
+                            running,
+                            peak,
+                            keys,
+                            random.Random(i),
+                        )
+                        for i, b in enumerate(clients)
+                    )
+                ),
+                timeout=120,
+            )
+        finally:
+            monitor.stop()
+            await watching
+    assert len(finished) == 400
+    for (queue, key), n in {**monitor.peak, **peak}.items():
+        assert n <= limits[key], f"{queue}/{key} ran {n} at once, limit {limits[key]}"
+
+
+async def test_a_long_backlog_of_a_full_key_does_not_hide_other_keys(pg_url: str) -> None:
+    """More blocked tasks of a full key than a claim scans in order (it then visits each key
+    once): tasks of other keys and unkeyed ones behind them are still claimed at once."""
+    async with _backends(pg_url, 1) as (backend,):
+        await backend.enqueue([_new(f"hot{i}", key="hot", limit=1) for i in range(700)])
+        # "cold" is first in its key's order with a later ETA: its due task behind it counts.
+        await backend.enqueue(
+            [
+                _new("cold-later", key="cold", limit=1, priority=5, delay=3600),
+                _new("cold", key="cold", limit=1),
+                _new("plain"),
+            ]
+        )
+        (first,) = await backend.claim(["q"], 1, "w", 30)
+        assert first.task_id == "hot0"
+        claimed = await backend.claim(["q"], 5, "w", 30)
+        assert sorted(c.task_id for c in claimed) == ["cold", "plain"]
+        assert await backend.claim(["q"], 5, "w", 30) == []
+        assert await backend.settle([_done(first)]) == [True]
+        (nxt,) = await backend.claim(["q"], 5, "w", 30)
+        assert nxt.task_id == "hot1"
+
+
+async def test_an_expired_keyed_lease_cannot_be_extended(pg_url: str) -> None:
+    """Once a keyed task's lease has run out its slot is free for another task, so its old
+    worker may not revive the lease (an unkeyed task's lease may be, until reclaimed)."""
+    async with _backends(pg_url, 1) as (backend,):
+        await backend.enqueue([_new("keyed", key="k", limit=1), _new("plain")])
+        claims = await backend.claim(["q"], 5, "w", 0.3)
+        assert sorted(c.task_id for c in claims) == ["keyed", "plain"]
+        refs = [ClaimRef(c.task_id, c.fencing_token) for c in sorted(claims, key=_id)]
+
+        async with conn_batch(postgres_dsn()) as conn:
+
+            async def expired() -> bool:
+                return bool(
+                    await conn.fetchval(
+                        f"SELECT bool_and(lease_until <= extract(epoch FROM clock_timestamp())) "
+                        f'FROM "{_schema(pg_url)}".tasks'
+                    )
+                )
+
+            await wait_until(expired, timeout=10, message="both leases to run out")
+        assert await backend.extend_lease(refs[:1], 30) == [LeaseState.LOST]
+        assert await backend.extend_lease(refs[1:], 30) == [LeaseState.HELD]
+
+
+def _id(claim: Claim) -> str:
+    return claim.task_id
+
+
+async def test_schema_version_1_is_migrated_with_its_tasks(pg_url: str) -> None:
+    """A schema made by the first release (version 1, with a task in it) gains the cron, lock
+    and key tables and indexes on connect, and its task is still claimed."""
+    schema = _schema(pg_url)
+    from sitq.backends.postgres import _MIGRATIONS
+
+    async with conn_batch(postgres_dsn()) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE "{schema}".schema_version ('
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute(_MIGRATIONS[0].format(s=f'"{schema}"', schema=schema))
+        await conn.execute(f'INSERT INTO "{schema}".schema_version (version) VALUES (1)')
+        await conn.execute(
+            f'INSERT INTO "{schema}".tasks (id, queue, priority, payload, options, result_ttl) '
+            "VALUES ('old', 'q', 0, '\\x00', '{}', 60)"
+        )
+    async with _backends(pg_url, 1) as (backend,):
+        (claim,) = await backend.claim(["q"], 5, "w", 30)
+        assert claim.task_id == "old"
+        await backend.put_cron("c", b"d", 60.0)
+        assert await backend.acquire_lock("l", "t", 30)
+    async with conn_batch(postgres_dsn()) as conn:
+        versions = await conn.fetch(f'SELECT version FROM "{schema}".schema_version')
+    assert sorted(r["version"] for r in versions) == list(range(1, len(_MIGRATIONS) + 1))
+
+
+async def test_lock_ttl_uses_the_server_clock(pg_url: str) -> None:
+    """The lock row's expiry is the server's now() plus the TTL, whatever the client's clock."""
+    async with _backends(pg_url, 1) as (backend,):
+        assert await backend.acquire_lock("clock", "t", 100)
+        async with conn_batch(postgres_dsn()) as conn:
+            left = await conn.fetchval(
+                "SELECT extract(epoch FROM expires_at - now()) "
+                f'FROM "{_schema(pg_url)}".locks WHERE name = $1',
+                "clock",
+            )
+    assert 90 < left <= 100
+
+
+async def test_enqueueing_an_id_while_it_finishes_does_not_run_it_again(pg_url: str) -> None:
+    """An explicit id enqueued while that task's finish is committing (a cron tick enqueued by
+    a late worker) must see the result and store nothing, although its statement started
+    before the finish committed (it waits on the row the finish deletes)."""
+    schema = _schema(pg_url)
+    async with _backends(pg_url, 1) as (backend,):
+        await backend.enqueue([_new("tick")])
+        (claim,) = await backend.claim(["q"], 1, "w", 30)
+        async with conn_batch(postgres_dsn()) as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            # What settle's finish does, held open: the row leaves tasks with its result.
+            await conn.execute(
+                f'WITH m AS (DELETE FROM "{schema}".tasks WHERE id = $1 RETURNING *) '
+                f'INSERT INTO "{schema}".results (id, queue, status, attempts, enqueued_at, '
+                "eta, started_at, finished_at, expires_at) "
+                "SELECT id, queue, 2, attempts, enqueued_at, eta, started_at, "
+                "extract(epoch FROM now()), extract(epoch FROM now()) + 60 FROM m",
+                claim.task_id,
+            )
+            again = asyncio.create_task(backend.enqueue([_new("tick")]))
+
+            async def waiting() -> bool:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                        "AND wait_event_type = 'Lock'",
+                        f"sitq:{schema}",
+                    )
+                )
+
+            try:
+                await wait_until(waiting, message="the enqueue to wait for the finish")
+            finally:
+                await transaction.commit()
+            assert await again == [False]
+        snap = await backend.get_task("tick")
+        assert snap is not None and snap.status is TaskStatus.SUCCESS
+        assert await backend.claim(["q"], 1, "w", 30) == []
