@@ -1,6 +1,6 @@
 """Run sitq's benchmarks and print a markdown table; write the figures as JSON.
 
-    python -m benchmarks [--backend sqlite] [--runs 3] [--tasks 20000] [--json PATH]
+    python -m benchmarks [--backend sqlite] [--runs 3] [--tasks 20000] [--loop uvloop] [--json PATH]
 
 Workloads (medians over ``--runs`` runs, each on a fresh store):
 
@@ -34,6 +34,7 @@ from typing import Any
 from benchmarks import tasks
 from benchmarks.peers.sitq_peer import SitqNats, SitqPostgres, SitqRedis, SitqSqlite
 from sitq import TaskQueue
+from sitq._loop import run as run_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -221,12 +222,21 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the client and the worker processes (default asyncio)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
     )
     args = parser.parse_args()
+    os.environ["SITQ_LOOP"] = args.loop  # read by the worker processes
     results = {}
     for name in args.backend or list(STORES):
-        results[name] = asyncio.run(run_backend(name, args.runs, args.tasks, args.latency_samples))
+        results[name] = run_loop(
+            run_backend(name, args.runs, args.tasks, args.latency_samples), args.loop
+        )
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
@@ -234,12 +244,15 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "loop": args.loop,
         },
         "results": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
-    print(f"\n{report['date']}, {report['command']}, medians of {args.runs} runs\n")
+    print(
+        f"\n{report['date']}, {report['command']}, {args.loop} loop, medians of {args.runs} runs\n"
+    )
     print(table(results))
     print(f"\nfigures: {args.json}")
 

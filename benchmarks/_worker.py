@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from sitq import backend_from_url
+from sitq._loop import run
 from sitq.worker import WORKER_KINDS
 
 
@@ -27,4 +29,4 @@ async def main(url: str, kind: str, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])), os.environ.get("SITQ_LOOP", "asyncio"))

@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from sitq._loop import LOOPS, resolve_loop
+from sitq._loop import run as run_loop
 from sitq.backends import backend_from_url, redact_url
 from sitq.cron import CronInfo
 from sitq.errors import SitqError
@@ -133,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         "worker may, and each tick still runs once",
     )
     worker.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=os.environ.get("SITQ_LOOP", "auto"),
+        help="event loop: uvloop where installed (pip install 'sitq[uvloop]'), else asyncio "
+        "(env SITQ_LOOP; default auto)",
+    )
+    worker.add_argument(
         "--log-level",
         default=os.environ.get("SITQ_LOG_LEVEL", "INFO"),
         help="logging level (env SITQ_LOG_LEVEL)",
@@ -174,7 +183,8 @@ async def _run_worker(args: argparse.Namespace) -> None:
     )
     print(
         f"sitq {args.kind} worker {worker.worker_id} on {redact_url(backend.describe())}, "
-        f"queues {', '.join(worker.queues)}, concurrency {worker.concurrency}",
+        f"queues {', '.join(worker.queues)}, concurrency {worker.concurrency}, "
+        f"{resolve_loop(args.loop)} loop",
         file=sys.stderr,
         flush=True,
     )
@@ -235,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
             _import_modules(args.imports or _env_list("SITQ_IMPORTS"))
-            asyncio.run(_run_worker(args))
+            run_loop(_run_worker(args), args.loop)
         else:
             asyncio.run(_info(args))
     except SitqError as exc:
