@@ -75,6 +75,7 @@ import logging
 import math
 import re
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -127,6 +128,14 @@ _BLOCKED_MAX = 1.0
 """Longest back-off (seconds) before a task whose concurrency key is full is looked at again."""
 _CRON_INDEX = "_.crons"
 _MAX_PARKED = 1000
+_CLOCK_STEP = 1.0
+"""Seconds by which our clock must disagree with the steady clock to count as stepped."""
+_steady = (
+    functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+    if hasattr(time, "CLOCK_BOOTTIME")
+    else time.monotonic
+)
+"""A clock that no one sets, counting suspended time where the system has one (Linux)."""
 
 
 def _cron_key(name: str) -> str:
@@ -255,6 +264,8 @@ class _Delivery:
     rev: int = 0
     known: bool = False
     tries: int = 0
+    problem: str | None = None
+    """What was wrong with the record (repaired to be claimed and failed by the worker)."""
 
 
 @dataclass(slots=True)
@@ -319,6 +330,11 @@ class NATSBackend(Backend):
     (1, 3 or 5). ``ack_wait`` bounds how long a message fetched by a worker that died before
     claiming it stays hidden; leases themselves are per claim. Requires NATS Server 2.9+ with
     JetStream.
+
+    TLS: a server that requires TLS is always reached over TLS, verified against the system's
+    certificate authorities or ``tls_ca`` (a PEM file); ``tls_cert``/``tls_key`` present a client
+    certificate. With a ``tls://`` server URL (or ``tls_ca``), a server that does not use TLS is
+    refused instead of being used in plain text.
     """
 
     scheme = "nats"
@@ -333,6 +349,9 @@ class NATSBackend(Backend):
         connect_timeout: float = 5.0,
         ack_wait: float = 30.0,
         name: str = "sitq",
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self._nats = require("nats", "nats", "NATSBackend")
         if isinstance(servers, str):
@@ -362,6 +381,10 @@ class NATSBackend(Backend):
         self.connect_timeout = float(connect_timeout)
         self.ack_wait = float(ack_wait)
         self.client_name = name
+        self.tls_ca, self.tls_cert, self.tls_key = tls_ca, tls_cert, tls_key
+        self._tls_required = bool(tls_ca or tls_cert) or any(
+            s.lower().startswith("tls://") for s in servers
+        )
         self._kv_stream = f"KV_{stream}"
         self._kv_prefix = f"$KV.{stream}."
         self._subject_prefix = f"sitq.{stream}"
@@ -373,6 +396,8 @@ class NATSBackend(Backend):
         self._token = 0
         self._direct = True
         self._offset = 0.0
+        self._clock_mark = (time.time(), _steady())
+        self._remeasure: asyncio.Future[None] | None = None
         self._consumers: dict[str, _Consumer] = {}
         self._priorities: dict[str, set[int]] = {}
         self._refreshed: dict[str, float] = {}
@@ -402,19 +427,20 @@ class NATSBackend(Backend):
         ``name`` (the client name the server shows).
         """
         parts = urlsplit(url)
-        if parts.scheme.lower() != "nats":
-            raise ConfigurationError(f"not a nats:// URL: {_redact(url)}")
+        scheme = parts.scheme.lower()
+        if scheme not in ("nats", "tls"):
+            raise ConfigurationError(f"not a nats:// or tls:// URL: {_redact(url)}")
         netloc = parts.netloc
         auth = ""
         if "@" in netloc:
             auth, _, netloc = netloc.rpartition("@")
             auth += "@"
-        servers = [f"nats://{auth}{host.strip()}" for host in netloc.split(",") if host.strip()]
+        servers = [f"{scheme}://{auth}{host.strip()}" for host in netloc.split(",") if host.strip()]
         options: dict[str, Any] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key == "server":
-                servers.append(value if "://" in value else f"nats://{value}")
-            elif key in ("stream", "name"):
+                servers.append(value if "://" in value else f"{scheme}://{value}")
+            elif key in ("stream", "name", "tls_ca", "tls_cert", "tls_key"):
                 options[key] = value
             elif key == "replicas":
                 try:
@@ -431,11 +457,21 @@ class NATSBackend(Backend):
             else:
                 raise ConfigurationError(
                     f"unknown option {key!r} in {_redact(url)}: NATS URLs take stream, replicas, "
-                    "server, request_timeout, connect_timeout, ack_wait and name"
+                    "server, request_timeout, connect_timeout, ack_wait, name, tls_ca, tls_cert "
+                    "and tls_key"
                 )
         if not servers:
             servers = ["nats://localhost:4222"]
         return cls(servers, **options)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"NATS TLS files cannot be loaded: {exc}") from exc
+        return context
 
     def describe(self) -> str:
         """The servers and the stream, without credentials."""
@@ -460,6 +496,8 @@ class NATSBackend(Backend):
             # Every subject sitq builds is made of validated parts (nats-py 2.10+).
             if "skip_subject_validation" in inspect.signature(self._nats.NATS.connect).parameters:
                 options["skip_subject_validation"] = True
+        if self.tls_ca or self.tls_cert:
+            options["tls"] = self._tls_context()
         try:
             # Reconnect for ever once connected (workers ride out a server restart); the first
             # connection gets connect_timeout in all.
@@ -480,6 +518,13 @@ class NATSBackend(Backend):
         except Exception as exc:
             reason = self._last_error or f"{type(exc).__name__}: {exc}"
             raise BackendError(f"cannot connect to NATS at {self.describe()}: {reason}") from exc
+        if self._tls_required and not getattr(nc, "_server_info", {}).get("tls_required"):
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise BackendError(
+                f"the NATS server at {self.describe()} does not use TLS, but TLS was asked for "
+                "(a tls:// URL or tls_ca): refusing to go on in plain text"
+            )
         self._nc = nc
         try:
             await self._setup(nc)
@@ -585,11 +630,30 @@ class NATSBackend(Backend):
             rtt, offset = best
             # Within the measurement's own uncertainty the clocks agree: keep ours exactly.
             self._offset = offset if abs(offset) > rtt + 0.005 else 0.0
+            self._clock_mark = (time.time(), _steady())
             if self._offset:
                 log.info("NATS server clock is %.3f s from ours; leases use the server's", offset)
 
+    async def _measure_clock_again(self) -> None:
+        try:
+            await self._measure_clock()
+        except Exception as exc:
+            log.warning("measuring the NATS server's clock again failed: %s", exc)
+
     def _now(self) -> float:
-        return time.time() + self._offset
+        now = time.time()
+        # Our clock may have been stepped since the offset was measured (NTP, by hand); the
+        # server's was not. A step shows against the steady clock: take it out at once, and
+        # measure the offset again (which also covers a steady clock that stood still).
+        wall, steady = self._clock_mark
+        step = (_steady() - steady) - (now - wall)
+        if abs(step) > _CLOCK_STEP:
+            self._offset += step
+            self._clock_mark = (now, _steady())
+            log.warning("our clock jumped by %.3f s; measuring the NATS server's again", -step)
+            if self._nc is not None and (self._remeasure is None or self._remeasure.done()):
+                self._remeasure = asyncio.ensure_future(self._measure_clock_again())
+        return now + self._offset
 
     async def close(self) -> None:
         """Give back prefetched messages, close the connection and wake every waiter."""
@@ -1296,7 +1360,8 @@ class NATSBackend(Backend):
             unknown = [
                 d
                 for d in todo
-                if not d.known and not (d.delivered == 1 and "rev" in d.head and d.tries == 0)
+                if not d.known
+                and not (d.delivered == 1 and type(d.head.get("rev")) is int and d.tries == 0)
             ]
             if unknown:
                 for d, got in zip(
@@ -1309,6 +1374,12 @@ class NATSBackend(Backend):
                 if not d.known:
                     rec = {k: v for k, v in d.head.items() if k not in ("o", "rev")}
                     d.rec, d.rev = rec, int(d.head["rev"])
+                if d.rec is not None:
+                    d.rec, d.problem = _checked(d.rec, d.head, now)
+                    if d.rec is None:
+                        log.error("task record %s cannot be read (%s); skipped", d.key, d.problem)
+                        await self._publish(d.msg.reply, b"+TERM")
+                        continue
                 if await self._decide(d, now):
                     due.append(d)
             chosen = await self._choose(due, need - len(claims), now, lease, admitted)
@@ -1559,6 +1630,7 @@ class NATSBackend(Backend):
             started_at=rec["st"],
             result_ttl=rec["ttl"],
             cancel_requested=bool(rec.get("c")),
+            corrupt=d.problem,
         )
 
     def _forget(self, key: tuple[str, int]) -> _Held | None:
@@ -2246,6 +2318,49 @@ class NATSBackend(Backend):
             c = counts.setdefault(queue, {})
             c[kind] = c.get(kind, 0) + 1
         return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
+
+
+_STATES = {s.value for s in TaskStatus}
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _checked(
+    rec: dict[str, Any], head: dict[str, Any], now: float
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A task record with every field a claim reads of the right type: ``(rec, None)`` as it
+    is, ``(repaired copy, what was wrong)`` for a damaged one (claimed, then failed by the
+    worker with that), or ``(None, why)`` when not even its state can be read."""
+    if rec.get("s") not in _STATES:
+        return None, f"its state is {rec.get('s')!r}"
+    head_id = str(head.get("id"))
+    checks: list[tuple[str, str, bool, Any]] = [
+        ("id", "id", rec.get("id") == head_id, head_id),
+        ("q", "queue", type(rec.get("q")) is str, str(head.get("q", "default"))),
+        ("p", "priority", type(rec.get("p")) is int, 0),
+        ("eta", "eta", _number(rec.get("eta")), now),
+        ("enq", "enqueued_at", _number(rec.get("enq")), now),
+        ("ttl", "result_ttl", _number(rec.get("ttl")) and rec.get("ttl", 0) > 0, 86_400.0),
+        ("a", "attempts", type(rec.get("a")) is int and rec.get("a", -1) >= 0, 0),
+        ("r", "retries", type(rec.get("r")) is int and rec.get("r", -1) >= 0, 0),
+        ("f", "fencing token", type(rec.get("f")) is int, 0),
+        ("lu", "lease", "lu" not in rec or _number(rec["lu"]), 0.0),
+        ("ck", "concurrency_key", rec.get("ck") is None or type(rec["ck"]) is str, None),
+        (
+            "cl",
+            "concurrency_limit",
+            rec.get("ck") is None or (type(rec.get("cl")) is int and rec.get("cl", 0) >= 1),
+            None,
+        ),
+    ]
+    problems = [f"{name} is {rec.get(field)!r}"[:80] for field, name, ok, _ in checks if not ok]
+    if not problems:
+        return rec, None
+    fixed = dict(rec)
+    fixed.update({field: default for field, _, ok, default in checks if not ok})
+    return fixed, "; ".join(problems)
 
 
 def _expired(rec: dict[str, Any], now: float) -> bool:
