@@ -30,8 +30,14 @@ _FINAL = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED}
 
 
 def to_datetime(ts: float | None) -> datetime | None:
-    """A POSIX timestamp as an aware UTC datetime (``None`` stays ``None``)."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+    """A POSIX timestamp as an aware UTC datetime (``None`` stays ``None``, and so does a value
+    that is not a timestamp, as a damaged record may hold)."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,9 @@ class Claim:
     started_at: float
     result_ttl: float
     cancel_requested: bool = False
+    corrupt: str | None = None
+    """Set by a backend that claimed a record it cannot read (fields missing or of the wrong
+    type): what is wrong with it. The engine fails such a task with this, without running it."""
 
 
 @dataclass(frozen=True, slots=True)

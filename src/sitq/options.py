@@ -185,15 +185,24 @@ def _parse_engine_options(text: str) -> EngineOptions:
     if not isinstance(data, dict):
         raise ValueError("task options are not a JSON object")
     version = data.get("v")
-    if version != 1:
+    if type(version) is not int or version != 1:
         raise ValueError(
             f"task options have format version {version!r}; this worker reads version 1 "
             "(upgrade the worker to the version of sitq that enqueued the task)"
         )
     retry = data.get("retry")
     timeout = data.get("timeout")
+    if timeout is not None and (
+        type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
+    ):
+        raise ValueError(f"task options: timeout must be a number of seconds > 0, not {timeout!r}")
+    max_deliveries = data.get("max_deliveries", DEFAULT_MAX_DELIVERIES)
+    if type(max_deliveries) is not int or max_deliveries < 1:
+        raise ValueError(
+            f"task options: max_deliveries must be an int >= 1, not {max_deliveries!r}"
+        )
     return EngineOptions(
         timeout=None if timeout is None else float(timeout),
         retry=NO_RETRY if retry is None else RetryPolicy.from_dict(retry),
-        max_deliveries=int(data.get("max_deliveries", DEFAULT_MAX_DELIVERIES)),
+        max_deliveries=max_deliveries,
     )

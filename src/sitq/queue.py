@@ -14,9 +14,16 @@ from sitq._task import check_signature
 from sitq.backends import resolve_backend
 from sitq.backends.base import Backend
 from sitq.cron import MISFIRE_POLICIES, CronDefinition, CronExpression, CronInfo, check_cron_name
-from sitq.errors import ConfigurationError, SerializationError, TaskFailedError, TaskNotFound
+from sitq.errors import (
+    BackendError,
+    ConfigurationError,
+    SerializationError,
+    SitqError,
+    TaskFailedError,
+    TaskNotFound,
+)
 from sitq.locks import Lock
-from sitq.models import CancelOutcome, NewTask, QueueStats, Result, TaskStatus
+from sitq.models import CancelOutcome, NewTask, QueueStats, Result, TaskSnapshot, TaskStatus
 from sitq.options import TaskOptions
 from sitq.serializers import PickleSerializer, Serializer
 
@@ -338,10 +345,7 @@ class TaskQueue(TaskOptionsView):
         """
         wait = _wait_seconds(timeout)
         await self.connect()
-        if wait > 0:
-            snap = await self.backend.wait_for_result(task_id, wait)
-        else:
-            snap = await self.backend.get_task(task_id)
+        snap = await self._read(task_id, wait)
         if snap is None:
             raise TaskNotFound(task_id)
         return Result.from_snapshot(snap) if snap.status.is_final else None
@@ -363,8 +367,23 @@ class TaskQueue(TaskOptionsView):
     async def get_status(self, task_id: str) -> TaskStatus | None:
         """The task's :class:`TaskStatus`, or ``None`` for an unknown id."""
         await self.connect()
-        snap = await self.backend.get_task(task_id)
+        snap = await self._read(task_id, 0.0)
         return None if snap is None else snap.status
+
+    async def _read(self, task_id: str, wait: float) -> TaskSnapshot | None:
+        """The task's snapshot; a stored record the backend cannot decode (damaged, or written
+        by something else) is a :class:`BackendError` naming the task."""
+        try:
+            if wait > 0:
+                return await self.backend.wait_for_result(task_id, wait)
+            return await self.backend.get_task(task_id)
+        except SitqError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(
+                f"the stored record of task {task_id!r} cannot be read ({type(exc).__name__}: "
+                f"{exc})"
+            ) from exc
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task: ``True`` if it was pending (now cancelled) or running (asked to

@@ -128,6 +128,15 @@ def _secret_keys(secret: bytes | str | Sequence[bytes | str] | None) -> tuple[by
     return keys
 
 
+def _payload_bytes(data: Any) -> bytes:
+    """``data`` as bytes; anything that is not bytes-like is refused, never converted."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise SerializationError(f"payload must be bytes, not {type(data).__name__}")
+
+
 def _as_list(items: Any) -> list[Any]:
     try:
         return list(items)
@@ -197,7 +206,7 @@ class PickleSerializer(Serializer):
 
     def loads(self, data: bytes) -> Any:
         """Unpickle bytes made by ``dumps`` (after checking the signature, with a secret)."""
-        body = self._open(bytes(data))
+        body = self._open(_payload_bytes(data))
         try:
             return pickle.loads(body)
         except Exception as exc:
@@ -286,7 +295,7 @@ class JsonSerializer(Serializer):
     def loads(self, data: bytes) -> Any:
         """Decode JSON bytes."""
         try:
-            return json.loads(data)
+            return json.loads(_payload_bytes(data))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"payload is not valid JSON ({exc})") from exc
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -37,7 +38,7 @@ from sitq.models import (
     Settlement,
     TaskStatus,
 )
-from sitq.options import check_queue_name, parse_engine_options
+from sitq.options import DEFAULT_RESULT_TTL, check_queue_name, parse_engine_options
 from sitq.serializers import PickleSerializer, Serializer
 
 log = logging.getLogger("sitq.worker")
@@ -304,7 +305,8 @@ class Worker:
                 failures = 0
             except Exception as exc:  # a backend bug must not stop the worker either
                 failures += 1
-                delay = min(self.poll_interval * 2 ** min(failures, 6), 30.0)
+                # Capped low: after an outage, work resumes within a few seconds of the store.
+                delay = min(self.poll_interval * 2 ** min(failures - 1, 6), 5.0)
                 log.warning("claim failed (%s); retrying in %.1f s", exc, delay)
                 await self._idle(delay, wait_for_work=False)
                 continue
@@ -369,6 +371,11 @@ class Worker:
 
     async def _attempt(self, held: _Held) -> Settlement | None:
         claim = held.claim
+        problem = _unreadable(claim)
+        if problem is not None:
+            self.counters["failed"] += 1
+            error = f"the stored task record is unreadable: {problem}"
+            return self._finish(held, TaskStatus.FAILED, None, error, None)
         try:
             opts = parse_engine_options(claim.options)
         except Exception as exc:
@@ -421,7 +428,10 @@ class Worker:
         traceback: str | None,
     ) -> Finish:
         now = time.time()
-        return Finish(held.ref, status, value, error, traceback, now, now + held.claim.result_ttl)
+        ttl = held.claim.result_ttl
+        if _unreadable_ttl(ttl):
+            ttl = DEFAULT_RESULT_TTL
+        return Finish(held.ref, status, value, error, traceback, now, now + ttl)
 
     def _forget(self, held: _Held) -> None:
         if self._held.get(held.claim.task_id) is held:
@@ -495,6 +505,37 @@ class Worker:
             except Exception as exc:
                 log.warning("purging expired results failed: %s", exc)
             await asyncio.sleep(PURGE_INTERVAL)
+
+
+def _unreadable_ttl(ttl: object) -> bool:
+    return isinstance(ttl, bool) or not (isinstance(ttl, int | float) and 0 < ttl < math.inf)
+
+
+def _unreadable(claim: Claim) -> str | None:
+    """What makes a claimed record unusable (fields of the wrong type, as a damaged store can
+    hand out), or ``None``: such a task is failed with this, never run on guessed values."""
+    if claim.corrupt is not None:
+        return claim.corrupt
+    if not isinstance(claim.payload, bytes | bytearray | memoryview):
+        return f"payload is {_shown(claim.payload)}, not bytes"
+    if not isinstance(claim.options, str):
+        return f"options is {_shown(claim.options)}, not text"
+    for name in ("priority", "attempts", "retries"):
+        value = getattr(claim, name)
+        if type(value) is not int:
+            return f"{name} is {_shown(value)}, not an integer"
+    if claim.attempts < 1 or claim.retries < 0:
+        return f"attempts is {claim.attempts} and retries {claim.retries}, which no claim makes"
+    if type(claim.enqueued_at) not in (int, float) or not math.isfinite(claim.enqueued_at):
+        return f"enqueued_at is {_shown(claim.enqueued_at)}, not a timestamp"
+    if _unreadable_ttl(claim.result_ttl):
+        return f"result_ttl is {_shown(claim.result_ttl)}, not a number of seconds > 0"
+    return None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _error_line(outcome: Outcome) -> str:

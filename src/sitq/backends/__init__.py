@@ -4,6 +4,7 @@ so that the core install needs no server driver."""
 from __future__ import annotations
 
 import importlib
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -36,6 +37,7 @@ _SCHEMES: dict[str, tuple[str, str]] = {
     "redis": ("sitq.backends.redis", "RedisBackend"),
     "rediss": ("sitq.backends.redis", "RedisBackend"),
     "nats": ("sitq.backends.nats", "NATSBackend"),
+    "tls": ("sitq.backends.nats", "NATSBackend"),
 }
 
 
@@ -74,7 +76,7 @@ def backend_from_url(url: str) -> Backend:
         )
     try:
         parts = urlsplit(url)
-        if parts.scheme.lower() != "nats":  # nats://h1:4222,h2:4222 lists several servers
+        if parts.scheme.lower() not in ("nats", "tls"):  # nats://h1:4222,h2:4222: several
             parts.port  # noqa: B018 - validates the port
     except ValueError as exc:
         raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
@@ -106,16 +108,35 @@ def backend_from_url(url: str) -> Backend:
     return _load(*_SCHEMES[scheme]).from_url(url)  # type: ignore[no-any-return]
 
 
+_SECRET_PARAM = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
+    """The URL with any password replaced by ``***``: in the user info, in query parameters
+    that carry one (``?password=``, ``?sslpassword=``, ``?token=``...), and a NATS URL's user
+    info without a password (a token)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
+        password = parts.password
     except ValueError:
         return "<unparsable URL>"
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc
+    if password is None and "@" in netloc and parts.scheme.lower() in ("nats", "tls"):
+        netloc = "***@" + netloc.rpartition("@")[2]
+    elif password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = parts.query
+    if _SECRET_PARAM.search(query):
+        query = "&".join(_redact_param(p) for p in query.split("&"))
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _redact_param(param: str) -> str:
+    name, sep, _ = param.partition("=")
+    return f"{name}=***" if sep and _SECRET_PARAM.search(unquote(name)) else param
 
 
 def resolve_backend(backend: Backend | str | None) -> Backend:

@@ -117,6 +117,13 @@ local function now_s()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000, t
 end
 local function rank(pri, eta, seq, id)
+  -- A damaged record's priority or ETA (missing, not a number) must not stop the script: it
+  -- ranks as 0 and its claim reports the field (see `take`).
+  pri = tonumber(pri)
+  if not pri or pri ~= pri or pri > 2147483647 or pri < -2147483648 then pri = 0 end
+  eta = tonumber(eta) or 0
+  if eta ~= eta then eta = 0 end
+  pri = math.floor(pri)
   local us = math.floor(eta * 1000000)
   if us < 0 then us = 0 end
   if us > 9007199254740991 then us = 9007199254740991 end
@@ -143,7 +150,7 @@ local function promote(now)
     redis.call('ZREM', KEYS[2], id)
     local tk = ARGV[1] .. id
     local h = redis.call('HMGET', tk, 'st', 'pri', 'eta')
-    if h[1] == '0' then requeue(tk, id, tonumber(h[2]), tonumber(h[3]), now) end
+    if h[1] == '0' then requeue(tk, id, tonumber(h[2]), tonumber(h[3]) or now, now) end
   end
 end
 local function next_due()
@@ -276,8 +283,8 @@ if #record > 0 then
       out[#out + 1] = id
       out[#out + 1] = h[4]
       out[#out + 1] = h[5]
-      out[#out + 1] = table.concat({h[2], h[3], h[6], h[7] or '0', h[8], h[9], h[10] or '0',
-                                    h[11]}, ' ')
+      out[#out + 1] = table.concat({h[2], h[3], h[6] or '?', h[7] or '0', h[8] or '?',
+                                    h[9] or '?', h[10] or '0', h[11] or '?'}, ' ')
     end
   end
   out[3] = next_due()
@@ -289,8 +296,21 @@ local lease_until = now + tonumber(ARGV[3])
 local n = 0
 local parked = 0
 local function take(id, tk, ck)
-  local fence = redis.call('HINCRBY', tk, 'fence', 1)
-  local att = redis.call('HINCRBY', tk, 'att', 1)
+  -- A fencing token or attempt count that is not an integer (a damaged record) would fail
+  -- HINCRBY and end the script halfway: replace it (a token far above any earlier claim's)
+  -- and mark it with '?' so that the worker fails the task.
+  local fence = redis.pcall('HINCRBY', tk, 'fence', 1)
+  local mark = ''
+  if type(fence) == 'table' then
+    fence = string.format('%d', 1000000000 + redis.call('INCR', KEYS[4]))
+    redis.call('HSET', tk, 'fence', fence)
+    mark = '?'
+  end
+  local att = redis.pcall('HINCRBY', tk, 'att', 1)
+  if type(att) == 'table' then
+    att = '?'
+    redis.call('HSET', tk, 'att', 1)
+  end
   redis.call('HSET', tk, 'st', 1, 'lu', lease_until, 'wid', ARGV[4], 'sa', now)
   redis.call('HDEL', tk, 'rk')
   redis.call('ZADD', KEYS[3], lease_until, id)
@@ -300,8 +320,8 @@ local function take(id, tk, ck)
   out[#out + 1] = id
   out[#out + 1] = h[1]
   out[#out + 1] = h[2]
-  out[#out + 1] = table.concat({fence, att, h[3], h[4] or '0', h[5], h[6], h[7] or '0', h[8]},
-                               ' ')
+  out[#out + 1] = table.concat({mark .. fence, att, h[3] or '?', h[4] or '0', h[5] or '?',
+                                h[6] or '?', h[7] or '0', h[8] or '?'}, ' ')
   n = n + 1
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
@@ -794,7 +814,70 @@ def _text(value: Any) -> str | None:
 
 
 def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    return None if value is None else _stamp(value)
+
+
+def _stamp(value: Any) -> float:
+    """A stored timestamp; NaN where a damaged record holds something else."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+_CLAIM_FIELDS: tuple[tuple[str, Callable[[bytes], float]], ...] = (
+    ("attempts", int),
+    ("priority", int),
+    ("retries", int),
+    ("enqueued_at", float),
+    ("result_ttl", float),
+    ("cancel", float),
+    ("eta", float),
+)
+
+
+def _unreadable_claim(task_id: str, queue: str, raw: Sequence[Any], now: float) -> Claim:
+    """The claim of a task whose hash the claim script found damaged (a field missing, not a
+    number, or a fencing token it had to replace, marked ``?``), naming what is wrong, so that
+    the worker fails that task instead of the whole claim failing."""
+    payload, options, fields = raw
+    tokens = bytes(fields).split(b" ")
+    problems = []
+    if tokens[0].startswith(b"?"):
+        problems.append("the fencing token was not an integer")
+    fence = int(tokens[0].lstrip(b"?"))  # the script always hands out an integer token
+    if len(tokens) != 8:
+        problems.append("its fields cannot be read")
+    values = tokens[1:] if len(tokens) == 8 else []
+    for (name, kind), text in zip(_CLAIM_FIELDS, values, strict=False):
+        try:
+            kind(text)
+        except ValueError:
+            shown = "missing or not a number" if text == b"?" else f"{text!r}, not a number"
+            problems.append(f"{name} is {shown}")
+    if payload is None:
+        problems.append("the payload is missing")
+    if options is None:
+        problems.append("the options are missing")
+    else:
+        try:
+            bytes(options).decode()
+        except UnicodeDecodeError:
+            problems.append("the options are not text")
+    return Claim(
+        task_id=task_id,
+        queue=queue,
+        payload=b"" if payload is None else bytes(payload),
+        options="",
+        priority=0,
+        fencing_token=fence,
+        attempts=1,
+        retries=0,
+        enqueued_at=math.nan,
+        started_at=now,
+        result_ttl=math.nan,
+        corrupt="; ".join(problems) or "its fields cannot be read",
+    )
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -1010,6 +1093,12 @@ class RedisBackend(Backend):
                     await client.ping()
                 for src in _SCRIPTS.values():
                     await client.script_load(src)
+        except TypeError as exc:  # an unknown URL parameter reaches the connection class
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            raise ConfigurationError(
+                f"invalid Redis settings for {self.describe()}: {exc}"
+            ) from exc
         except self._errors() as exc:
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -1595,11 +1684,9 @@ class RedisBackend(Backend):
                 parked = True
             for j in range(4, len(reply), 4):
                 task_id = reply[j].decode()
-                fence, att, pri, ret, enq, ttl, cancel, eta = reply[j + 3].split()
-                etas[task_id] = float(eta)
-                self._remember(task_id, queue)
-                claims.append(
-                    Claim(
+                try:
+                    fence, att, pri, ret, enq, ttl, cancel, eta = reply[j + 3].split()
+                    claim = Claim(
                         task_id=task_id,
                         queue=queue,
                         payload=reply[j + 1],
@@ -1613,7 +1700,12 @@ class RedisBackend(Backend):
                         result_ttl=float(ttl),
                         cancel_requested=cancel == b"1",
                     )
-                )
+                    etas[task_id] = float(eta)
+                except (ValueError, AttributeError, UnicodeDecodeError):
+                    claim = _unreadable_claim(task_id, queue, reply[j + 1 : j + 4], now)
+                    etas[task_id] = 0.0
+                self._remember(task_id, queue)
+                claims.append(claim)
         if hint:
             self._due_hint = (tuple(counts), time.monotonic() + due_at)
         return claims, etas, parked
@@ -1735,6 +1827,11 @@ class RedisBackend(Backend):
         for indices, reply in zip(groups.values(), replies, strict=True):
             for i, flag in zip(indices, bytes(reply), strict=True):
                 applied[i] = flag == 49  # b"1"
+        for s in settlements:
+            if isinstance(s, Finish):
+                # A worker has no more use for the queue of a task it finished: without this,
+                # every worker would hold the ids of its last 100,000 tasks (tens of MB).
+                self._hints.pop(s.claim.task_id, None)
         return applied
 
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
@@ -1805,8 +1902,8 @@ class RedisBackend(Backend):
             queue=queue,
             status=_CODE_STATUS[bytes(row[0])],
             attempts=int(row[1] or 0),
-            enqueued_at=float(row[2]),
-            eta=float(row[3]),
+            enqueued_at=_stamp(row[2]),
+            eta=_stamp(row[3]),
             started_at=_float(row[4]),
             finished_at=_float(row[5]),
             value=None if row[6] is None else bytes(row[6]),

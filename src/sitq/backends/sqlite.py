@@ -218,6 +218,8 @@ class _KeyCounts:
         """True, and count it, if a task with this key and limit may start now."""
         if key is None or cap is None:
             return True
+        if type(cap) is not int:
+            cap = 1  # a damaged row's unreadable limit counts as the strictest one
         n = self.counts.get((queue, key))
         if n is None:
             n = self.conn.execute(_KEY_RUNNING, (queue, key, self.now)).fetchone()[0]
@@ -259,6 +261,14 @@ class _KeyCounts:
                 self.budget -= parked.rowcount
             if len(picked) == want or seen < size or self.budget <= 0:
                 return picked
+
+
+def _claim_order(priority: Any, eta: Any, seq: int) -> tuple[int, int, float, int]:
+    """The claim order of a row; a row whose priority or ETA is not a number (a damaged
+    record, which the worker then fails as unreadable) comes first instead of breaking it."""
+    if type(priority) is not int or type(eta) not in (int, float):
+        return (0, 0, 0.0, seq)
+    return (1, -priority, eta, seq)
 
 
 def _unpark(conn: sqlite3.Connection, queue: str, key: str, now: float) -> None:
@@ -604,7 +614,7 @@ class SQLiteBackend(Backend):
                         keyed = True
                 if due:
                     if keyed or len(queues) > 1:
-                        due.sort(key=lambda r: (-r[0], r[1], r[2]))
+                        due.sort(key=lambda r: _claim_order(r[0], r[1], r[2]))
                         # A keyed pick left out here parked its key's other tasks on a count
                         # that included it: put those back after the claim.
                         dropped = {(r[3], r[4]) for r in due[remaining:] if len(r) > 3}
@@ -619,7 +629,7 @@ class SQLiteBackend(Backend):
                 ).fetchall()
             for queue, key in dropped:
                 _unpark(conn, queue, key, now)
-            rows.sort(key=lambda r: (-r[4], r[11], r[12]))
+            rows.sort(key=lambda r: _claim_order(r[4], r[11], r[12]))
             claims = [
                 Claim(
                     task_id=r[0],
@@ -848,6 +858,7 @@ class SQLiteBackend(Backend):
             return stats_from_counts(
                 (queue, stats_kind(_STATE_TO_STATUS[state], bool(future)), n)
                 for queue, state, future, n in rows
+                if state in _STATE_TO_STATUS  # a damaged row with an unknown state is left out
             )
 
         return await self._run(count)
