@@ -452,7 +452,17 @@ class Worker:
                     await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
     async def _settle_batch(self) -> bool:
-        batch, self._pending = self._pending, []
+        # One settlement per task per call: after a lost lease this worker may hold an outcome
+        # of its old claim and one of its new claim of the same task; the later one waits for
+        # the next call (where fencing refuses whichever is stale).
+        batch: list[tuple[_Held, Settlement]] = []
+        later: list[tuple[_Held, Settlement]] = []
+        seen: set[str] = set()
+        for item in self._pending:
+            task_id = item[1].claim.task_id
+            (later if task_id in seen else batch).append(item)
+            seen.add(task_id)
+        self._pending = later
         try:
             applied = await self.backend.settle([s for _, s in batch])
         except Exception as exc:

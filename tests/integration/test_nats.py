@@ -247,11 +247,39 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]
                     interval=0.2,
                     message=f"JetStream at {url} (a meta leader elected)",
                 )
+            # A meta leader can answer before it sees every peer as current; replicated
+            # streams are placeable only once it does.
+            await wait_until(
+                lambda: _replicas_placeable(urls[0]),
+                timeout=60,
+                interval=0.2,
+                message="a stream with 3 replicas to be placeable",
+            )
 
         asyncio.run(ready())
         yield urls
     finally:
         servers.kill_all()
+
+
+async def _replicas_placeable(url: str) -> bool:
+    """Whether a throwaway stream with 3 replicas can be created (and is removed again)."""
+    import nats
+
+    try:
+        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+    except Exception:
+        return False
+    try:
+        js = nc.jetstream(timeout=2)
+        name = "PROBE" + uuid.uuid4().hex[:8].upper()
+        await js.add_stream(name=name, subjects=[name.lower() + ".>"], num_replicas=3)
+        await js.delete_stream(name)
+        return True
+    except Exception:
+        return False
+    finally:
+        await nc.close()
 
 
 def _cluster_url(urls: list[str], first: int = 0) -> str:

@@ -107,7 +107,8 @@ class Backend(abc.ABC):
 
         Each settlement applies only if its fencing token is the task's current claim and the
         task is running; the returned list says which applied. A finished task keeps its result
-        until ``expires_at``; a finished task's payload may be dropped. Settling a task that has
+        until ``expires_at``; a finished task's payload may be dropped. One call never holds two
+        settlements of the same task. Settling a task that has
         a concurrency key frees its slot: workers waiting for work on its queue are woken.
         """
 
