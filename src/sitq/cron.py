@@ -30,6 +30,7 @@ from croniter import croniter
 
 from sitq.errors import ConfigurationError
 from sitq.models import CronRecord, NewTask, to_datetime
+from sitq.options import check_name
 
 if TYPE_CHECKING:
     from sitq.backends.base import Backend
@@ -51,16 +52,7 @@ _DEFINITION_VERSION = 1
 
 def check_cron_name(name: Any, what: str = "cron name") -> str:
     """A valid schedule or lock name: 1-255 printable characters without whitespace."""
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name) <= 255
-        or not name.isprintable()
-        or any(c.isspace() for c in name)
-    ):
-        raise ConfigurationError(
-            f"{what} {name!r} is not valid: use 1-255 printable characters without spaces"
-        )
-    return name
+    return check_name(name, f"{what} {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,18 +44,24 @@ def check_queue_name(name: Any, what: str = "queue") -> str:
     return name
 
 
-def check_task_id(task_id: Any) -> str:
-    """A valid explicit task id: 1-255 printable characters without whitespace."""
+def check_name(value: Any, label: str) -> str:
+    """A valid task id, cron name or lock name: 1-255 printable characters without whitespace
+    (every backend encodes such names as its store needs). ``label`` names it in the error."""
     if (
-        not isinstance(task_id, str)
-        or not 1 <= len(task_id) <= 255
-        or not task_id.isprintable()
-        or any(c.isspace() for c in task_id)
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 255
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
     ):
         raise ConfigurationError(
-            f"task_id={task_id!r} is not valid: use 1-255 printable characters without spaces"
+            f"{label} is not valid: use 1-255 printable characters without spaces"
         )
-    return task_id
+    return value
+
+
+def check_task_id(task_id: Any) -> str:
+    """A valid explicit task id: 1-255 printable characters without whitespace."""
+    return check_name(task_id, f"task_id={task_id!r}")
 
 
 def _seconds(name: str, value: Any, *, allow_none: bool) -> float | None:

@@ -98,7 +98,9 @@ class Backend(abc.ABC):
     async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
         """Extend each current claim's lease to ``now + lease``; report per claim what it found.
 
-        A claim whose token is no longer current is ``LOST`` and is not extended.
+        A claim whose token is no longer current is ``LOST`` and is not extended; so is a claim
+        of a task with a concurrency key whose lease has already run out (its slot may belong to
+        another task by now, and reviving it would exceed the key's limit).
         """
 
     @abc.abstractmethod
