@@ -2,10 +2,12 @@
 
 Every option can also come from an environment variable: ``SITQ_URL``, ``SITQ_KIND``,
 ``SITQ_CONCURRENCY``, ``SITQ_QUEUES`` (comma-separated), ``SITQ_IMPORTS`` (comma-separated),
-``SITQ_SERIALIZER``, ``SITQ_LEASE``, ``SITQ_SHUTDOWN_TIMEOUT``, ``SITQ_POLL_INTERVAL`` and
-``SITQ_LOG_LEVEL``. A flag given on the command line wins over the environment.
-``SITQ_SECRET`` (comma-separated keys, the first signs) makes the pickle serializer sign and
-verify payloads; it has no flag, since a command line is visible to every user of the machine.
+``SITQ_SERIALIZER``, ``SITQ_LEASE``, ``SITQ_SHUTDOWN_TIMEOUT``, ``SITQ_POLL_INTERVAL``,
+``SITQ_CONNECT_TIMEOUT`` and ``SITQ_LOG_LEVEL``. A flag given on the command line wins over the
+environment.
+``SITQ_SECRET`` (comma-separated keys, the first signs) makes the serializer (pickle or json)
+sign and verify payloads; it has no flag, since a command line is visible to every user of the
+machine. ``SITQ_JSON_MODULES`` (comma-separated) is the json serializer's allow-list of modules.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sitq._loop import run as run_loop
 from sitq.backends import backend_from_url, redact_url
 from sitq.cron import CronInfo
 from sitq.errors import SitqError
-from sitq.serializers import PickleSerializer, Serializer, serializer_from_name
+from sitq.serializers import Serializer, serializer_from_name
 from sitq.worker import WORKER_KINDS
 
 
@@ -44,11 +46,10 @@ def _env_float(name: str, default: float) -> float:
 
 
 def _serializer(name: str) -> Serializer:
-    secret = os.environ.get("SITQ_SECRET")
-    if secret and name == "pickle":
-        # Comma-separated keys: the first signs, all verify. Never a flag: argv is visible.
-        return PickleSerializer(secret=[key.strip() for key in secret.split(",") if key.strip()])
-    return serializer_from_name(name)
+    # Comma-separated keys: the first signs, all verify. Never a flag: argv is visible.
+    keys = _env_list("SITQ_SECRET")
+    modules = _env_list("SITQ_JSON_MODULES")
+    return serializer_from_name(name, secret=keys or None, modules=modules or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         "worker may, and each tick still runs once",
     )
     worker.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=_env_float("SITQ_CONNECT_TIMEOUT", -1.0),
+        metavar="SECONDS",
+        help="while the backend is unreachable, retry connecting for this long, then exit "
+        "(env SITQ_CONNECT_TIMEOUT; default: retry until it is up; 0 tries once)",
+    )
+    worker.add_argument(
         "--loop",
         choices=LOOPS,
         default=os.environ.get("SITQ_LOOP", "auto"),
@@ -188,7 +197,7 @@ async def _run_worker(args: argparse.Namespace) -> None:
         file=sys.stderr,
         flush=True,
     )
-    await worker.run()
+    await worker.run(connect_timeout=None if args.connect_timeout < 0 else args.connect_timeout)
 
 
 async def _info(args: argparse.Namespace) -> None:

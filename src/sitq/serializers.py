@@ -16,7 +16,7 @@ import json
 import pickle
 import sys
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import cloudpickle
@@ -115,14 +115,16 @@ _SIGNED = b"sitq-hmac1:"
 _MAC_SIZE = hashlib.sha256().digest_size
 
 
-def _secret_keys(secret: bytes | str | Sequence[bytes | str] | None) -> tuple[bytes, ...]:
+def _secret_keys(
+    secret: bytes | str | Sequence[bytes | str] | None, owner: str
+) -> tuple[bytes, ...]:
     if secret is None:
         return ()
     items = [secret] if isinstance(secret, bytes | str) else secret
     keys = tuple(k.encode() if isinstance(k, str) else k for k in _as_list(items))
     if not keys or not all(isinstance(k, bytes) and len(k) >= 16 for k in keys):
         raise ConfigurationError(
-            "PickleSerializer(secret=...) takes a key of at least 16 bytes, or a list of them "
+            f"{owner}(secret=...) takes a key of at least 16 bytes, or a list of them "
             "(the first signs, all verify); make one with secrets.token_bytes(32)"
         )
     return keys
@@ -144,7 +146,53 @@ def _as_list(items: Any) -> list[Any]:
         return [None]
 
 
-class PickleSerializer(Serializer):
+class _SigningSerializer(Serializer):
+    """A serializer that signs what it writes when it has a secret (HMAC-SHA256, key rotation).
+
+    A signed payload is ``sitq-hmac1:`` + the HMAC-SHA256 of the body + the body. With a secret,
+    ``_open`` refuses a payload that is unsigned or whose signature matches none of the keys,
+    before anything reads the body; without one, it strips a signature unchecked.
+    """
+
+    #: What a refused payload is spared, for the error message.
+    _refusal = "reading it"
+
+    def __init__(self, secret: bytes | str | Sequence[bytes | str] | None) -> None:
+        self._keys = _secret_keys(secret, type(self).__name__)
+
+    @property
+    def signed(self) -> bool:
+        """True if this serializer signs and verifies payloads."""
+        return bool(self._keys)
+
+    def _seal(self, data: bytes) -> bytes:
+        if not self._keys:
+            return data
+        return _SIGNED + hmac.new(self._keys[0], data, hashlib.sha256).digest() + data
+
+    def _open(self, payload: Any) -> bytes:
+        data = _payload_bytes(payload)
+        signed = data.startswith(_SIGNED)
+        body = data[len(_SIGNED) + _MAC_SIZE :] if signed else data
+        if not self._keys:
+            return body
+        if not signed:
+            raise SerializationError(
+                f"payload is not signed, refused without {self._refusal}: this "
+                f"{type(self).__name__} has a secret and reads only payloads signed with one of "
+                "its keys"
+            )
+        mac = data[len(_SIGNED) : len(_SIGNED) + _MAC_SIZE]
+        for key in self._keys:
+            if hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+                return body
+        raise SerializationError(
+            f"payload signature matches none of this serializer's keys, refused without "
+            f"{self._refusal}: the payload was altered or signed with another secret"
+        )
+
+
+class PickleSerializer(_SigningSerializer):
     """cloudpickle: carries closures, lambdas and functions defined in ``__main__`` by value.
 
     Unpickling runs code: anyone who can write to the backend can run code in the workers. With
@@ -154,6 +202,7 @@ class PickleSerializer(Serializer):
     """
 
     name = "pickle"
+    _refusal = "unpickling it"
 
     def __init__(
         self,
@@ -166,36 +215,7 @@ class PickleSerializer(Serializer):
                 f"PickleSerializer(protocol={protocol}): use 2..{pickle.HIGHEST_PROTOCOL}"
             )
         self.protocol = protocol
-        self._keys = _secret_keys(secret)
-
-    @property
-    def signed(self) -> bool:
-        """True if this serializer signs and verifies payloads."""
-        return bool(self._keys)
-
-    def _seal(self, data: bytes) -> bytes:
-        if not self._keys:
-            return data
-        return _SIGNED + hmac.new(self._keys[0], data, hashlib.sha256).digest() + data
-
-    def _open(self, data: bytes) -> bytes:
-        signed = data.startswith(_SIGNED)
-        body = data[len(_SIGNED) + _MAC_SIZE :] if signed else data
-        if not self._keys:
-            return body
-        if not signed:
-            raise SerializationError(
-                "payload is not signed, refused without unpickling it: this PickleSerializer "
-                "has a secret and reads only payloads signed with one of its keys"
-            )
-        mac = data[len(_SIGNED) : len(_SIGNED) + _MAC_SIZE]
-        for key in self._keys:
-            if hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
-                return body
-        raise SerializationError(
-            "payload signature matches none of this serializer's keys, refused without "
-            "unpickling it: the payload was altered or signed with another secret"
-        )
+        super().__init__(secret)
 
     def dumps(self, obj: Any) -> bytes:
         """Pickle ``obj`` with cloudpickle (and sign it when there is a secret)."""
@@ -206,7 +226,7 @@ class PickleSerializer(Serializer):
 
     def loads(self, data: bytes) -> Any:
         """Unpickle bytes made by ``dumps`` (after checking the signature, with a secret)."""
-        body = self._open(_payload_bytes(data))
+        body = self._open(data)
         try:
             return pickle.loads(body)
         except Exception as exc:
@@ -277,25 +297,79 @@ def _check_json(value: Any, path: str, parents: frozenset[int] = frozenset()) ->
     raise SerializationError(_json_default_path(value, path))
 
 
-class JsonSerializer(Serializer):
+def _module_list(modules: Iterable[str] | str | None) -> tuple[str, ...] | None:
+    if modules is None:
+        return None
+    items = [modules] if isinstance(modules, str) else _as_list(modules)
+    if not items or not all(
+        isinstance(m, str) and m and all(part.isidentifier() for part in m.split("."))
+        for m in items
+    ):
+        raise ConfigurationError(
+            f"JsonSerializer(modules={modules!r}): give dotted module names, e.g. "
+            "modules=('myapp.tasks',), or None to allow any importable function"
+        )
+    return tuple(items)
+
+
+class JsonSerializer(_SigningSerializer):
     """Standard-library JSON. The task function travels as its import path ``module:qualname``,
     so it must be a module-level function importable by the worker; tuples come back as lists.
+
+    JSON unpickles nothing, but a worker imports and calls the function a payload names. Without
+    ``secret`` or ``modules`` that is *any* importable callable, ``os:system`` included, so
+    anyone who can write to the backend can run code in the workers. Two guards, together or
+    alone:
+
+    * ``secret=``: payloads and results are signed with HMAC-SHA256 as by
+      :class:`PickleSerializer` (a list of keys rotates them: the first signs, every key
+      verifies); a serializer with a secret refuses a payload that is unsigned or altered before
+      decoding it.
+    * ``modules=``: the dotted names of the modules whose functions may be called, e.g.
+      ``("myapp.tasks", "myapp.jobs")``; a name also covers its submodules (``myapp.tasks``
+      allows ``myapp.tasks.mail``, not ``myapp.tasksx``). Enqueueing any other function fails
+      with :class:`SerializationError`; a worker refuses a payload naming another module before
+      importing anything, and one whose name resolves to a callable defined elsewhere (a
+      ``from os import system`` in an allowed module) before calling it.
     """
 
     name = "json"
+    _refusal = "decoding it"
+
+    def __init__(
+        self,
+        *,
+        secret: bytes | str | Sequence[bytes | str] | None = None,
+        modules: Iterable[str] | str | None = None,
+    ) -> None:
+        super().__init__(secret)
+        #: The modules whose functions may be called, or ``None`` for any module.
+        self.modules = _module_list(modules)
+
+    def _allows(self, module: object) -> bool:
+        if self.modules is None:
+            return True
+        return isinstance(module, str) and any(
+            module == allowed or module.startswith(allowed + ".") for allowed in self.modules
+        )
+
+    def _allowed_names(self) -> str:
+        return ", ".join(self.modules or ())
 
     def dumps(self, obj: Any) -> bytes:
-        """Encode ``obj`` as compact UTF-8 JSON."""
+        """Encode ``obj`` as compact UTF-8 JSON (signed when there is a secret)."""
         try:
-            return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+            data = json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             _check_json(obj, "value")
             raise SerializationError(f"value cannot be encoded as JSON: {exc}") from exc
+        return self._seal(data)
 
     def loads(self, data: bytes) -> Any:
-        """Decode JSON bytes."""
+        """Decode JSON bytes (after checking the signature, with a secret)."""
+        body = self._open(data)
         try:
-            return json.loads(_payload_bytes(data))
+            return json.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"payload is not valid JSON ({exc})") from exc
 
@@ -305,6 +379,12 @@ class JsonSerializer(Serializer):
         """Encode a call as ``{"f": "module:qualname", "a": [...], "k": {...}}``."""
         path = function_path(func)
         module, _, qualname = path.partition(":")
+        if not self._allows(module):
+            raise SerializationError(
+                f"JsonSerializer: {path} is not in the modules this serializer allows "
+                f"({self._allowed_names()}): add its module to modules=..., or enqueue a "
+                "function of an allowed module"
+            )
         if "<lambda>" in qualname or "<locals>" in qualname or module == "__main__":
             raise SerializationError(
                 f"JsonSerializer carries a task function by its import path, and {path} cannot "
@@ -324,23 +404,49 @@ class JsonSerializer(Serializer):
         return self.dumps({"f": path, "a": list(args), "k": dict(kwargs)})
 
     def loads_call(self, data: bytes) -> TaskCall:
-        """Decode a call and import its function."""
+        """Decode a call and import its function (only from the allowed modules, if any)."""
         obj = self.loads(data)
         if not isinstance(obj, dict) or not {"f", "a", "k"} <= obj.keys():
             raise SerializationError("payload is not a JSON task call {f, a, k}")
         path, args, kwargs = obj["f"], obj["a"], obj["k"]
         if not isinstance(path, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
             raise SerializationError("JSON task call has wrong types for f, a or k")
+        if not self._allows(path.partition(":")[0]):
+            raise SerializationError(
+                f"{path!r} is not in the modules this JsonSerializer allows "
+                f"({self._allowed_names()}): refused without importing it"
+            )
         func = import_path(path)
         if not callable(func):
             raise SerializationError(f"{path} is not callable")
+        defined_in = getattr(func, "__module__", None)
+        if not self._allows(defined_in):
+            raise SerializationError(
+                f"{path!r} is a callable of module {defined_in!r}, which is not in the modules "
+                f"this JsonSerializer allows ({self._allowed_names()}): refused without calling it"
+            )
         return func, tuple(args), kwargs
 
+    def __repr__(self) -> str:
+        shown = f"modules={self.modules!r}" if self.modules is not None else ""
+        return f"JsonSerializer({shown})"
 
-def serializer_from_name(name: str) -> Serializer:
-    """``"pickle"`` or ``"json"`` as a serializer (for the command line)."""
+
+def serializer_from_name(
+    name: str,
+    *,
+    secret: bytes | str | Sequence[bytes | str] | None = None,
+    modules: Iterable[str] | None = None,
+) -> Serializer:
+    """``"pickle"`` or ``"json"`` as a serializer (for the command line), signing with
+    ``secret`` if given; ``modules`` is the allow-list of :class:`JsonSerializer`."""
     if name == "pickle":
-        return PickleSerializer()
+        if modules is not None:
+            raise ConfigurationError(
+                "an allow-list of modules applies to the json serializer only: pickle carries "
+                "code by value (use a secret to protect it)"
+            )
+        return PickleSerializer(secret=secret)
     if name == "json":
-        return JsonSerializer()
+        return JsonSerializer(secret=secret, modules=modules)
     raise ConfigurationError(f"unknown serializer {name!r}: use 'pickle' or 'json'")

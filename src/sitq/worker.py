@@ -23,10 +23,10 @@ from types import TracebackType
 from typing import Self
 
 from sitq._task import Outcome
-from sitq.backends import resolve_backend
+from sitq.backends import redact_url, resolve_backend
 from sitq.backends.base import Backend
 from sitq.cron import CronDriver
-from sitq.errors import ConfigurationError
+from sitq.errors import BackendError, ConfigurationError
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
 from sitq.models import (
     Claim,
@@ -45,6 +45,8 @@ log = logging.getLogger("sitq.worker")
 
 PURGE_INTERVAL = 30.0
 """Seconds between sweeps for expired results (SPEC §2.7: removed within a minute)."""
+CONNECT_RETRY_MAX = 5.0
+"""Longest wait (seconds) between attempts to connect an unreachable backend in ``run()``."""
 
 
 @dataclass(slots=True, eq=False)
@@ -235,26 +237,86 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settle_progress.wait(), remaining)
 
-    async def run(self) -> None:
-        """Run until :meth:`stop` is called or the process gets SIGINT/SIGTERM.
+    async def run(self, *, connect_timeout: float | None = None) -> None:
+        """Connect, work until :meth:`stop` is called or the process gets SIGINT/SIGTERM.
 
-        The first signal stops gracefully; a second SIGINT stops at once, leaving running tasks
-        to come back when their leases run out.
+        While the backend is unreachable, connecting is retried with back-off (0.1 s doubling
+        to 5 s), one log line per attempt, for ever or until ``connect_timeout`` seconds have
+        passed (then the last :class:`BackendError` is raised; ``0`` tries once). A signal
+        meanwhile stops at once. Once working, the first signal stops gracefully; a second
+        SIGINT stops at once, leaving running tasks to come back when their leases run out.
         """
-        await self.start()
+        if connect_timeout is not None and not connect_timeout >= 0:
+            raise ConfigurationError(f"connect_timeout must be >= 0, not {connect_timeout!r}")
         loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+
+        def interrupt(sig: signal.Signals) -> None:
+            log.warning("%s: stopping before the worker started", sig.name)
+            interrupted.set()
+
         installed: list[signal.Signals] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
+                loop.add_signal_handler(sig, interrupt, sig)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         try:
+            if not await self._connect_retrying(connect_timeout, interrupted):
+                return
+            await self.start()
+            if interrupted.is_set():
+                await self.stop()
+                return
+            for sig in installed:
+                loop.add_signal_handler(sig, self._on_signal, sig)
             await self._stopped.wait()
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+    async def _connect_retrying(self, timeout: float | None, interrupted: asyncio.Event) -> bool:
+        """Connect the backend (if it is not), retrying with capped back-off; False if
+        ``interrupted`` was set first (then nothing is left connected)."""
+        if self.backend.connected:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.1
+        while not interrupted.is_set():
+            attempt = asyncio.ensure_future(self.backend.connect())
+            stop = asyncio.ensure_future(interrupted.wait())
+            try:
+                await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await attempt
+                break
+            try:
+                attempt.result()
+            except BackendError as exc:
+                left = math.inf if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                wait = min(delay, left)
+                where = redact_url(self.backend.describe())
+                error = str(exc) if where in str(exc) else f"at {where}: {exc}"
+                log.warning("backend unreachable (%s); retrying in %.1f s", error, wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(interrupted.wait(), wait)
+                delay = min(delay * 2, CONNECT_RETRY_MAX)
+                continue
+            if not interrupted.is_set():
+                self._owns_connection = True
+                return True
+            break
+        # Interrupted: undo whatever a connection attempt cut short may have opened.
+        with contextlib.suppress(Exception):
+            await self.backend.close()
+        return False
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1

@@ -34,7 +34,7 @@ from tests.conftest import (
     wait_until,
     with_query,
 )
-from tests.faults.servers import OwnServer, own_server
+from tests.servers import OwnServer, own_server
 
 #: The lease of every worker in the suite: short, so that lost tasks come back quickly.
 LEASE = 2.0

@@ -45,8 +45,7 @@ from tests.faults.conftest import (
     stop_workers,
     wait_started,
 )
-from tests.faults.proxy import TcpProxy
-from tests.faults.servers import OwnServer
+from tests.servers import OwnServer, TcpProxy
 
 WORKERS = 4
 #: Tasks per drain, but for the SIGKILL case.
@@ -118,7 +117,7 @@ async def test_connections_cut_and_restored_mid_drain(
     report: Report,
 ) -> None:
     """The workers reach the shared server only through a TCP proxy that the test runs
-    (``proxy.py``); the test's own client connects directly. A quarter of the way through the
+    (``TcpProxy``); the test's own client connects directly. A quarter of the way through the
     drain the proxy resets every connection (normal, listening and pub/sub ones alike) and
     refuses new ones for 3 s, longer than the lease, then accepts again. The workers reconnect
     by themselves; leases that ran out meanwhile are taken over, and the late outcomes of their
@@ -294,7 +293,7 @@ async def test_clock_jumps_on_workers_mid_drain(
 async def test_server_crash_and_restart_mid_drain(
     started_server: OwnServer, worker_processes: WorkerProcesses, log_dir: Path, report: Report
 ) -> None:
-    """The test's own server on a free loopback port (``servers.py``): Redis with ``appendfsync
+    """The test's own server on a free loopback port (``OwnServer``): Redis with ``appendfsync
     always`` (killed with SIGKILL), NATS JetStream with its file store (SIGKILL), PostgreSQL in a
     throwaway cluster (an immediate stop, which skips the checkpoint, so that the start recovers
     from the WAL as after a crash). A quarter of the way through the drain the server is crashed

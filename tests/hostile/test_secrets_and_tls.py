@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import traceback
@@ -40,7 +38,8 @@ from sitq import AsyncWorker, BackendError, TaskQueue, TaskStatus, backend_from_
 from sitq.backends import redact_url
 from tests.conformance import tasks
 from tests.conftest import REPO, WorkerProcesses, with_query
-from tests.services import in_ci, nats_url, postgres_dsn, require
+from tests.servers import binary, free_port
+from tests.services import nats_url, postgres_dsn, require
 
 SECRET = "Zq9-s3cr3t-Pw"
 
@@ -79,12 +78,6 @@ def test_redact_url_never_shows_a_password(
 # -- errors, repr and logs of a failed connection -----------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 URLS = {
     "postgres": "postgresql://app:{pw}@127.0.0.1:{port}/db?connect_timeout=2",
     "postgres-query": "postgresql://app@127.0.0.1:{port}/db?password={pw}&connect_timeout=2",
@@ -107,7 +100,7 @@ async def test_a_password_never_shows_when_the_connection_fails(
     name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    url = URLS[name].format(pw=SECRET, port=_closed_port())
+    url = URLS[name].format(pw=SECRET, port=free_port())
     backend = backend_from_url(url)
     queue = TaskQueue(backend)
     shown = [backend.describe(), repr(backend), str(backend), repr(queue)]
@@ -136,28 +129,28 @@ def _sitq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("name", ["postgres", "redis-query", "nats-token"])
 def test_sitq_info_and_worker_errors_never_show_the_password(name: str) -> None:
-    url = URLS[name].format(pw=SECRET, port=_closed_port())
+    url = URLS[name].format(pw=SECRET, port=free_port())
     info = _sitq("info", url)
-    worker = _sitq("worker", url, "--log-level", "DEBUG", "--import", "tests.conformance.tasks")
+    worker = _sitq(
+        "worker",
+        url,
+        "--log-level",
+        "DEBUG",
+        "--import",
+        "tests.conformance.tasks",
+        "--connect-timeout",
+        "2",
+    )
     for run in (info, worker):
         assert run.returncode == 2, run
         assert "sitq: cannot connect" in run.stderr
         assert SECRET not in run.stdout + run.stderr
+    # The worker retried until --connect-timeout, saying so each time, with the URL redacted.
+    assert "backend unreachable (cannot connect" in worker.stderr, worker.stderr
+    assert "; retrying in " in worker.stderr and "***" in worker.stderr
 
 
 # -- the same against servers that accept the password ------------------------------------------
-
-
-def _binary(name: str) -> str:
-    found = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        message = f"{name} is not installed"
-        if in_ci():
-            pytest.fail(f"{message}; CI is set, so this is a failure", pytrace=False)
-        pytest.skip(message)
-    return found
 
 
 @dataclass
@@ -208,7 +201,7 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
-            _binary("openssl"),
+            binary("openssl"),
             "req",
             "-x509",
             "-newkey",
@@ -238,9 +231,9 @@ async def own_redis(tmp_path: Path, certificate: tuple[Path, Path]) -> AsyncIter
     """``redis-server`` with a password, on a plain port (``.port``) and a TLS port
     (``.tls_port``)."""
     cert, key = certificate
-    plain, tls = _closed_port(), _closed_port()
+    plain, tls = free_port(), free_port()
     args = [
-        _binary("redis-server"),
+        binary("redis-server"),
         "--bind",
         "127.0.0.1",
         "--port",
@@ -275,10 +268,10 @@ async def own_redis(tmp_path: Path, certificate: tuple[Path, Path]) -> AsyncIter
 async def own_tls_nats(tmp_path: Path, certificate: tuple[Path, Path]) -> AsyncIterator[Server]:
     """``nats-server`` with JetStream that requires TLS."""
     cert, key = certificate
-    port = _closed_port()
+    port = free_port()
     store = tmp_path / "jetstream"
     args = [
-        _binary("nats-server"),
+        binary("nats-server"),
         "-a",
         "127.0.0.1",
         "-p",

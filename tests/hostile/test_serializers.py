@@ -87,8 +87,9 @@ SERIALIZERS = [
     PickleSerializer(secret=KEY),
     PickleSerializer(secret=[KEY, OLD]),
     JsonSerializer(),
+    JsonSerializer(secret=[KEY, OLD], modules=("tests.conformance",)),
 ]
-IDS = ["pickle", "pickle-signed", "pickle-rotating", "json"]
+IDS = ["pickle", "pickle-signed", "pickle-rotating", "json", "json-signed-allow-list"]
 
 
 @pytest.mark.parametrize("serializer", SERIALIZERS, ids=IDS)
@@ -174,6 +175,7 @@ def test_signed_serializer_never_unpickles_altered_bytes(
     assert [label] == UNPICKLED
 
 
+@pytest.mark.parametrize("kind", [PickleSerializer, JsonSerializer])
 @SETTINGS
 @given(
     keys=st.lists(st.binary(min_size=16, max_size=48), min_size=1, max_size=4, unique=True),
@@ -183,19 +185,21 @@ def test_signed_serializer_never_unpickles_altered_bytes(
         max_leaves=10,
     ),
 )
-def test_key_rotation_first_key_signs_every_key_verifies(keys: list[bytes], value: Any) -> None:
-    rotating = PickleSerializer(secret=keys)
+def test_key_rotation_first_key_signs_every_key_verifies(
+    kind: type[PickleSerializer | JsonSerializer], keys: list[bytes], value: Any
+) -> None:
+    rotating = kind(secret=keys)
     signed = rotating.dumps(value)
-    assert PickleSerializer(secret=keys[0]).loads(signed) == value
+    assert kind(secret=keys[0]).loads(signed) == value
     for key in keys:
-        assert rotating.loads(PickleSerializer(secret=key).dumps(value)) == value
+        assert rotating.loads(kind(secret=key).dumps(value)) == value
     outsider = b"z" * 40
     assume(outsider not in keys)
     with pytest.raises(SerializationError, match="matches none"):
-        rotating.loads(PickleSerializer(secret=outsider).dumps(value))
+        rotating.loads(kind(secret=outsider).dumps(value))
     if len(keys) > 1:
         with pytest.raises(SerializationError, match="matches none"):
-            PickleSerializer(secret=keys[1:]).loads(signed)
+            kind(secret=keys[1:]).loads(signed)
 
 
 JSON_VALUES = st.recursive(

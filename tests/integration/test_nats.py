@@ -4,13 +4,7 @@ replicated streams, URLs, odd task ids, connection errors, and many workers star
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -36,6 +30,7 @@ from tests import services
 from tests.backend_nats import delete_nats_stream, unique_stream
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
+from tests.servers import NatsServers, free_port, free_ports, jetstream_ready, nats_server
 
 pytest.importorskip("nats")
 
@@ -46,90 +41,11 @@ async def slow_record_item(log_dir: str, label: str, item: int, seconds: float) 
     return tasks.record_item(log_dir, label, item)
 
 
-def _nats_server() -> str:
-    """The nats-server binary; skips (fails when CI is set) where it is not installed."""
-    found = shutil.which("nats-server") or (
-        "/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK) else None
-    )
-    if found is None:
-        message = "nats-server is not installed (apt-get install nats-server)"
-        if services.in_ci():
-            pytest.fail(f"{message}; CI is set, so this is a failure", pytrace=False)
-        pytest.skip(message)
-    return found
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class NatsServers:
-    """nats-server processes started by one test; all killed at teardown."""
-
-    def __init__(self, binary: str, root: Path) -> None:
-        self.binary = binary
-        self.root = root
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.args: dict[str, list[str]] = {}
-
-    def start(self, name: str, args: list[str]) -> None:
-        self.args[name] = args
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            [self.binary, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-
-    def stop(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs[name]
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
-
-    def restart(self, name: str) -> None:
-        self.stop(name)
-        self.start(name, self.args[name])
-
-    def kill_all(self) -> None:
-        for name in self.procs:
-            self.stop(name)
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-
 @pytest.fixture
 def nats_servers(tmp_path: Path) -> Iterator[NatsServers]:
-    servers = NatsServers(_nats_server(), tmp_path)
+    servers = NatsServers(nats_server(), tmp_path)
     yield servers
     servers.kill_all()
-
-
-async def _jetstream_ready(url: str) -> bool:
-    """Whether JetStream answers (in a cluster: a meta leader has been elected)."""
-    import nats
-
-    try:
-        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
-    except Exception:
-        return False
-    try:
-        reply = await nc.request("$JS.API.INFO", b"", timeout=1)
-        return "error" not in json.loads(reply.data)
-    except Exception:
-        return False
-    finally:
-        await nc.close()
 
 
 # -- a server restart -------------------------------------------------------------------------
@@ -140,13 +56,13 @@ async def test_worker_keeps_going_across_a_server_restart(
 ) -> None:
     """The server is killed and started again on the same store while a worker process runs
     tasks: every task ends with exactly one result, and the worker keeps going."""
-    (port,) = _free_ports(1)
+    port = free_port()
     store = tmp_path / "store"
     nats_servers.start(
         "n1", ["-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port), "-n", "restart"]
     )
     server_url = f"nats://127.0.0.1:{port}"
-    await wait_until(lambda: _jetstream_ready(server_url), message="JetStream to start")
+    await wait_until(lambda: jetstream_ready(server_url), message="JetStream to start")
     url = f"{server_url}?stream={unique_stream()}"
     total = 240
     async with TaskQueue(url) as queue:
@@ -165,7 +81,7 @@ async def test_worker_keeps_going_across_a_server_restart(
         nats_servers.restart("n1")
         during = executed()
         # The client and the worker both reconnect; the worker finishes what it held.
-        await wait_until(lambda: _jetstream_ready(server_url), message="JetStream to restart")
+        await wait_until(lambda: jetstream_ready(server_url), message="JetStream to restart")
         results = {}
         for task_id in ids:
             results[task_id] = await _result_despite_reconnect(queue, task_id)
@@ -209,10 +125,10 @@ async def _result_despite_reconnect(queue: TaskQueue, task_id: str) -> Result:
 @pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """Three clustered nats-server processes with JetStream; yields their client URLs."""
-    binary = _nats_server()
+    binary = nats_server()
     root = tmp_path_factory.mktemp("nats-cluster")
     servers = NatsServers(binary, root)
-    ports = _free_ports(6)
+    ports = free_ports(6)
     clients, routes = ports[:3], ports[3:]
     try:
         for i in range(3):
@@ -242,7 +158,7 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]
         async def ready() -> None:
             for url in urls:
                 await wait_until(
-                    lambda u=url: _jetstream_ready(u),
+                    lambda u=url: jetstream_ready(u),
                     timeout=60,
                     interval=0.2,
                     message=f"JetStream at {url} (a meta leader elected)",
@@ -443,7 +359,7 @@ async def test_ids_that_are_not_valid_keys(nats_url: str) -> None:
 
 
 async def test_connection_errors_are_backend_errors() -> None:
-    (port,) = _free_ports(1)
+    port = free_port()
     backend = NATSBackend(f"nats://127.0.0.1:{port}", connect_timeout=1)
     with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
         await backend.connect()
@@ -454,11 +370,11 @@ async def test_connection_errors_are_backend_errors() -> None:
 async def test_lost_connection_is_a_backend_error_then_recovers(
     nats_servers: NatsServers, tmp_path: Path
 ) -> None:
-    (port,) = _free_ports(1)
+    port = free_port()
     args = ["-js", "-sd", str(tmp_path / "s"), "-a", "127.0.0.1", "-p", str(port)]
     nats_servers.start("n1", args)
     server_url = f"nats://127.0.0.1:{port}"
-    await wait_until(lambda: _jetstream_ready(server_url), message="JetStream to start")
+    await wait_until(lambda: jetstream_ready(server_url), message="JetStream to start")
     async with TaskQueue(f"{server_url}?stream=LOST&request_timeout=2") as queue:
         task_id = await queue.enqueue(tasks.add, 1, 1)
         nats_servers.stop("n1")

@@ -8,12 +8,8 @@ server is never restarted, flushed or has its clients killed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -37,101 +33,10 @@ from sitq import (
 from sitq.models import Claim, ClaimRef, Finish, LeaseState, Release, Reschedule
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
-from tests.services import in_ci
+from tests.servers import RedisProcess, free_port, redis_server
 
 redis = pytest.importorskip("redis")
 from sitq.backends.redis import RedisBackend  # noqa: E402
-
-
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt-get install redis-server)"
-        if in_ci():
-            pytest.fail(f"{message}; CI is set, so this is a failure", pytrace=False)
-        pytest.skip(message)
-    return path
-
-
-def _free_port(*, cluster: bool = False) -> int:
-    """A free loopback port; for a cluster node, port + 10000 (its cluster bus) is free too."""
-    if not cluster:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-    for _ in range(1000):
-        port = random.randint(20000, 30000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no free pair of ports for a cluster node")
-
-
-class RedisProcess:
-    """One ``redis-server`` on a loopback port, in a directory of its own."""
-
-    def __init__(self, binary: str, directory: Path, *args: str) -> None:
-        self.binary = binary
-        self.directory = directory
-        self.port = _free_port(cluster="--cluster-enabled" in args)
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        log = open(self.directory / "server.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                *self.args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.directory,
-            start_new_session=True,
-        )
-        log.close()
-
-    async def ready(self, timeout: float = 20.0) -> None:
-        async def pong() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"redis-server exited: {(self.directory / 'server.log').read_text()[-2000:]}"
-                )
-            client = redis.asyncio.Redis(port=self.port, socket_connect_timeout=1)
-            try:
-                return bool(await client.ping())
-            except (redis.exceptions.RedisError, OSError):
-                return False
-            finally:
-                await client.aclose()
-
-        await wait_until(pong, timeout=timeout, message=f"redis-server on port {self.port}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait()
-
-    def admin(self) -> Any:
-        return redis.asyncio.Redis(port=self.port)
 
 
 @pytest.fixture
@@ -144,7 +49,7 @@ def servers() -> Iterator[list[RedisProcess]]:
 
 
 async def _start(servers: list[RedisProcess], directory: Path, *args: str) -> RedisProcess:
-    server = RedisProcess(_binary("redis-server"), directory, *args)
+    server = RedisProcess(redis_server(), directory, *args)
     servers.append(server)
     server.start()
     await server.ready()
@@ -488,7 +393,7 @@ def test_url_options_and_describe_without_password() -> None:
 
 
 async def test_unreachable_server_is_a_backend_error() -> None:
-    port = _free_port()
+    port = free_port()
     backend = RedisBackend(port=port, connect_timeout=2)
     with pytest.raises(BackendError, match=str(port)):
         await backend.connect()
