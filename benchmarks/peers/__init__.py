@@ -7,8 +7,10 @@ when first read, so that worker processes import only the one they run. The libr
 in their own virtualenv:
 
     python3 -m venv .venv-bench
-    .venv-bench/bin/pip install -e .[all] -r benchmarks/requirements-peers.txt
+    .venv-bench/bin/pip install -e '.[all,uvloop]' -r benchmarks/requirements-peers.txt
     .venv-bench/bin/python -m benchmarks.peers.run --backend redis --tasks 200 --runs 1
+
+``scripts/bench`` does all of that (and starts the services) in one command.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from typing import Any
 
 from benchmarks.peers._common import PeerBench
 
-__all__ = ["BASELINES", "PEERS", "PeerBench", "load"]
+__all__ = [
+    "BASELINES",
+    "BASELINE_CLASSES",
+    "KIND_CLASSES",
+    "PEERS",
+    "PEER_CLASSES",
+    "PeerBench",
+    "load",
+]
 
 PEER_CLASSES: dict[str, list[str]] = {
     "sqlite": ["huey_peer:HueySqlite"],
@@ -44,6 +54,11 @@ BASELINE_CLASSES: dict[str, str] = {
     "postgres": "sitq_peer:SitqPostgres",
     "redis": "sitq_peer:SitqRedis",
     "nats": "sitq_peer:SitqNats",
+}
+
+# sitq's other worker kinds (drain and latency only; the ratios use the baseline, AsyncWorker).
+KIND_CLASSES: dict[str, list[str]] = {
+    backend: [f"{spec}Thread", f"{spec}Process"] for backend, spec in BASELINE_CLASSES.items()
 }
 
 

@@ -2,11 +2,12 @@
 
 Rules every peer follows, so the figures compare:
 
-* Tasks are the no-ops of ``benchmarks.peers.tasks`` (async where the peer runs async tasks).
-* The worker is ONE process, built with the peer's own worker API and its defaults, except
-  ``CONCURRENCY`` (10) where it has that setting. It is built and imported before the clock
-  starts (``ready``), then told ``go``, as sitq's own ``benchmarks._worker`` is. No logging is
-  configured in it, so no peer writes a log line per task.
+* Tasks are ``noop`` or ``sleep`` (10 ms) of ``benchmarks.peers.tasks``.
+* A worker is one process, built with the peer's own worker API and its defaults, except
+  ``CONCURRENCY`` (10) where it has that setting; a workload runs one of them, or four on the
+  same store (``Workers``). Each is built and imported before the clock starts (``ready``),
+  then told ``go``, as sitq's own ``benchmarks._worker`` is. No logging is configured in it, so
+  no peer writes a log line per task.
 * Result waiting uses the peer's own API. Where that API polls, it is given ``RESULT_POLL``
   (1 ms) as its interval; where the peer has no way to wait, its store is polled every 1 ms.
 * Every workload runs on a fresh store: a temporary SQLite file, a PostgreSQL schema, a unique
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -41,7 +42,7 @@ CONCURRENCY = 10
 RESULT_POLL = 0.001
 DONE_POLL = 0.005
 WAIT_TIMEOUT = float(os.environ.get("SITQ_BENCH_PEERS_TIMEOUT", "300"))
-IDLE_SECONDS = 2.0
+IDLE_SECONDS = 1.0
 # Latency sampling stops after this many seconds even short of ``n`` samples (a worker that
 # polls every 0.5 s would otherwise take 150 s for 300 samples); ``samples`` says how many.
 LATENCY_SECONDS = float(os.environ.get("SITQ_BENCH_PEERS_LATENCY_SECONDS", "20"))
@@ -67,14 +68,26 @@ class PeerBench(Protocol):
         """Tasks per second with the peer's many-tasks API (batches of 1,000); None if none."""
         ...
 
-    async def drain(self, n: int) -> float:
-        """Tasks per second: ``n`` queued tasks, one worker process, from ``go`` to last result."""
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
+        """Tasks per second: ``n`` queued ``task`` tasks (``noop`` or ``sleep``), ``processes``
+        worker processes, from ``go`` until all are done."""
         ...
 
     async def latency(self, n: int) -> dict[str, float] | None:
         """Enqueue-to-result ``p50_ms``/``p95_ms``/``p99_ms`` and ``idle_cpu_fraction``, one
         task at a time with an idle worker process; None if the peer cannot wait for results."""
         ...
+
+
+def run_uvloop_if_installed(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` the way the ``taskiq worker`` and ``pgq run`` commands do: on uvloop where it
+    is installed (it is, in the benchmark's virtualenv), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def token() -> str:
@@ -93,6 +106,7 @@ class WorkerProcess:
 
     def __init__(self, module: str, config: dict[str, Any]) -> None:
         self.module = module
+        self.ready = False
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in kill()
             mode="w+", prefix=f"sitq-peer-{module}-", suffix=".log"
         )
@@ -106,36 +120,27 @@ class WorkerProcess:
             cwd=ROOT,
             start_new_session=True,
         )
-        self._expect("ready")
-
-    def __enter__(self) -> WorkerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
 
     def log_tail(self, chars: int = 2000) -> str:
+        if self._log.closed:
+            return ""
         self._log.flush()
         self._log.seek(0)
         return self._log.read()[-chars:]
 
-    def _expect(self, word: str) -> None:
+    def expect(self, word: str) -> None:
+        """Read the worker's next line; it must be ``word``."""
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if line != word:
+            tail = self.log_tail()
             self.kill()
-            raise RuntimeError(
-                f"{self.module} worker said {line!r}, expected {word!r}:\n{self.log_tail()}"
-            )
+            raise RuntimeError(f"{self.module} worker said {line!r}, expected {word!r}:\n{tail}")
 
-    def go(self) -> float:
-        """Tell the worker to start; returns the start time (``time.perf_counter``)."""
+    def send_go(self) -> None:
         assert self.proc.stdin is not None
-        start = time.perf_counter()
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-        self._expect("started")
-        return start
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -171,6 +176,58 @@ class WorkerProcess:
         self._log.close()
 
 
+class Workers:
+    """``processes`` worker processes of one peer on one store, all started at once on ``go``
+    (each process as one would start it by hand: ``processes=4`` is four worker commands).
+    They are launched at once and import and build their worker while the caller fills the
+    queue; ``go`` waits until each has said ``ready`` before it starts the clock."""
+
+    def __init__(self, module: str, config: dict[str, Any], processes: int = 1) -> None:
+        self.module = module
+        self.procs: list[WorkerProcess] = []
+        try:
+            for _ in range(processes):
+                self.procs.append(WorkerProcess(module, config))
+        except BaseException:
+            self.kill()
+            raise
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def go(self) -> float:
+        """Wait until every worker is ready, then tell each to start; returns the start time
+        (``time.perf_counter``)."""
+        for proc in self.procs:
+            if not proc.ready:
+                proc.expect("ready")
+                proc.ready = True
+        start = time.perf_counter()
+        for proc in self.procs:
+            proc.send_go()
+        for proc in self.procs:
+            proc.expect("started")
+        return start
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            proc.check_alive()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return "\n".join(proc.log_tail(chars) for proc in self.procs)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the worker processes (and of their children they have waited for)."""
+        return sum(proc.cpu_seconds() for proc in self.procs)
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+
 async def rate(n: int, call: Callable[[], Awaitable[object] | object]) -> float:
     """Tasks per second of ``n`` calls, one after the other (sync or async ``call``)."""
     start = time.perf_counter()
@@ -188,7 +245,7 @@ async def batched_rate(n: int, call: Callable[[int], Awaitable[object] | object]
     return n / (time.perf_counter() - start)
 
 
-async def wait_done(worker: WorkerProcess, last: Check, every: Check) -> float:
+async def wait_done(worker: Workers, last: Check, every: Check) -> float:
     """Poll ``last`` (cheap: is the last task done?), then ``every`` (are all done?); the time
     all were first seen done. Fails if the worker dies or after ``WAIT_TIMEOUT``."""
     deadline = time.perf_counter() + WAIT_TIMEOUT
@@ -213,14 +270,14 @@ async def wait_done(worker: WorkerProcess, last: Check, every: Check) -> float:
     return seen if stragglers else done
 
 
-async def drain_rate(n: int, worker: WorkerProcess, last: Check, every: Check) -> float:
+async def drain_rate(n: int, worker: Workers, last: Check, every: Check) -> float:
     """Start the worker on ``n`` queued tasks; tasks per second until all are done."""
     start = worker.go()
     return n / (await wait_done(worker, last, every) - start)
 
 
 async def latency_stats(
-    n: int, worker: WorkerProcess, one: Callable[[], Awaitable[object] | object]
+    n: int, worker: Workers, one: Callable[[], Awaitable[object] | object]
 ) -> dict[str, float]:
     """``one()`` enqueues a task and waits for its result; ``n`` samples (or as many as fit in
     ``LATENCY_SECONDS``) after 3 warm-ups, then the idle worker's CPU over ``IDLE_SECONDS``."""

@@ -23,7 +23,7 @@ FIXED = ["arq:*"]
 def worker(config: dict[str, Any]) -> Callable[[], None]:
     """What ``arq WorkerSettings`` runs, with ``max_jobs=10`` (its default)."""
     w = Worker(
-        functions=[func(tasks.arq_noop, name="noop")],
+        functions=[func(tasks.arq_noop, name="noop"), func(tasks.arq_sleep, name="sleep")],
         redis_settings=RedisSettings.from_dsn(config["url"]),
         queue_name=config["queue"],
         max_jobs=c.CONCURRENCY,
@@ -38,8 +38,10 @@ class ArqRedis:
         "no bulk enqueue; worker polls the queue every 0.5 s (poll_delay default); "
         "Job.result() polls, given poll_delay=1 ms; "
         "a job whose worker died reruns when its in-progress key expires "
-        "(job timeout + 10 s: 310 s by default)"
+        "(job timeout + 10 s: 310 s by default); few latency samples (each waits for the "
+        "0.5 s poll); drains capped at 300 tasks (about 200 no-ops or 40 sleeps per second)"
     )
+    max_drain_tasks = 300
 
     @asynccontextmanager
     async def _pool(self) -> AsyncIterator[tuple[ArqClient, dict[str, Any]]]:
@@ -60,18 +62,18 @@ class ArqRedis:
     async def enqueue_many(self, n: int) -> None:
         return None
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self._pool() as (pool, config):
-            jobs: list[Job] = [j for _ in range(n) if (j := await pool.enqueue_job("noop"))]
-            keys = [result_key_prefix + j.job_id for j in jobs]
+            with c.Workers("arq_peer", config, processes) as w:
+                jobs: list[Job] = [j for _ in range(n) if (j := await pool.enqueue_job(task))]
+                keys = [result_key_prefix + j.job_id for j in jobs]
 
-            async def last() -> bool:
-                return bool(await pool.exists(keys[-1]))
+                async def last() -> bool:
+                    return bool(await pool.exists(keys[-1]))
 
-            async def every() -> bool:
-                return await pool.exists(*keys) == n  # type: ignore[no-any-return]
+                async def every() -> bool:
+                    return await pool.exists(*keys) == n  # type: ignore[no-any-return]
 
-            with c.WorkerProcess("arq_peer", config) as w:
                 return await c.drain_rate(n, w, last, every)
 
     async def latency(self, n: int) -> dict[str, float]:
@@ -82,5 +84,5 @@ class ArqRedis:
                 assert job is not None
                 await job.result(timeout=60, poll_delay=c.RESULT_POLL)
 
-            with c.WorkerProcess("arq_peer", config) as w:
+            with c.Workers("arq_peer", config) as w:
                 return await c.latency_stats(n, w, one)

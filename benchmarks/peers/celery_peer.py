@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ FIXED = ["celery-task-meta-*", "_kombu.binding.*", "unacked", "unacked_index", "
 def make(config: dict[str, Any]) -> tuple[Celery, Any]:
     app = Celery("sitqbench", broker=c.REDIS_URL, backend=c.REDIS_URL, set_as_current=False)
     app.conf.update(task_default_queue=config["queue"], broker_connection_retry_on_startup=True)
+    app.task(name="sleep")(tasks.celery_sleep)
     return app, app.task(name="noop")(tasks.celery_noop)
 
 
@@ -25,7 +27,8 @@ def worker(config: dict[str, Any]) -> Callable[[], None]:
     """``celery worker``: one process, 10 threads; no start-up sync with other nodes."""
     app, _ = make(config)
     argv = ["worker", "--pool=threads", f"--concurrency={c.CONCURRENCY}", "--loglevel=WARNING"]
-    return lambda: app.worker_main([*argv, "--without-mingle", "--without-gossip"])
+    node = f"--hostname=sqb{os.getpid()}@%h"  # unique when several run at once
+    return lambda: app.worker_main([*argv, node, "--without-mingle", "--without-gossip"])
 
 
 class CeleryRedis:
@@ -35,8 +38,10 @@ class CeleryRedis:
         "sync tasks only; thread pool, so one process (the default prefork pool would start "
         "10); no bulk enqueue (group().apply_async() publishes one message per task); "
         "AsyncResult.get() waits on pub/sub; acks before running by default (acks_late off), "
-        "so a task of a worker that died is lost"
+        "so a task of a worker that died is lost; drains capped at 1,000 tasks (about 400 "
+        "no-ops per second)"
     )
+    max_drain_tasks = 1000
 
     @asynccontextmanager
     async def _app(self) -> AsyncIterator[tuple[Celery, Any, dict[str, Any]]]:
@@ -58,12 +63,13 @@ class CeleryRedis:
                 n, lambda size: group(noop.s() for _ in range(size)).apply_async()
             )
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self._app() as (app, noop, config):
-            results = [noop.delay() for _ in range(n)]
-            keys = [app.backend.get_key_for_task(r.id) for r in results]
-            client = app.backend.client
-            with c.WorkerProcess("celery_peer", config) as w:
+            with c.Workers("celery_peer", config, processes) as w:
+                call = noop if task == "noop" else app.tasks["sleep"]
+                results = [call.delay() for _ in range(n)]
+                keys = [app.backend.get_key_for_task(r.id) for r in results]
+                client = app.backend.client
                 return await c.drain_rate(
                     n, w, lambda: client.exists(keys[-1]) == 1, lambda: client.exists(*keys) == n
                 )
@@ -74,5 +80,5 @@ class CeleryRedis:
             def one() -> None:
                 noop.delay().get(timeout=60)
 
-            with c.WorkerProcess("celery_peer", config) as w:
+            with c.Workers("celery_peer", config) as w:
                 return await c.latency_stats(n, w, one)

@@ -28,6 +28,7 @@ def make(config: dict[str, Any]) -> tuple[RedisBroker, RedisBackend, dramatiq.Ac
     broker.add_middleware(AsyncIO())
     dramatiq.set_broker(broker)
     register = dramatiq.actor(actor_name="noop", broker=broker, store_results=True)
+    dramatiq.actor(actor_name="sleep", broker=broker, store_results=True)(tasks.dramatiq_sleep)
     return broker, results, register(tasks.dramatiq_noop)
 
 
@@ -77,12 +78,13 @@ class DramatiqRedis:
                 ).run(),
             )
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self._app() as (results, noop, config):
-            messages = [noop.send() for _ in range(n)]
-            keys = [results.build_message_key(m) for m in messages]
-            client = results.client
-            with c.WorkerProcess("dramatiq_peer", config) as w:
+            with c.Workers("dramatiq_peer", config, processes) as w:
+                actor = noop if task == "noop" else noop.broker.get_actor("sleep")
+                messages = [actor.send() for _ in range(n)]
+                keys = [results.build_message_key(m) for m in messages]
+                client = results.client
                 return await c.drain_rate(
                     n, w, lambda: client.exists(keys[-1]) == 1, lambda: client.exists(*keys) == n
                 )
@@ -93,5 +95,5 @@ class DramatiqRedis:
             def one() -> None:
                 noop.send().get_result(block=True, timeout=60_000)
 
-            with c.WorkerProcess("dramatiq_peer", config) as w:
+            with c.Workers("dramatiq_peer", config) as w:
                 return await c.latency_stats(n, w, one)

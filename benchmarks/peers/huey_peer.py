@@ -14,20 +14,20 @@ from benchmarks.peers import _common as c
 from benchmarks.peers import tasks
 
 
-def make(config: dict[str, Any]) -> tuple[Huey, Any]:
-    """The Huey instance and its ``noop`` task. ``store_none``: the no-op returns None, which
-    Huey otherwise does not store, so there would be no result to wait for."""
+def make(config: dict[str, Any]) -> tuple[Huey, Any, Any]:
+    """The Huey instance and its ``noop`` and ``sleep`` tasks. ``store_none``: the tasks return
+    None, which Huey otherwise does not store, so there would be no result to wait for."""
     huey: Huey
     if config["storage"] == "sqlite":
         huey = SqliteHuey(config["name"], filename=config["path"], store_none=True)
     else:
         huey = RedisHuey(config["name"], url=config["url"], store_none=True)
-    return huey, huey.task(name="noop")(tasks.huey_noop)
+    return huey, huey.task(name="noop")(tasks.huey_noop), huey.task(name="sleep")(tasks.huey_sleep)
 
 
 def worker(config: dict[str, Any]) -> Callable[[], None]:
     """``huey_consumer app.huey -w 10`` (thread workers, the default type)."""
-    huey, _ = make(config)
+    huey, _, _ = make(config)
     consumer = huey.create_consumer(workers=c.CONCURRENCY)
     return consumer.run  # type: ignore[no-any-return]
 
@@ -46,32 +46,33 @@ class _Huey:
 
     async def enqueue_one(self, n: int) -> float:
         async with self.store() as config:
-            _, noop = make(config)
+            _, noop, _ = make(config)
             return await c.rate(n, noop)
 
     async def enqueue_many(self, n: int) -> float:
         async with self.store() as config:
-            _, noop = make(config)
+            _, noop, _ = make(config)
             return await c.batched_rate(n, lambda size: noop.map([()] * size))
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self.store() as config:
-            huey, noop = make(config)
-            results = [noop() for _ in range(n)]
-            with c.WorkerProcess("huey_peer", config) as w:
+            with c.Workers("huey_peer", config, processes) as w:
+                huey, noop, sleep = make(config)
+                call = noop if task == "noop" else sleep
+                results = [call() for _ in range(n)]
                 return await c.drain_rate(
                     n, w, lambda: _done(huey, results[-1]), lambda: huey.result_count() >= n
                 )
 
     async def latency(self, n: int) -> dict[str, float]:
         async with self.store() as config:
-            huey, noop = make(config)
+            huey, noop, _ = make(config)
 
             async def one() -> None:
                 result = noop()
                 await c.poll_until(lambda: _done(huey, result))
 
-            with c.WorkerProcess("huey_peer", config) as w:
+            with c.Workers("huey_peer", config) as w:
                 return await c.latency_stats(n, w, one)
 
 

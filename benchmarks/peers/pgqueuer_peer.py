@@ -1,4 +1,4 @@
-"""PgQueuer: async tasks on PostgreSQL (asyncpg), ``PgQueuer.run(batch_size=10)``."""
+"""PgQueuer: async tasks on PostgreSQL (asyncpg), ``PgQueuer.run(max_concurrent_tasks=10)``."""
 
 from __future__ import annotations
 
@@ -22,22 +22,28 @@ async def connect(schema: str) -> Any:
 
 
 def worker(config: dict[str, Any]) -> Callable[[], None]:
-    """What ``pgq run factory`` runs: one asyncpg connection, ``run(batch_size=10)``."""
+    """What ``pgq run factory --max-concurrent-tasks 10 --batch-size 5`` runs: one asyncpg
+    connection, ``run(batch_size=5, max_concurrent_tasks=10)``, on
+    uvloop as that command picks it where installed."""
 
     async def main() -> None:
         pgq = PgQueuer.from_asyncpg_connection(await connect(config["schema"]))
         pgq.entrypoint("noop")(tasks.pgqueuer_noop)
-        await pgq.run(batch_size=c.CONCURRENCY)
+        pgq.entrypoint("sleep")(tasks.pgqueuer_sleep)
+        # Its concurrency setting, max_concurrent_tasks, must be at least twice batch_size.
+        await pgq.run(batch_size=c.CONCURRENCY // 2, max_concurrent_tasks=c.CONCURRENCY)
 
-    return lambda: asyncio.run(main())
+    return lambda: c.run_uvloop_if_installed(main())
 
 
 class PgQueuerPostgres:
     name = "pgqueuer"
     backend = "postgres"
     notes = (
-        "no worker concurrency setting: takes batches of batch_size=10 (default) and runs "
-        "them at once; finished jobs are written in batches (every 0.1 s or 10 jobs); "
+        "concurrency through max_concurrent_tasks=10, which must be at least twice "
+        "batch_size, so batch_size=5 (default 10; without the cap it takes batch after "
+        "batch, with no limit on tasks running at once); finished jobs are written in "
+        "batches (every 0.1 s or batch_size jobs); "
         "no result storage: CompletionWatcher (LISTEN/NOTIFY, debounce given 1 ms) waits "
         "for the status; enqueue_many = enqueue(lists) (one INSERT); "
         "a job of a worker that died is re-picked after heartbeat_timeout (30 s)"
@@ -64,20 +70,20 @@ class PgQueuerPostgres:
                 n, lambda size: queries.enqueue(["noop"] * size, [None] * size, [0] * size)
             )
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self._queries() as (queries, config):
-            ids = []
-            for start in range(0, n, c.BATCH):
-                size = min(c.BATCH, n - start)
-                ids += await queries.enqueue(["noop"] * size, [None] * size, [0] * size)
+            with c.Workers("pgqueuer_peer", config, processes) as w:
+                ids = []
+                for start in range(0, n, c.BATCH):
+                    size = min(c.BATCH, n - start)
+                    ids += await queries.enqueue([task] * size, [None] * size, [0] * size)
 
-            async def last() -> bool:
-                return any(s == "successful" for _, s in await queries.job_status(ids[-1:]))
+                async def last() -> bool:
+                    return any(s == "successful" for _, s in await queries.job_status(ids[-1:]))
 
-            async def every() -> bool:
-                return sum(s.count for s in await queries.queue_size()) == 0
+                async def every() -> bool:
+                    return sum(s.count for s in await queries.queue_size()) == 0
 
-            with c.WorkerProcess("pgqueuer_peer", config) as w:
                 return await c.drain_rate(n, w, last, every)
 
     async def latency(self, n: int) -> dict[str, float]:
@@ -95,7 +101,7 @@ class PgQueuerPostgres:
                         [job_id] = await queries.enqueue("noop", None)
                         await asyncio.wait_for(watcher.wait_for(job_id), 60)
 
-                    with c.WorkerProcess("pgqueuer_peer", config) as w:
+                    with c.Workers("pgqueuer_peer", config) as w:
                         stats = await c.latency_stats(n, w, one)
             finally:
                 await listen.close()

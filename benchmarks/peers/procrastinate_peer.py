@@ -15,6 +15,7 @@ from benchmarks.peers import tasks
 
 def make(config: dict[str, Any]) -> tuple[procrastinate.App, Any]:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=config["dsn"]))
+    app.task(name="sleep")(tasks.procrastinate_sleep)
     return app, app.task(name="noop")(tasks.procrastinate_noop)
 
 
@@ -40,8 +41,10 @@ class ProcrastinatePostgres:
         "no result storage (return values are dropped): job status polled every 1 ms; "
         "enqueue_many = batch_defer_async (one INSERT); workers wake on LISTEN/NOTIFY; "
         "jobs of a worker that died stay 'doing' until retried by hand or by a periodic "
-        "task the user writes (stalled jobs)"
+        "task the user writes (stalled jobs); drains capped at 500 tasks (about 160 "
+        "no-ops per second)"
     )
+    max_drain_tasks = 500
 
     @asynccontextmanager
     async def _app(self) -> AsyncIterator[tuple[procrastinate.App, Any, dict[str, Any]]]:
@@ -60,21 +63,22 @@ class ProcrastinatePostgres:
         async with self._app() as (_, noop, _config):
             return await c.batched_rate(n, lambda size: noop.batch_defer_async(*[{}] * size))
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self._app() as (app, noop, config):
-            ids: list[int] = []
-            for start in range(0, n, c.BATCH):
-                ids += await noop.batch_defer_async(*[{}] * min(c.BATCH, n - start))
+            with c.Workers("procrastinate_peer", config, processes) as w:
+                deferrer = noop if task == "noop" else app.tasks["sleep"]
+                ids: list[int] = []
+                for start in range(0, n, c.BATCH):
+                    ids += await deferrer.batch_defer_async(*[{}] * min(c.BATCH, n - start))
 
-            async def last() -> bool:
-                row = await app.connector.execute_query_one_async(STATUS, id=ids[-1])
-                return row["status"] == "succeeded"  # type: ignore[no-any-return]
+                async def last() -> bool:
+                    row = await app.connector.execute_query_one_async(STATUS, id=ids[-1])
+                    return row["status"] == "succeeded"  # type: ignore[no-any-return]
 
-            async def every() -> bool:
-                row = await app.connector.execute_query_one_async(UNFINISHED)
-                return row["n"] == 0  # type: ignore[no-any-return]
+                async def every() -> bool:
+                    row = await app.connector.execute_query_one_async(UNFINISHED)
+                    return row["n"] == 0  # type: ignore[no-any-return]
 
-            with c.WorkerProcess("procrastinate_peer", config) as w:
                 return await c.drain_rate(n, w, last, every)
 
     async def latency(self, n: int) -> dict[str, float]:
@@ -89,5 +93,5 @@ class ProcrastinatePostgres:
 
                 await c.poll_until(done)
 
-            with c.WorkerProcess("procrastinate_peer", config) as w:
+            with c.Workers("procrastinate_peer", config) as w:
                 return await c.latency_stats(n, w, one)

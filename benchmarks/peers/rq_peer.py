@@ -35,9 +35,9 @@ class RqRedis:
         "function run on a new event loop per job; enqueue_many = Queue.enqueue_many "
         "(one pipeline); latest_result(timeout) blocks on a Redis stream; a job whose "
         "worker died goes to the failed registry, not rerun unless Retry is set; "
-        "drain capped at 1,000 tasks (about 60 per second here)"
+        "drains capped at 150 tasks (about 50 no-ops or 20 sleeps per second here)"
     )
-    max_drain_tasks = 1000
+    max_drain_tasks = 150
 
     @asynccontextmanager
     async def _queue(self) -> AsyncIterator[tuple[Queue, dict[str, Any]]]:
@@ -59,11 +59,12 @@ class RqRedis:
                 n, lambda size: queue.enqueue_many([Queue.prepare_data(tasks.rq_noop)] * size)
             )
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self._queue() as (queue, config):
-            jobs = queue.enqueue_many([Queue.prepare_data(tasks.rq_noop)] * n)
-            finished = queue.finished_job_registry.key
-            with c.WorkerProcess("rq_peer", config) as w:
+            with c.Workers("rq_peer", config, processes) as w:
+                fn = tasks.rq_sleep if task == "sleep" else tasks.rq_noop
+                jobs = queue.enqueue_many([Queue.prepare_data(fn)] * n)
+                finished = queue.finished_job_registry.key
                 return await c.drain_rate(
                     n,
                     w,
@@ -77,5 +78,5 @@ class RqRedis:
             def one() -> None:
                 assert queue.enqueue(tasks.rq_noop).latest_result(timeout=60) is not None
 
-            with c.WorkerProcess("rq_peer", config) as w:
+            with c.Workers("rq_peer", config) as w:
                 return await c.latency_stats(n, w, one)

@@ -17,7 +17,11 @@ from benchmarks.peers import tasks
 def worker(config: dict[str, Any]) -> Callable[[], None]:
     """What ``saq settings`` runs: connect the queue, ``Worker.start()``; concurrency 10."""
     queue = Queue.from_url(config["url"], name=config["queue"])
-    w = Worker(queue, functions=[("noop", tasks.saq_noop)], concurrency=c.CONCURRENCY)
+    w = Worker(
+        queue,
+        functions=[("noop", tasks.saq_noop), ("sleep", tasks.saq_sleep)],
+        concurrency=c.CONCURRENCY,
+    )
 
     async def main() -> None:
         await queue.connect()
@@ -32,12 +36,14 @@ def worker(config: dict[str, Any]) -> Callable[[], None]:
 _NOTES = (
     "no bulk enqueue (map() gathers single enqueues and waits for results); "
     "results awaited with Queue.apply(poll_interval=1 ms), which polls; "
-    "a job whose worker died is swept and, with the default retries=1, failed, not rerun"
+    "a job whose worker died is swept and, with the default retries=1, failed, not rerun; "
+    "drains capped at 500 tasks (about 250 to 400 no-ops per second)"
 )
 
 
 class _Saq:
     name = "saq"
+    max_drain_tasks = 500
     backend = ""
     notes = ""
 
@@ -61,19 +67,19 @@ class _Saq:
     async def enqueue_many(self, n: int) -> None:
         return None
 
-    async def drain(self, n: int) -> float:
+    async def drain(self, n: int, processes: int = 1, task: str = "noop") -> float:
         async with self._queue() as (queue, config):
-            jobs = [await queue.enqueue("noop") for _ in range(n)]
-            last_key = jobs[-1].key if jobs[-1] else ""
+            with c.Workers("saq_peer", config, processes) as w:
+                jobs = [await queue.enqueue(task) for _ in range(n)]
+                last_key = jobs[-1].key if jobs[-1] else ""
 
-            async def last() -> bool:
-                job = await queue.job(last_key)
-                return job is not None and job.status == Status.COMPLETE
+                async def last() -> bool:
+                    job = await queue.job(last_key)
+                    return job is not None and job.status == Status.COMPLETE
 
-            async def every() -> bool:
-                return await queue.count("incomplete") == 0
+                async def every() -> bool:
+                    return await queue.count("incomplete") == 0
 
-            with c.WorkerProcess("saq_peer", config) as w:
                 return await c.drain_rate(n, w, last, every)
 
     async def latency(self, n: int) -> dict[str, float]:
@@ -82,7 +88,7 @@ class _Saq:
             async def one() -> None:
                 await queue.apply("noop", timeout=60, poll_interval=c.RESULT_POLL)
 
-            with c.WorkerProcess("saq_peer", config) as w:
+            with c.Workers("saq_peer", config) as w:
                 return await c.latency_stats(n, w, one)
 
 
