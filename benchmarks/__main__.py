@@ -95,18 +95,18 @@ async def bench_enqueue(url: str, n: int) -> float:
 
 async def bench_enqueue_many(url: str, n: int, batch: int = 1000) -> float:
     async with TaskQueue(url) as queue:
-        calls = [(tasks.noop, ())] * batch
+        sizes = [min(batch, n - done) for done in range(0, n, batch)]
         start = time.perf_counter()
-        for _ in range(n // batch):
-            await queue.enqueue_many(calls)
-        return (n // batch) * batch / (time.perf_counter() - start)
+        for size in sizes:
+            await queue.enqueue_many([(tasks.noop, ())] * size)
+        return n / (time.perf_counter() - start)
 
 
 async def bench_drain(url: str, n: int, func: Callable[[], Any] = tasks.noop) -> float:
     async with TaskQueue(url) as queue:
         ids: list[str] = []
-        for _ in range(n // 1000):
-            ids += await queue.enqueue_many([(func, ())] * 1000)
+        for done in range(0, n, 1000):
+            ids += await queue.enqueue_many([(func, ())] * min(1000, n - done))
         worker = WorkerProcess(url)
         try:
             start = time.perf_counter()
@@ -231,6 +231,9 @@ def main() -> None:
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
     )
     args = parser.parse_args()
+    for name in ("runs", "tasks", "latency_samples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     os.environ["SITQ_LOOP"] = args.loop  # read by the worker processes
     results = {}
     for name in args.backend or list(STORES):
