@@ -8,16 +8,25 @@ import sys
 
 from sitq import backend_from_url
 from sitq._loop import run
-from sitq.worker import WORKER_KINDS
+from sitq.worker import WORKER_KINDS, Worker
 
 
-async def main(url: str, kind: str, concurrency: int) -> None:
+async def ready_worker(
+    url: str, kind: str, concurrency: int
+) -> tuple[Worker, asyncio.StreamReader]:
+    """A worker connected to ``url`` (not started) and a reader of this process's stdin, once
+    ``ready`` has been said on stdout."""
     worker = WORKER_KINDS[kind](backend_from_url(url), concurrency=concurrency, poll_interval=1.0)
     await worker.backend.connect()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print("ready", flush=True)
+    return worker, reader
+
+
+async def main(url: str, kind: str, concurrency: int) -> None:
+    worker, reader = await ready_worker(url, kind, concurrency)
     while line := (await reader.readline()).decode().strip():
         if line == "go":
             await worker.start()

@@ -46,15 +46,9 @@ BATCH = 1000
 async def child(url: str, kind: str, concurrency: int) -> None:
     """One soak worker: connects, says ``ready``, starts on ``go``, then reports its counters
     (``count <succeeded> <failed>``) twice a second until ``stop``."""
-    from sitq import backend_from_url
-    from sitq.worker import WORKER_KINDS
+    from benchmarks._worker import ready_worker
 
-    worker = WORKER_KINDS[kind](backend_from_url(url), concurrency=concurrency, poll_interval=1.0)
-    await worker.backend.connect()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    print("ready", flush=True)
+    worker, reader = await ready_worker(url, kind, concurrency)
 
     async def report() -> None:
         while True:
