@@ -32,8 +32,10 @@ Design:
   lock step, in its own slot. Times come from the server's ``TIME``, so workers with skewed
   clocks agree on leases.
 * ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own slot) names the
-  task's queue. It is written before the queue's script (an explicit id claims its entry in a
-  round trip of its own first, so that an id known on another queue is left alone), and removed
+  task's queue. A generated id's entry is written by the enqueue script with its task on a
+  standalone server, and just before it in a cluster (where the entry's slot is elsewhere); an
+  explicit id claims its entry in a round trip of its own first, so that an id known on
+  another queue is left alone. The entry is removed
   by ``purge_expired`` once the result expired; a stale entry is harmless (the task key is the
   truth). Objects remember the queues of the ids they enqueued or claimed, so the common paths
   skip that lookup.
@@ -167,9 +169,10 @@ local function next_due()
 end
 """
 
-# KEYS: ready, sched, seq, done:s, done:f, done:c
-# ARGV: task key prefix, work channel, then per task (9 values): id, fresh (1/0), priority,
-#       eta ('' = now), payload, options, result_ttl, concurrency key, concurrency limit
+# KEYS: ready, sched, seq, done:s, done:f, done:c, then (on a standalone server only) the id
+#       index key of each task, in order
+# ARGV: task key prefix, work channel, queue, then per task (9 values): id, fresh (1/0),
+#       priority, eta ('' = now), payload, options, result_ttl, concurrency key, limit
 # Returns one character per task: '1' stored, '0' already known.
 _ENQUEUE = (
     _LUA_COMMON
@@ -178,11 +181,15 @@ local now = now_s()
 local out = {}
 local ready = {}
 local added = 0
+local n = (#ARGV - 3) / 9
+local indexed = #KEYS > 6
 -- sequence numbers for the whole call at once (unused ones are simply skipped)
-local seq = redis.call('INCRBY', KEYS[3], (#ARGV - 2) / 9) - (#ARGV - 2) / 9
-for i = 3, #ARGV, 9 do
+local seq = redis.call('INCRBY', KEYS[3], n) - n
+for i = 4, #ARGV, 9 do
   local id = ARGV[i]
   local tk = ARGV[1] .. id
+  -- a generated id is indexed with its task (an explicit one was indexed before the call)
+  if indexed and ARGV[i + 1] == '1' then redis.call('SET', KEYS[7 + (i - 4) / 9], ARGV[3]) end
   if redis.call('EXISTS', tk) == 1 then
     -- a generated id can only exist if an earlier attempt of this very call stored it
     if ARGV[i + 1] == '1' then out[#out + 1] = '1' else out[#out + 1] = '0' end
@@ -699,6 +706,7 @@ class _QueueKeys:
     settles: str
     ck: str
     work: str
+    index: str  # the prefix of the id index keys (shared by every queue)
 
 
 def _opt(value: bytes | str | None) -> bytes:
@@ -759,12 +767,31 @@ def _pack(commands: Sequence[_Command]) -> bytes:
     return bytes(buf)
 
 
-def _encode_enqueue(sha: str, keys: list[str], k: _QueueKeys, chunk: Sequence[NewTask]) -> bytes:
-    """The enqueue script call for a chunk of tasks, in RESP, encoded in one pass (encoding
-    the arguments one by one took most of an enqueue_many's client time)."""
-    head = _pack([("EVALSHA", sha, len(keys), *keys, k.task, k.work)])
-    count = 3 + len(keys) + 2 + 9 * len(chunk)
-    parts = [b"*%d" % count, head[head.index(b"\r\n") :]]
+@functools.lru_cache(maxsize=256)
+def _enqueue_head(sha: str, k: _QueueKeys, queue: str) -> tuple[bytes, bytes, bytes]:
+    """The fixed parts of a queue's enqueue script call, in RESP: ``EVALSHA`` and the script,
+    the six queue keys, and the three leading arguments."""
+    return (
+        _pack([("EVALSHA", sha)]).split(b"\r\n", 1)[1],
+        _pack([(k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c)]).split(b"\r\n", 1)[1],
+        _pack([(k.task, k.work, queue)]).split(b"\r\n", 1)[1],
+    )
+
+
+def _encode_enqueue(sha: str, k: _QueueKeys, chunk: Sequence[NewTask], index: bool) -> bytes:
+    """The enqueue script call for a chunk of tasks of one queue, in RESP, encoded in one pass
+    (encoding the arguments one by one took most of an enqueue's client time). With ``index``
+    (a standalone server), each task's id index key is passed too, for the script to set."""
+    call, keys, argv = _enqueue_head(sha, k, chunk[0].queue)
+    nkeys = 6 + len(chunk) if index else 6
+    count = 2 + 1 + nkeys + 3 + 9 * len(chunk)
+    nk = b"%d" % nkeys
+    parts = [b"*%d\r\n" % count, call, b"$%d\r\n%b\r\n" % (len(nk), nk), keys]
+    if index:
+        for t in chunk:
+            key = (k.index + t.id).encode()
+            parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
+    parts.append(argv)
     texts: dict[Any, bytes] = {}
     for t in chunk:
         tid = t.id.encode()
@@ -1166,6 +1193,7 @@ class RedisBackend(Backend):
                 settles=f"{base}:settle:",
                 ck=f"{base}:ck",
                 work=f"{self._work_prefix}{queue}",
+                index=f"{self.prefix}:id:",
             )
             self._keys[queue] = keys
         return keys
@@ -1483,7 +1511,12 @@ class RedisBackend(Backend):
         self._check()
         if not tasks:
             return []
-        if len(tasks) == 1 and tasks[0].fresh_id and tasks[0].queue in self._registered:
+        if (
+            len(tasks) == 1
+            and tasks[0].fresh_id
+            and tasks[0].queue in self._registered
+            and not self.cluster
+        ):
             return [await self._enqueue_one(tasks[0])]
         include = [True] * len(tasks)
         before: list[_Command] = []
@@ -1520,16 +1553,10 @@ class RedisBackend(Backend):
         commands = before
         for queue in {t.queue for t in tasks} - self._registered:
             commands.append(("SADD", f"{self.prefix}:queues", queue))
-        fresh = [t for t in tasks if t.fresh_id]
         if self.cluster:
-            # MSET cannot span slots: one SET per id (redis-py sends each to its node).
-            commands += [("SET", self._index_key(t.id), t.queue) for t in fresh]
-        else:
-            for start in range(0, len(fresh), _ENQUEUE_CHUNK):
-                mset: list[Any] = ["MSET"]
-                for t in fresh[start : start + _ENQUEUE_CHUNK]:
-                    mset += [self._index_key(t.id), t.queue]
-                commands.append(tuple(mset))
+            # Each id's index key has a slot of its own: one SET per generated id (redis-py
+            # sends each to its node). On a standalone server the enqueue script sets them.
+            commands += [("SET", self._index_key(t.id), t.queue) for t in tasks if t.fresh_id]
         groups: dict[str, list[int]] = {}
         for i, t in enumerate(tasks):
             if include[i]:
@@ -1540,7 +1567,7 @@ class RedisBackend(Backend):
             k = self._queue_keys(queue)
             for start in range(0, len(indices), _ENQUEUE_CHUNK):
                 chunk = indices[start : start + _ENQUEUE_CHUNK]
-                args: list[Any] = [k.task, k.work]
+                args: list[Any] = [k.task, k.work, queue]
                 for i in chunk if self.cluster else ():
                     t = tasks[i]
                     args += [
@@ -1558,7 +1585,7 @@ class RedisBackend(Backend):
                 if self.cluster:
                     commands.append(self._evalsha("enqueue", keys, args))
                 else:
-                    commands.append(self._packed_enqueue(keys, k, [tasks[i] for i in chunk]))
+                    commands.append(self._packed_enqueue(k, [tasks[i] for i in chunk]))
                 calls.append(chunk)
         replies = await self._exec(commands)
         self._raise_errors(replies)
@@ -1582,46 +1609,20 @@ class RedisBackend(Backend):
             self._raise_errors(await self._exec(after))
         return stored
 
-    def _packed_enqueue(self, keys: list[str], k: _QueueKeys, chunk: Sequence[NewTask]) -> _Raw:
-        """The enqueue script call for a chunk of tasks, encoded in one pass (on a standalone
-        server, most of an enqueue_many's client time went to encoding arguments)."""
+    def _packed_enqueue(self, k: _QueueKeys, chunk: Sequence[NewTask]) -> _Raw:
+        """The enqueue script call for a chunk of tasks of one standalone server's queue,
+        encoded when it is sent."""
         sha = self._scripts["enqueue"].sha
-        return _Raw(functools.partial(_encode_enqueue, sha, keys, k, chunk), sha)
+        return _Raw(functools.partial(_encode_enqueue, sha, k, chunk, True), sha)
 
     async def _enqueue_one(self, t: NewTask) -> bool:
-        # The common case, kept short: one generated id on a known queue.
-        k = self._queue_keys(t.queue)
-        index, reply = await self._exec(
-            [
-                ("SET", self._index_key(t.id), t.queue),
-                (
-                    "EVALSHA",
-                    self._scripts["enqueue"].sha,
-                    6,
-                    k.ready,
-                    k.sched,
-                    k.seq,
-                    k.done_s,
-                    k.done_f,
-                    k.done_c,
-                    k.task,
-                    k.work,
-                    t.id,
-                    b"1",
-                    t.priority,
-                    b"" if t.eta <= t.enqueued_at else repr(float(t.eta)),
-                    t.payload,
-                    t.options,
-                    repr(float(t.result_ttl)),
-                    t.concurrency_key or b"",
-                    b"" if t.concurrency_limit is None else t.concurrency_limit,
-                ),
-            ]
-        )
-        if isinstance(index, Exception) or isinstance(reply, Exception):
-            self._raise_errors([index, reply])
+        # The common case on a standalone server, kept short: one generated id on a known
+        # queue, one script call (which also sets the id's index key).
+        replies = await self._exec([self._packed_enqueue(self._queue_keys(t.queue), (t,))])
+        if isinstance(replies[0], Exception):
+            self._raise_errors(replies)
         self._remember(t.id, t.queue)
-        return bytes(reply) == b"1"
+        return bytes(replies[0]) == b"1"
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
