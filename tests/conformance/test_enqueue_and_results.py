@@ -22,7 +22,7 @@ from sitq import (
 )
 from sitq.worker import Worker
 from tests.conformance import tasks
-from tests.conftest import wait_until
+from tests.conftest import BackendFactory, wait_until
 
 KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
@@ -166,3 +166,27 @@ async def test_cancel_pending_and_running(queue: TaskQueue, tmp_path: Path) -> N
 
 async def _status_is(queue: TaskQueue, task_id: str, status: TaskStatus) -> bool:
     return await queue.get_status(task_id) == status
+
+
+async def test_tasks_are_found_by_id_from_another_client(backends: BackendFactory) -> None:
+    """A client that did not enqueue a task knows it by its id alone: one at a time, in a
+    batch, on a queue other than the default, and with an explicit id."""
+    async with TaskQueue(backends.make()) as producer:
+        await producer.enqueue(tasks.add, 0, 0)  # the queue is known: the short path follows
+        one = await producer.enqueue(tasks.add, 1, 1)
+        many = await producer.enqueue_many([(tasks.add, (2, 2)), (tasks.add, (3, 3))])
+        elsewhere = await producer.options(queue="emails").enqueue(tasks.add, 4, 4)
+        named = await producer.options(task_id="named-task").enqueue(tasks.add, 5, 5)
+        later = await producer.enqueue_in(60, tasks.add, 6, 6)
+    async with TaskQueue(backends.make()) as other:
+        for task_id in (one, *many, elsewhere, named, later):
+            assert await other.get_status(task_id) == TaskStatus.PENDING, task_id
+        assert await other.cancel(later) is True
+        async with AsyncWorker(other.backend, queues=["default", "emails"], poll_interval=0.2):
+            assert await other.get_value(one, timeout=10) == 2
+            assert [await other.get_value(t, timeout=10) for t in many] == [4, 6]
+            assert await other.get_value(elsewhere, timeout=10) == 8
+            assert await other.get_value(named, timeout=10) == 10
+    async with TaskQueue(backends.make()) as third:
+        assert await third.get_status(later) == TaskStatus.CANCELLED
+        assert await third.get_status(one) == TaskStatus.SUCCESS
