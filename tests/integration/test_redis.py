@@ -392,6 +392,18 @@ def test_url_options_and_describe_without_password() -> None:
         backend_from_url("redis://localhost?command_timeout=soon")
 
 
+def test_the_constructor_reads_the_url_options_too() -> None:
+    backend = RedisBackend(url="redis://localhost/3?prefix=app2&connect_timeout=2")
+    assert backend.prefix == "app2" and backend.connect_timeout == 2.0
+    assert backend.url == "redis://localhost/3" and "prefix app2" in backend.describe()
+    same = RedisBackend(url="redis://localhost/3?prefix=app2", prefix="app2")
+    assert same.prefix == "app2"
+    with pytest.raises(ConfigurationError, match="prefix is set twice"):
+        RedisBackend(url="redis://localhost?prefix=app2", prefix="app3")
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisBackend(url="redis://localhost?prefix=has%20space")
+
+
 async def test_unreachable_server_is_a_backend_error() -> None:
     port = free_port()
     backend = RedisBackend(port=port, connect_timeout=2)

@@ -916,11 +916,44 @@ def _parse_bool(name: str, value: str) -> bool:
     raise ConfigurationError(f"{name}={value!r} is not a boolean: use true or false")
 
 
+# sitq's own options of RedisBackend, with their defaults, as URL query parameters.
+_DEFAULTS: dict[str, Any] = {
+    "prefix": "sitq",
+    "cluster": False,
+    "command_timeout": 10.0,
+    "connect_timeout": 5.0,
+}
+
+
+def _url_options(url: str) -> tuple[str, dict[str, Any]]:
+    """Split sitq's own options out of a Redis URL's query: the URL for redis-py, and them."""
+    try:
+        parts = urlsplit(url)
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    except ValueError as exc:
+        raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
+    options: dict[str, Any] = {}
+    if "prefix" in params:
+        options["prefix"] = params.pop("prefix")
+    if "cluster" in params:
+        options["cluster"] = _parse_bool("cluster", params.pop("cluster"))
+    for key in ("command_timeout", "connect_timeout"):
+        if key in params:
+            try:
+                options[key] = float(params.pop(key))
+            except ValueError:
+                raise ConfigurationError(f"{key} must be a number in {redact_url(url)}") from None
+    if not options:
+        return url, options
+    return urlunsplit(parts._replace(query=urlencode(params))), options
+
+
 class RedisBackend(Backend):
     """Tasks in Redis (standalone, or a Redis Cluster with ``cluster=True``).
 
     ``host``/``port``/``db`` (or ``url``, e.g. ``redis://:password@host:6379/0`` or
-    ``rediss://...``) say where the server is; ``prefix`` starts every key and channel name,
+    ``rediss://...``, whose query may carry the options ``from_url`` reads) say where the
+    server is; ``prefix`` starts every key and channel name,
     so several applications can share one server. ``cluster=True`` talks to a Redis Cluster
     (``host``/``port`` or the URL name any node). ``command_timeout`` bounds each call to the
     server and ``connect_timeout`` each new connection, in seconds. Durability is the server's:
@@ -947,6 +980,26 @@ class RedisBackend(Backend):
         require("redis", "redis", "RedisBackend")
         self._aioredis: Any = importlib.import_module("redis.asyncio")
         self._exc: Any = importlib.import_module("redis.exceptions")
+        if isinstance(url, str):
+            # sitq's own options may travel in the URL's query; the rest is redis-py's.
+            url, query = _url_options(url)
+            given: dict[str, Any] = {
+                "prefix": prefix,
+                "cluster": cluster,
+                "command_timeout": command_timeout,
+                "connect_timeout": connect_timeout,
+            }
+            for key, value in query.items():
+                if given[key] != _DEFAULTS[key] and given[key] != value:
+                    raise ConfigurationError(
+                        f"{key} is set twice, to {given[key]!r} and to {value!r} in "
+                        f"{redact_url(url)}: keep one"
+                    )
+                given[key] = value
+            prefix = given["prefix"]
+            cluster = given["cluster"]
+            command_timeout = given["command_timeout"]
+            connect_timeout = given["connect_timeout"]
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigurationError(
                 f"prefix={prefix!r} is not valid: use 1-64 letters, digits or '_', '.', ':', '-'"
@@ -1021,27 +1074,9 @@ class RedisBackend(Backend):
         """A backend from ``redis://[[user]:password@]host:6379/0?prefix=app1`` (or
         ``rediss://`` for TLS). Backend options travel as query parameters: ``prefix``,
         ``cluster`` (``true`` for a Redis Cluster), ``command_timeout``, ``connect_timeout``;
-        any other parameter goes to redis-py (``ssl_cert_reqs``, ``socket_keepalive``, ...)."""
-        try:
-            parts = urlsplit(url)
-        except ValueError as exc:
-            raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        options: dict[str, Any] = {}
-        if "prefix" in params:
-            options["prefix"] = params.pop("prefix")
-        if "cluster" in params:
-            options["cluster"] = _parse_bool("cluster", params.pop("cluster"))
-        for key in ("command_timeout", "connect_timeout"):
-            if key in params:
-                try:
-                    options[key] = float(params.pop(key))
-                except ValueError:
-                    raise ConfigurationError(
-                        f"{key} must be a number in {redact_url(url)}"
-                    ) from None
-        rest = urlunsplit(parts._replace(query=urlencode(params)))
-        return cls(url=rest, **options)
+        any other parameter goes to redis-py (``ssl_cert_reqs``, ``socket_keepalive``, ...).
+        ``RedisBackend(url=...)`` reads the same parameters."""
+        return cls(url=url)
 
     def describe(self) -> str:
         """The server, database and prefix, without a password."""
