@@ -63,6 +63,10 @@ _STATE_TO_STATUS = {
     _CANCELLED: TaskStatus.CANCELLED,
 }
 _STATUS_TO_STATE = {v: k for k, v in _STATE_TO_STATUS.items()}
+
+# Seconds after a watched write at which waiters are woken again (see _on_watch_event): a
+# writer descheduled between its two steps is caught by the later ones.
+_ECHO_DELAYS = (0.001, 0.01, 0.1)
 SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
@@ -324,6 +328,7 @@ class SQLiteBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: DirectoryWatch | None = None
         self._changes = ChangeSignal()
+        self._echo: asyncio.TimerHandle | None = None
         # Per queue list, the time of the last claim that handed out everything it could.
         self._claimed_all_at: dict[tuple[str, ...], float] = {}
 
@@ -459,6 +464,9 @@ class SQLiteBackend(Backend):
                 self._loop.remove_reader(self._watch.fd)
             self._watch.close()
             self._watch = None
+        if self._echo is not None:
+            self._echo.cancel()
+            self._echo = None
         self._signal_change()
         await asyncio.get_running_loop().run_in_executor(thread, conn.close)
         thread.shutdown(wait=True)
@@ -466,6 +474,18 @@ class SQLiteBackend(Backend):
     def _on_watch_event(self) -> None:
         if self._watch is not None and self._watch.read_events():
             self._signal_change()
+            # A commit writes its frames to the -wal file (the event) and then publishes them
+            # in the -shm index, which inotify does not see: a reader woken in between reads
+            # the store as it was and would sleep until its next poll. Wake everyone again
+            # shortly after, by which time the commit is visible.
+            if self._echo is None and self._loop is not None:
+                self._echo = self._loop.call_later(_ECHO_DELAYS[0], self._on_echo, 1)
+
+    def _on_echo(self, step: int) -> None:
+        self._echo = None
+        self._signal_change()
+        if step < len(_ECHO_DELAYS) and self._loop is not None and self._watch is not None:
+            self._echo = self._loop.call_later(_ECHO_DELAYS[step], self._on_echo, step + 1)
 
     def _signal_change(self) -> None:
         self._changes.signal()
