@@ -1,7 +1,7 @@
 """Run sitq and its peers on the same workloads; write markdown tables of medians and ratios.
 
     .venv-bench/bin/python -m benchmarks.peers.run [--backend redis] [--peer arq] [--runs 3]
-        [--tasks 2000] [--enqueue-tasks 1000] [--sleep-tasks 500] [--processes 4]
+        [--tasks 2000] [--enqueue-tasks 5000] [--sleep-tasks 500] [--processes 4]
         [--latency-samples 100] [--latency-seconds 3] [--no-sitq] [--no-kinds]
         [--sitq-loop asyncio] [--json F] [--markdown F]
 
@@ -257,7 +257,7 @@ def main() -> None:
     parser.add_argument("--peer", action="append", help="only these peers (by name), e.g. arq")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=2000)
-    parser.add_argument("--enqueue-tasks", type=int, default=1000)
+    parser.add_argument("--enqueue-tasks", type=int, default=5000)
     parser.add_argument("--sleep-tasks", type=int, default=500)
     parser.add_argument("--processes", type=int, default=4, help="for the multi-process drain")
     parser.add_argument("--latency-samples", type=int, default=100)
