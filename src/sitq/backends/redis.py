@@ -59,6 +59,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import inspect
 import logging
 import math
 import re
@@ -778,19 +779,18 @@ def _enqueue_head(sha: str, k: _QueueKeys, queue: str) -> tuple[bytes, bytes, by
     )
 
 
-def _encode_enqueue(sha: str, k: _QueueKeys, chunk: Sequence[NewTask], index: bool) -> bytes:
-    """The enqueue script call for a chunk of tasks of one queue, in RESP, encoded in one pass
-    (encoding the arguments one by one took most of an enqueue's client time). With ``index``
-    (a standalone server), each task's id index key is passed too, for the script to set."""
+def _encode_enqueue(sha: str, k: _QueueKeys, chunk: Sequence[NewTask]) -> bytes:
+    """The enqueue script call for a chunk of tasks of one queue on a standalone server, in
+    RESP, encoded in one pass (encoding the arguments one by one took most of an enqueue's
+    client time), with each task's id index key for the script to set."""
     call, keys, argv = _enqueue_head(sha, k, chunk[0].queue)
-    nkeys = 6 + len(chunk) if index else 6
-    count = 2 + 1 + nkeys + 3 + 9 * len(chunk)
+    nkeys = 6 + len(chunk)
     nk = b"%d" % nkeys
-    parts = [b"*%d\r\n" % count, call, b"$%d\r\n%b\r\n" % (len(nk), nk), keys]
-    if index:
-        for t in chunk:
-            key = (k.index + t.id).encode()
-            parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
+    parts = [b"*%d\r\n" % (2 + 1 + nkeys + 3 + 9 * len(chunk)), call]
+    parts += [b"$%d\r\n%b\r\n" % (len(nk), nk), keys]
+    for t in chunk:
+        key = (k.index + t.id).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
     parts.append(argv)
     texts: dict[Any, bytes] = {}
     for t in chunk:
@@ -916,15 +916,6 @@ def _parse_bool(name: str, value: str) -> bool:
     raise ConfigurationError(f"{name}={value!r} is not a boolean: use true or false")
 
 
-# sitq's own options of RedisBackend, with their defaults, as URL query parameters.
-_DEFAULTS: dict[str, Any] = {
-    "prefix": "sitq",
-    "cluster": False,
-    "command_timeout": 10.0,
-    "connect_timeout": 5.0,
-}
-
-
 def _url_options(url: str) -> tuple[str, dict[str, Any]]:
     """Split sitq's own options out of a Redis URL's query: the URL for redis-py, and them."""
     try:
@@ -990,7 +981,7 @@ class RedisBackend(Backend):
                 "connect_timeout": connect_timeout,
             }
             for key, value in query.items():
-                if given[key] != _DEFAULTS[key] and given[key] != value:
+                if given[key] != _URL_DEFAULTS[key] and given[key] != value:
                     raise ConfigurationError(
                         f"{key} is set twice, to {given[key]!r} and to {value!r} in "
                         f"{redact_url(url)}: keep one"
@@ -1648,7 +1639,7 @@ class RedisBackend(Backend):
         """The enqueue script call for a chunk of tasks of one standalone server's queue,
         encoded when it is sent."""
         sha = self._scripts["enqueue"].sha
-        return _Raw(functools.partial(_encode_enqueue, sha, k, chunk, True), sha)
+        return _Raw(functools.partial(_encode_enqueue, sha, k, chunk), sha)
 
     async def _enqueue_one(self, t: NewTask) -> bool:
         # The common case on a standalone server, kept short: one generated id on a known
@@ -2151,3 +2142,12 @@ class RedisBackend(Backend):
     async def release_lock(self, name: str, token: str) -> bool:
         """Delete the lock if ``token`` still holds it."""
         return await self._lock_step("lock_release", name, token)
+
+
+# sitq's own options of RedisBackend that a URL's query may carry, with the constructor's
+# defaults: a value that differs from its default was given as an argument.
+_URL_DEFAULTS: dict[str, Any] = {
+    name: param.default
+    for name, param in inspect.signature(RedisBackend.__init__).parameters.items()
+    if name in ("prefix", "cluster", "command_timeout", "connect_timeout")
+}

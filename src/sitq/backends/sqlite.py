@@ -67,6 +67,7 @@ _STATUS_TO_STATE = {v: k for k, v in _STATE_TO_STATUS.items()}
 # Seconds after a watched write at which waiters are woken again (see _on_watch_event): a
 # writer descheduled between its two steps is caught by the later ones.
 _ECHO_DELAYS = (0.001, 0.01, 0.1)
+
 SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
@@ -477,8 +478,11 @@ class SQLiteBackend(Backend):
             # A commit writes its frames to the -wal file (the event) and then publishes them
             # in the -shm index, which inotify does not see: a reader woken in between reads
             # the store as it was and would sleep until its next poll. Wake everyone again
-            # shortly after, by which time the commit is visible.
-            if self._echo is None and self._loop is not None:
+            # shortly after, by which time the commit is visible. Each write starts the
+            # echoes over, so a later write is not left to an echo meant for an earlier one.
+            if self._echo is not None:
+                self._echo.cancel()
+            if self._loop is not None:
                 self._echo = self._loop.call_later(_ECHO_DELAYS[0], self._on_echo, 1)
 
     def _on_echo(self, step: int) -> None:
