@@ -16,6 +16,8 @@ Every error is a subclass of :class:`SitqError`::
 
 from __future__ import annotations
 
+import math
+
 
 class SitqError(Exception):
     """Base class of every error sitq raises."""
@@ -79,7 +81,9 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None) -> None:
-        if delay is not None and delay < 0:
-            raise ConfigurationError(f"Retry(delay={delay!r}): delay must be >= 0 seconds")
+        if delay is not None and (not math.isfinite(delay) or delay < 0):
+            raise ConfigurationError(
+                f"Retry(delay={delay!r}): delay must be a finite number of seconds >= 0"
+            )
         super().__init__(f"retry requested (delay={delay})")
         self.delay = delay

@@ -7,8 +7,19 @@ turns them into timezone-aware datetimes.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+MAX_ETA = datetime.max.replace(tzinfo=UTC)
+"""The latest ETA a task can have, 9999-12-31 23:59:59.999999 UTC: the last moment a Python
+datetime holds, so every task's ETA can be read back as one. Later ones are refused at enqueue."""
+
+MAX_ETA_TIMESTAMP = math.nextafter(MAX_ETA.timestamp(), 0.0)
+"""``MAX_ETA`` as a POSIX timestamp: the largest float that still converts back to a datetime."""
+
+MAX_ETA_TEXT = "9999-12-31 23:59:59.999999 UTC"
+"""``MAX_ETA`` as error messages show it."""
 
 
 class TaskStatus(enum.StrEnum):

@@ -9,11 +9,13 @@ import functools
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sitq.errors import ConfigurationError
-from sitq.retry import NO_RETRY, RetryPolicy
+from sitq.models import MAX_ETA_TEXT, MAX_ETA_TIMESTAMP
+from sitq.retry import NO_RETRY, FixedBackoff, RetryPolicy
 
 DEFAULT_RESULT_TTL = 86_400.0
 DEFAULT_MAX_DELIVERIES = 5
@@ -136,7 +138,7 @@ def _check(name: str, value: Any) -> Any:
             return NO_RETRY
         if not isinstance(value, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy or None, not {value!r}")
-        return value
+        return _check_total_wait(value)
     if name == "timeout":
         return _seconds("timeout", value, allow_none=True)
     if name == "result_ttl":
@@ -164,6 +166,42 @@ def _check(name: str, value: Any) -> Any:
             raise ConfigurationError(f"concurrency_limit must be an int >= 1, not {value!r}")
         return value
     raise AssertionError(name)  # pragma: no cover - names are checked by the caller
+
+
+def _check_total_wait(policy: RetryPolicy) -> RetryPolicy:
+    """``policy``, or ``ConfigurationError`` if its retries could make a task due after
+    ``MAX_ETA``: the waits before all of its retries, added up, must fit before it."""
+    total = _total_wait(policy)
+    allowed = MAX_ETA_TIMESTAMP - time.time()
+    if total > allowed:
+        raise ConfigurationError(
+            f"retry={policy!r} waits {total:g} seconds in all before its last retry, which would "
+            f"make that retry due after {MAX_ETA_TEXT}, the latest ETA a task can "
+            f"have: lower max_attempts or the backoff so that the waits add up to less than "
+            f"{allowed:.0f} seconds"
+        )
+    return policy
+
+
+def _total_wait(policy: RetryPolicy) -> float:
+    """The seconds a task waits before all of the policy's retries together, without jitter
+    (the longest it can be)."""
+    retries = policy.max_attempts - 1
+    backoff = policy.backoff
+    if isinstance(backoff, FixedBackoff):
+        return backoff.delay * retries
+    initial, factor, cap = backoff.initial, backoff.factor, backoff.max_delay
+    if initial == 0 or factor == 1 or initial >= cap:
+        return min(initial, cap) * retries
+    # The waits grow as initial * factor**k until they reach the cap: a geometric sum, then
+    # the cap for every retry after that.
+    growing = min(retries, math.ceil((math.log(cap) - math.log(initial)) / math.log(factor)))
+    if growing == 0:
+        return cap * retries
+    # Through the last growing wait, which is below the cap, so nothing overflows on the way.
+    last = min(math.exp(math.log(initial) + (growing - 1) * math.log(factor)), cap)
+    grown = last * (factor / (factor - 1)) - initial / (factor - 1)
+    return grown + cap * (retries - growing)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,17 @@ from sitq.errors import (
     TaskNotFound,
 )
 from sitq.locks import Lock
-from sitq.models import CancelOutcome, NewTask, QueueStats, Result, TaskSnapshot, TaskStatus
+from sitq.models import (
+    MAX_ETA,
+    MAX_ETA_TEXT,
+    MAX_ETA_TIMESTAMP,
+    CancelOutcome,
+    NewTask,
+    QueueStats,
+    Result,
+    TaskSnapshot,
+    TaskStatus,
+)
 from sitq.options import TaskOptions
 from sitq.serializers import PickleSerializer, Serializer
 
@@ -37,23 +47,46 @@ CallSpec = (
 
 
 def _to_timestamp(when: datetime) -> float:
+    """The ETA ``when`` as a timestamp (a naive datetime is UTC); ``ConfigurationError`` for
+    anything that is not a datetime or falls after ``MAX_ETA``."""
     if not isinstance(when, datetime):
         raise ConfigurationError(f"enqueue_at needs a datetime, not {when!r}")
-    if when.tzinfo is None:
+    if when.tzinfo is None or when.utcoffset() is None:
         when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    # Compared as datetimes: past MAX_ETA the timestamp's float can no longer tell them apart.
+    if when > MAX_ETA:
+        raise ConfigurationError(
+            f"enqueue_at({when.isoformat(sep=' ')}) is after {MAX_ETA_TEXT}, the latest ETA a task "
+            "can have: give an earlier datetime"
+        )
+    return min(when.timestamp(), MAX_ETA_TIMESTAMP)
 
 
-def _delay_seconds(delay: float | timedelta) -> float:
+def _eta_after(delay: float | timedelta) -> float:
+    """The ETA ``delay`` (seconds or a timedelta) from now; ``ConfigurationError`` for a delay
+    that is not a finite number >= 0 or that ends after ``MAX_ETA``."""
     if isinstance(delay, timedelta):
         seconds = delay.total_seconds()
     elif isinstance(delay, int | float) and not isinstance(delay, bool):
-        seconds = float(delay)
+        try:
+            seconds = float(delay)
+        except OverflowError:
+            seconds = math.inf
     else:
         raise ConfigurationError(f"enqueue_in needs seconds or a timedelta, not {delay!r}")
-    if seconds != seconds or seconds < 0:
-        raise ConfigurationError(f"enqueue_in needs a delay >= 0, not {delay!r}")
-    return seconds
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigurationError(
+            f"enqueue_in needs a finite delay >= 0 seconds, not {delay!r} (to keep a task "
+            "for later without running it, do not enqueue it yet)"
+        )
+    now = time.time()
+    eta = now + seconds
+    if eta > MAX_ETA_TIMESTAMP:
+        raise ConfigurationError(
+            f"enqueue_in({delay!r}) would make the task due after {MAX_ETA_TEXT}, the latest ETA a "
+            f"task can have: use a finite delay of at most {MAX_ETA_TIMESTAMP - now:.0f} seconds"
+        )
+    return eta
 
 
 def _wait_seconds(timeout: float | None) -> float:
@@ -93,15 +126,22 @@ class TaskOptionsView:
     async def enqueue_at(
         self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> str:
-        """Enqueue to run at ``when`` (a naive datetime means UTC); return the task id."""
+        """Enqueue to run at ``when`` (a naive datetime means UTC); return the task id.
+
+        ``when`` may be as late as ``sitq.models.MAX_ETA`` (9999-12-31 23:59:59.999999 UTC). A
+        past ``when`` makes the task due at once, in its place among the tasks due now: it does
+        not jump ahead of tasks enqueued before it.
+        """
         return await self._queue._submit(self, [(func, args, kwargs)], _to_timestamp(when))
 
     async def enqueue_in(
         self, delay: float | timedelta, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> str:
-        """Enqueue to run after ``delay`` (seconds or a timedelta); return the task id."""
-        eta = time.time() + _delay_seconds(delay)
-        return await self._queue._submit(self, [(func, args, kwargs)], eta)
+        """Enqueue to run after ``delay`` (seconds or a timedelta); return the task id.
+
+        ``delay`` is finite and >= 0, and must not carry the task past ``sitq.models.MAX_ETA``.
+        """
+        return await self._queue._submit(self, [(func, args, kwargs)], _eta_after(delay))
 
     async def add_cron(
         self,
@@ -238,7 +278,9 @@ class TaskQueue(TaskOptionsView):
             payload=payload,
             options=opts.engine_options(),
             priority=opts.priority,
-            eta=now if eta is None else eta,
+            # A past ETA counts from the enqueue moment: tasks run in the order they became
+            # due, which every backend (a NATS stream included) can keep.
+            eta=now if eta is None or eta < now else eta,
             enqueued_at=now,
             result_ttl=opts.result_ttl,
             concurrency_key=opts.concurrency_key,

@@ -83,7 +83,13 @@ class ExponentialBackoff:
         ):
             base = self.max_delay
         else:
-            base = min(self.initial * self.factor**exponent, self.max_delay)
+            try:
+                base = min(self.initial * self.factor**exponent, self.max_delay)
+            except OverflowError:
+                # factor ** exponent alone can pass the float range while a tiny initial brings
+                # the product back under max_delay: take the product in logs.
+                log_base = _log_growth(exponent, self.factor) + math.log(self.initial)
+                base = min(math.exp(log_base), self.max_delay)
         return random.uniform(0, base) if self.jitter else base
 
     def to_dict(self) -> dict[str, Any]:

@@ -79,7 +79,8 @@ class SyncOptionsView:
     def enqueue_at(
         self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> str:
-        """Enqueue to run at ``when`` (naive means UTC); return the task id."""
+        """Enqueue to run at ``when`` (naive means UTC); return the task id. The limits and
+        the meaning of a past ``when`` are those of :meth:`TaskQueue.enqueue_at`."""
         return self._call(  # type: ignore[no-any-return]
             self._view.enqueue_at(when, func, *args, **kwargs)
         )
@@ -87,7 +88,8 @@ class SyncOptionsView:
     def enqueue_in(
         self, delay: float | timedelta, func: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> str:
-        """Enqueue to run after ``delay``; return the task id."""
+        """Enqueue to run after ``delay`` (finite, >= 0); return the task id. See
+        :meth:`TaskQueue.enqueue_in`."""
         return self._call(  # type: ignore[no-any-return]
             self._view.enqueue_in(delay, func, *args, **kwargs)
         )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import pytest
 
 from sitq.errors import ConfigurationError
+from sitq.models import MAX_ETA_TIMESTAMP
 from sitq.options import (
     DEFAULT_MAX_DELIVERIES,
     OPTION_NAMES,
@@ -278,3 +280,44 @@ def test_concurrency_options_reach_the_stored_task() -> None:
         "tenant-8",
         1,
     )
+
+
+# -- retry policies and the latest ETA ----------------------------------------------------
+
+_UNTIL_MAX_ETA = MAX_ETA_TIMESTAMP - time.time()
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RetryPolicy(max_attempts=10**6),  # 300 s a retry: about 9 years in all
+        RetryPolicy(max_attempts=2, backoff=FixedBackoff(_UNTIL_MAX_ETA * 0.9)),
+        RetryPolicy(max_attempts=3, backoff=ExponentialBackoff(initial=1, max_delay=1e300)),
+        RetryPolicy(max_attempts=10**9, backoff=ExponentialBackoff(initial=0, max_delay=1e300)),
+    ],
+)
+def test_retry_policies_whose_waits_fit_before_the_latest_eta_are_accepted(
+    policy: RetryPolicy,
+) -> None:
+    assert TaskOptions().merge(retry=policy).retry is policy
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        # Each wait fits; together they end after the latest ETA.
+        RetryPolicy(max_attempts=3, backoff=FixedBackoff(_UNTIL_MAX_ETA * 0.6)),
+        RetryPolicy(max_attempts=10**9, backoff=FixedBackoff(300)),
+        RetryPolicy(max_attempts=200, backoff=ExponentialBackoff(initial=1, max_delay=1e300)),
+        RetryPolicy(
+            max_attempts=10**9,
+            backoff=ExponentialBackoff(initial=1, factor=1.0000001, max_delay=1e300),
+        ),
+        RetryPolicy(max_attempts=2, backoff=FixedBackoff(1e300)),
+    ],
+)
+def test_retry_policies_that_end_after_the_latest_eta_are_refused(policy: RetryPolicy) -> None:
+    with pytest.raises(ConfigurationError, match=r"9999-12-31 23:59:59\.999999 UTC") as info:
+        TaskOptions().merge(retry=policy)
+    assert "retry=RetryPolicy(" in str(info.value)
+    assert "lower max_attempts or the backoff" in str(info.value)

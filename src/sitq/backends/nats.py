@@ -27,7 +27,9 @@ Design:
   revision the claim replaced, unique for ever, so a result is stored only by the holder of the
   current claim. ``attempts`` lives in the record, not in JetStream's delivery count.
 * **ETA.** A message whose task is not due is naked with ``delay=eta - now``; JetStream holds it
-  and redelivers it at its ETA. Retries are naked the same way, releases with no delay.
+  and redelivers it at its ETA. Retries are naked the same way, releases with no delay. A delay
+  is at most ``_MAX_NAK_DELAY`` (a day): a task due later comes back once a day, finds its record
+  not due and is naked again, so any ETA sitq accepts (up to year 9999) waits without cost.
 * **Two writes per enqueue.** Record and message cannot be written atomically in 2.9; the order
   makes a failure between them harmless: at worst a message without a record (dropped by the
   worker that gets it once it is ``_ORPHAN_GRACE`` old) or, for a generated id nobody has seen,
@@ -122,6 +124,8 @@ _RETURN_AFTER = 0.25
 _PRIORITY_REFRESH = 10.0
 _MAX_FETCH = 256
 _NS = 1_000_000_000
+_MAX_NAK_DELAY = 86_400.0
+"""Longest nak delay (seconds): a task due later is handed back once a day and naked again."""
 _CAS_TRIES = 50
 """Attempts at a read-modify-write of one of sitq's own records before giving up."""
 _BLOCKED_MAX = 1.0
@@ -1690,6 +1694,10 @@ class NATSBackend(Backend):
 
     async def _nak(self, reply: str | None, delay: float) -> None:
         if reply:
+            # A longer delay comes back early and is naked again by `_decide`, which re-reads
+            # the record: the server's delay is an int64 of nanoseconds (292 years at most),
+            # and one it cannot hold would redeliver at once, over and over.
+            delay = delay if delay < _MAX_NAK_DELAY else _MAX_NAK_DELAY
             await self._publish(reply, b'-NAK {"delay": %d}' % max(int(delay * _NS), 1_000_000))
 
     # -- leases and settlements -------------------------------------------------------------
