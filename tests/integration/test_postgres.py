@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sitq import AsyncWorker, BackendError, PostgresBackend, TaskQueue, TaskStatus
-from sitq.models import Claim, ClaimRef, Finish, LeaseState, NewTask, Release
+from sitq.models import CancelOutcome, Claim, ClaimRef, Finish, LeaseState, NewTask, Release
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, drop_postgres_schema, wait_until, with_query
 from tests.services import postgres_dsn, require
@@ -538,3 +538,84 @@ async def test_enqueueing_an_id_while_it_finishes_does_not_run_it_again(pg_url: 
         snap = await backend.get_task("tick")
         assert snap is not None and snap.status is TaskStatus.SUCCESS
         assert await backend.claim(["q"], 1, "w", 30) == []
+
+
+async def _cancel_while_row_is_held(
+    pg_url: str, hold_sql: str, *, claim_first: bool, expect: CancelOutcome
+) -> PostgresBackend:
+    """Run ``hold_sql`` on the task "t" in an open transaction, start a cancel of "t" that
+    waits for the row, commit, and check the cancel's outcome; the backend stays open."""
+    schema = _schema(pg_url)
+    backend = PostgresBackend.from_url(pg_url)
+    await backend.connect()
+    try:
+        await backend.enqueue([_new("t")])
+        if claim_first:
+            await backend.claim(["q"], 1, "w", 30)
+        async with conn_batch(postgres_dsn()) as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute(hold_sql.format(s=f'"{schema}"'), "t")
+            cancel = asyncio.create_task(backend.cancel("t", time.time()))
+
+            async def waiting() -> bool:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                        "AND wait_event_type = 'Lock'",
+                        f"sitq:{schema}",
+                    )
+                )
+
+            try:
+                await wait_until(waiting, message="the cancel to wait for the row")
+            finally:
+                await transaction.commit()
+            assert await cancel is expect
+    except BaseException:
+        await backend.close()
+        raise
+    return backend
+
+
+async def test_cancel_waiting_on_a_finish_answers_already_finished(pg_url: str) -> None:
+    """A cancel whose statement began while the task was running and waits for the finish
+    that moves the row to results must report the finish, not an unknown id: the result is
+    not in its statement's snapshot."""
+    backend = await _cancel_while_row_is_held(
+        pg_url,
+        # What settle's finish does, held open: the row leaves tasks with its result.
+        "WITH m AS (DELETE FROM {s}.tasks WHERE id = $1 RETURNING *) "
+        "INSERT INTO {s}.results (id, queue, status, attempts, enqueued_at, eta, started_at, "
+        "finished_at, expires_at) SELECT id, queue, 2, attempts, enqueued_at, eta, started_at, "
+        "extract(epoch FROM now()), extract(epoch FROM now()) + 60 FROM m",
+        claim_first=True,
+        expect=CancelOutcome.ALREADY_FINISHED,
+    )
+    try:
+        snap = await backend.get_task("t")
+        assert snap is not None and snap.status is TaskStatus.SUCCESS
+        assert await backend.cancel("t", time.time()) is CancelOutcome.ALREADY_FINISHED
+    finally:
+        await backend.close()
+
+
+async def test_cancel_waiting_on_a_claim_flags_the_running_task(pg_url: str) -> None:
+    """A cancel whose statement began while the task was pending and waits for a claim of it
+    must flag the now running task (the claim's worker sees it at its next heartbeat)."""
+    backend = await _cancel_while_row_is_held(
+        pg_url,
+        # What a claim does to the row, held open.
+        "UPDATE {s}.tasks SET state = 1, attempts = attempts + 1, fence = fence + 1, "
+        "lease_until = extract(epoch FROM now()) + 30, worker_id = 'w', "
+        "started_at = extract(epoch FROM now()) WHERE id = $1",
+        claim_first=False,
+        expect=CancelOutcome.REQUESTED,
+    )
+    try:
+        snap = await backend.get_task("t")
+        assert snap is not None and snap.status is TaskStatus.RUNNING
+        # The claim's worker learns of the cancel at its next heartbeat.
+        assert await backend.extend_lease([ClaimRef("t", 1)], 30) == [LeaseState.CANCEL_REQUESTED]
+    finally:
+        await backend.close()

@@ -72,6 +72,9 @@ _STATUS_CODE = {
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 _NOW = "(extract(epoch FROM clock_timestamp())::float8)"
 _COPY_THRESHOLD = 64
+# A cancel runs again only when the task changed state while the statement waited for its row;
+# this bounds the runs for a task that keeps changing (in practice one or two).
+_CANCEL_ATTEMPTS = 20
 _COPY_COLUMNS = [
     "id",
     "queue",
@@ -986,15 +989,28 @@ class PostgresBackend(Backend):
         return out
 
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
-        """Cancel a pending task (moved to results as cancelled) or flag a running one."""
-        row = await self._call(lambda c: c.fetchrow(self._sql.cancel, task_id))
-        if row["cancelled"]:
-            return CancelOutcome.CANCELLED
-        if row["requested"]:
-            return CancelOutcome.REQUESTED
-        if row["finished"]:
-            return CancelOutcome.ALREADY_FINISHED
-        return CancelOutcome.NOT_FOUND
+        """Cancel a pending task (moved to results as cancelled) or flag a running one.
+
+        The statement reads and writes in one snapshot. A claim or a finish that commits
+        while it waits for the task's row changes the row under it: the write then finds
+        nothing to do, and the result a finish wrote is not in its snapshot. The statement
+        says when it saw the task live yet changed nothing, and only then runs again, in a
+        fresh snapshot that holds what was committed meanwhile.
+        """
+        for _ in range(_CANCEL_ATTEMPTS):
+            row = await self._call(lambda c: c.fetchrow(self._sql.cancel, task_id))
+            if row["cancelled"]:
+                return CancelOutcome.CANCELLED
+            if row["requested"]:
+                return CancelOutcome.REQUESTED
+            if row["finished"]:
+                return CancelOutcome.ALREADY_FINISHED
+            if not row["live"]:
+                return CancelOutcome.NOT_FOUND
+        raise BackendError(
+            f"could not cancel task {task_id!r}: its state changed during each of "
+            f"{_CANCEL_ATTEMPTS} attempts; try again"
+        )
 
     async def get_task(self, task_id: str) -> TaskSnapshot | None:
         """Read one task from the live table or the results."""
@@ -1300,7 +1316,8 @@ class _Statements:
             SELECT (SELECT count(*) FROM note) AS cancelled,
                    (SELECT count(*) FROM requested) AS requested,
                    (SELECT count(*) FROM {s}.results r, now
-                    WHERE r.id = $1 AND r.expires_at > now.t) AS finished
+                    WHERE r.id = $1 AND r.expires_at > now.t) AS finished,
+                   EXISTS (SELECT FROM {s}.tasks WHERE id = $1) AS live
         """
         self.get = f"""
             SELECT id, queue, state, attempts, enqueued_at, eta, started_at,
