@@ -3,8 +3,8 @@
 Every option can also come from an environment variable: ``SITQ_URL``, ``SITQ_KIND``,
 ``SITQ_CONCURRENCY``, ``SITQ_QUEUES`` (comma-separated), ``SITQ_IMPORTS`` (comma-separated),
 ``SITQ_SERIALIZER``, ``SITQ_LEASE``, ``SITQ_SHUTDOWN_TIMEOUT``, ``SITQ_POLL_INTERVAL``,
-``SITQ_CONNECT_TIMEOUT`` and ``SITQ_LOG_LEVEL``. A flag given on the command line wins over the
-environment.
+``SITQ_PURGE_INTERVAL``, ``SITQ_CONNECT_TIMEOUT`` and ``SITQ_LOG_LEVEL``. A flag given on the
+command line wins over the environment.
 ``SITQ_SECRET`` (comma-separated keys, the first signs) makes the serializer (pickle or json)
 sign and verify payloads; it has no flag, since a command line is visible to every user of the
 machine. ``SITQ_JSON_MODULES`` (comma-separated) is the json serializer's allow-list of modules.
@@ -27,7 +27,7 @@ from sitq.backends import backend_from_url, redact_url
 from sitq.cron import CronInfo
 from sitq.errors import SitqError
 from sitq.serializers import Serializer, serializer_from_name
-from sitq.worker import WORKER_KINDS
+from sitq.worker import PURGE_INTERVAL, WORKER_KINDS
 
 
 def _env_list(name: str) -> list[str]:
@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest idle wait between checks (env SITQ_POLL_INTERVAL)",
     )
     worker.add_argument(
+        "--purge-interval",
+        type=float,
+        default=_env_float("SITQ_PURGE_INTERVAL", PURGE_INTERVAL),
+        metavar="SECONDS",
+        help="seconds between sweeps that remove expired results (env SITQ_PURGE_INTERVAL; "
+        f"default {PURGE_INTERVAL:g})",
+    )
+    worker.add_argument(
         "--no-cron",
         dest="cron",
         action="store_false",
@@ -189,6 +197,7 @@ async def _run_worker(args: argparse.Namespace) -> None:
         shutdown_timeout=args.shutdown_timeout,
         poll_interval=args.poll_interval,
         cron=args.cron,
+        purge_interval=args.purge_interval,
     )
     print(
         f"sitq {args.kind} worker {worker.worker_id} on {redact_url(backend.describe())}, "

@@ -29,6 +29,7 @@ from sitq.cron import CronDriver
 from sitq.errors import BackendError, ConfigurationError
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
 from sitq.models import (
+    MAX_ETA_TIMESTAMP,
     Claim,
     ClaimRef,
     Finish,
@@ -44,7 +45,7 @@ from sitq.serializers import PickleSerializer, Serializer
 log = logging.getLogger("sitq.worker")
 
 PURGE_INTERVAL = 30.0
-"""Seconds between sweeps for expired results (SPEC §2.7: removed within a minute)."""
+"""Default seconds between sweeps for expired results (they are removed within a minute)."""
 CONNECT_RETRY_MAX = 5.0
 """Longest wait (seconds) between attempts to connect an unreachable backend in ``run()``."""
 
@@ -67,7 +68,16 @@ def _check_positive(name: str, value: float) -> float:
 
 
 class Worker:
-    """The engine. Use :class:`AsyncWorker`, :class:`ThreadWorker` or :class:`ProcessWorker`."""
+    """The engine. Use :class:`AsyncWorker`, :class:`ThreadWorker` or :class:`ProcessWorker`.
+
+    ``purge_interval`` is the number of seconds between this worker's sweeps for expired
+    results (default 30, so a result is gone within a minute of its expiry).
+
+    A task's ``timeout`` counts from the moment it starts running. A sync task that runs past
+    it, or is stopped, is settled at once, but Python cannot stop its thread: that thread keeps
+    its slot until the function returns (``abandoned_threads``; a warning is logged), so the
+    worker never runs more than ``concurrency`` tasks' code at once.
+    """
 
     executor_class: type[Executor] = AsyncExecutor
 
@@ -82,6 +92,7 @@ class Worker:
         shutdown_timeout: float = 30.0,
         poll_interval: float = 1.0,
         cron: bool = True,
+        purge_interval: float = PURGE_INTERVAL,
     ) -> None:
         if concurrency is None:
             concurrency = os.cpu_count() or 1
@@ -100,11 +111,18 @@ class Worker:
             raise ConfigurationError(f"shutdown_timeout must be >= 0, not {shutdown_timeout!r}")
         self.shutdown_timeout = float(shutdown_timeout)
         self.poll_interval = _check_positive("poll_interval", poll_interval)
+        self.purge_interval = _check_positive("purge_interval", purge_interval)
+        if not math.isfinite(self.purge_interval):
+            raise ConfigurationError(
+                f"purge_interval must be a finite number of seconds, not {purge_interval!r}"
+            )
         self.heartbeat_interval = min(self.lease / 3, 2.0)
         self.cron = bool(cron)
         self._cron_driver = CronDriver(self.backend)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.executor: Executor = self.executor_class(self.serializer, concurrency)
+        self.executor.on_slot_freed = self._on_slot_freed
+        self._all_slots_abandoned = False
         self._held: dict[str, _Held] = {}
         self._executing = 0
         self._slot_freed = asyncio.Event()
@@ -128,6 +146,7 @@ class Worker:
             "released": 0,
             "lost": 0,
             "refused": 0,
+            "purged": 0,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -352,12 +371,26 @@ class Worker:
         """True between ``start()`` and the end of ``stop()``."""
         return self._started
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still running a task whose attempt already ended (timed out or stopped);
+        each keeps its slot until the function returns."""
+        return self.executor.abandoned
+
     # -- claiming ---------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            free = self.concurrency - self._executing
+            abandoned = self.executor.abandoned
+            free = self.concurrency - self._executing - abandoned
+            if abandoned >= self.concurrency and not self._all_slots_abandoned:
+                log.warning(
+                    "every slot (%d) is held by a thread still running a task that timed out or "
+                    "was stopped; no task is claimed until one of them returns",
+                    self.concurrency,
+                )
+            self._all_slots_abandoned = abandoned >= self.concurrency
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -376,6 +409,9 @@ class Worker:
                 self._launch(claim)
             if len(claims) < free:
                 await self._idle(self.poll_interval, wait_for_work=True)
+
+    def _on_slot_freed(self) -> None:
+        self._slot_freed.set()
 
     async def _idle(self, timeout: float, *, wait_for_work: bool) -> None:
         if self._stopping:
@@ -457,7 +493,7 @@ class Worker:
             )
         if claim.cancel_requested:
             return self._finish(held, TaskStatus.CANCELLED, None, "cancelled while running", None)
-        outcome = await self.executor.run(claim.payload, opts.timeout)
+        outcome = await self.executor.run(claim.payload, opts.timeout, task_id=claim.task_id)
         if outcome.ok:
             self.counters["succeeded"] += 1
             return self._finish(held, TaskStatus.SUCCESS, outcome.value, None, None)
@@ -468,7 +504,9 @@ class Worker:
             )
         if delay is not None:
             self.counters["retried"] += 1
-            return Reschedule(held.ref, time.time() + delay, outcome.error, outcome.traceback)
+            # A finite but huge delay is held at the latest ETA every backend stores.
+            eta = min(time.time() + delay, MAX_ETA_TIMESTAMP)
+            return Reschedule(held.ref, eta, outcome.error, outcome.traceback)
         self.counters["failed"] += 1
         return self._finish(held, TaskStatus.FAILED, None, _error_line(outcome), outcome.traceback)
 
@@ -573,10 +611,11 @@ class Worker:
             try:
                 removed = await self.backend.purge_expired(time.time())
                 if removed:
+                    self.counters["purged"] += removed
                     log.debug("removed %d expired results", removed)
             except Exception as exc:
                 log.warning("purging expired results failed: %s", exc)
-            await asyncio.sleep(PURGE_INTERVAL)
+            await asyncio.sleep(self.purge_interval)
 
 
 def _unreadable_ttl(ttl: object) -> bool:
@@ -642,6 +681,7 @@ class ProcessWorker(Worker):
         shutdown_timeout: float = 30.0,
         poll_interval: float = 1.0,
         cron: bool = True,
+        purge_interval: float = PURGE_INTERVAL,
     ) -> None:
         super().__init__(
             backend,
@@ -652,6 +692,7 @@ class ProcessWorker(Worker):
             shutdown_timeout=shutdown_timeout,
             poll_interval=poll_interval,
             cron=cron,
+            purge_interval=purge_interval,
         )
 
 
