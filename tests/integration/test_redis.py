@@ -30,7 +30,15 @@ from sitq import (
     TaskStatus,
     backend_from_url,
 )
-from sitq.models import Claim, ClaimRef, Finish, LeaseState, Release, Reschedule
+from sitq.models import (
+    Claim,
+    ClaimRef,
+    Finish,
+    LeaseState,
+    QueueStats,
+    Release,
+    Reschedule,
+)
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
 from tests.servers import RedisProcess, free_port, redis_server
@@ -390,6 +398,15 @@ def test_url_options_and_describe_without_password() -> None:
         backend_from_url("redis://localhost?cluster=maybe")
     with pytest.raises(ConfigurationError, match="command_timeout"):
         backend_from_url("redis://localhost?command_timeout=soon")
+    assert RedisBackend().max_connections == 100
+    bounded = backend_from_url("redis://localhost?max_connections=7")
+    assert isinstance(bounded, RedisBackend) and bounded.max_connections == 7
+    assert bounded.url == "redis://localhost"
+    for bad in ("many", "0", "2.5"):
+        with pytest.raises(ConfigurationError, match="max_connections"):
+            backend_from_url(f"redis://localhost?max_connections={bad}")
+    with pytest.raises(ConfigurationError, match="max_connections"):
+        RedisBackend(max_connections=True)
 
 
 def test_the_constructor_reads_the_url_options_too() -> None:
@@ -400,6 +417,8 @@ def test_the_constructor_reads_the_url_options_too() -> None:
     assert same.prefix == "app2"
     with pytest.raises(ConfigurationError, match="prefix is set twice"):
         RedisBackend(url="redis://localhost?prefix=app2", prefix="app3")
+    with pytest.raises(ConfigurationError, match="max_connections is set twice"):
+        RedisBackend(url="redis://localhost?max_connections=5", max_connections=6)
     with pytest.raises(ConfigurationError, match="prefix"):
         RedisBackend(url="redis://localhost?prefix=has%20space")
 
@@ -746,3 +765,142 @@ async def test_keys_crons_and_locks_on_a_redis_cluster(
         for client in clients[1:]:
             await client.close()
         await queue.close()
+
+
+# -- explicit ids across queues -------------------------------------------------------------------
+
+
+async def _an_id_moves_to_another_queue_only_once_gone(url: str) -> None:
+    """An explicit id known on one queue is left alone on another; once its result expired
+    there it is stored on the other queue, and purging the old result keeps the new index
+    entry."""
+    backend = RedisBackend.from_url(url)
+    queue = TaskQueue(backend, result_ttl=1.0)
+    await queue.connect()
+    fresh = RedisBackend.from_url(url)  # remembers no ids: reads the index
+    await fresh.connect()
+    try:
+
+        def on(name: str) -> Any:
+            return queue.options(task_id="order-7", queue=name)
+
+        assert await on("qa").enqueue(tasks.add, 1, 1) == "order-7"
+        assert await on("qb").enqueue(tasks.add, 2, 2) == "order-7"
+        snap = await fresh.get_task("order-7")
+        assert snap is not None and snap.queue == "qa"
+        async with AsyncWorker(backend, queues=["qa", "qb"], poll_interval=0.2):
+            assert await queue.get_value("order-7", timeout=20) == 2
+        await wait_until(lambda: _gone(queue, "order-7"), message="the result to expire")
+        await on("qb").enqueue(tasks.add, 2, 2)
+        assert await backend.purge_expired(time.time()) == 1
+        snap = await fresh.get_task("order-7")
+        assert snap is not None and (snap.queue, snap.status) == ("qb", TaskStatus.PENDING)
+        assert await TaskQueue(fresh).cancel("order-7") is True
+        # qa's expired result is gone; qb holds the one task, cancelled.
+        assert await queue.stats() == [QueueStats("qb", cancelled=1)]
+    finally:
+        await fresh.close()
+        await queue.close()
+
+
+async def test_an_explicit_id_moves_to_another_queue_only_once_gone(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    await _an_id_moves_to_another_queue_only_once_gone(
+        f"redis://127.0.0.1:{server.port}/0?prefix=moves"
+    )
+
+
+async def test_an_explicit_id_moves_to_another_queue_only_once_gone_on_a_redis_cluster(
+    cluster_url: str,
+) -> None:
+    await _an_id_moves_to_another_queue_only_once_gone(cluster_url)
+
+
+async def _gone(queue: TaskQueue, task_id: str) -> bool:
+    return await queue.get_status(task_id) is None
+
+
+async def _claim_index(backend: RedisBackend, task_id: str, queue: str) -> str:
+    """Claim an id's index entry the way an enqueue on a cluster does first."""
+    ((entry, _),) = await backend._exec(
+        [backend._evalsha("claim_index", [backend._index_key(task_id)], [queue, "tok", ""])]
+    )
+    return bytes(entry).decode()
+
+
+async def _late_enqueue(backend: RedisBackend, task: Any, kind: str) -> str:
+    """The enqueue script of a client that claimed the entry as ``kind`` says."""
+    commands: list[Any] = []
+    backend._enqueue_calls([task], [0], commands, {0: kind})
+    (reply,) = await backend._exec(commands)
+    return bytes(reply).decode()
+
+
+async def test_a_takeover_on_a_redis_cluster_fences_the_claim_it_replaced(
+    cluster_url: str,
+) -> None:
+    """A client that claimed an id's index entry and stalled before storing the task does not
+    hold the id forever, and cannot store it after another queue took it over."""
+    backend = RedisBackend.from_url(cluster_url)
+    queue = TaskQueue(backend)
+    await queue.connect()
+    try:
+        entry = await _claim_index(backend, "order-9", "qa")
+        queue_name, token, claimed = entry.split(" ")
+        assert (queue_name, token) == ("qa", "tok")
+        # Another client stores the id on qb: the claim on qa is fenced, the entry moves.
+        assert await queue.options(task_id="order-9", queue="qb").enqueue(tasks.add, 1, 2)
+        snap = await backend.get_task("order-9")
+        assert snap is not None and (snap.queue, snap.status) == ("qb", TaskStatus.PENDING)
+        # The stalled client's enqueue on qa is refused, and so is one whose claim is too old.
+        late = queue._build(
+            queue.task_options.merge(task_id="order-9", queue="qa"),
+            tasks.add,
+            (3, 4),
+            {},
+            None,
+            time.time(),
+        )
+        assert await _late_enqueue(backend, late, f"{claimed} tok") == "F"
+        assert await _late_enqueue(backend, late, f"{int(claimed) - 61_000} other") == "S"
+        stats = {s.queue: s.pending for s in await queue.stats()}
+        assert stats == {"qb": 1}
+        # Enqueued again on qa while known on qb: left alone.
+        await queue.options(task_id="order-9", queue="qa").enqueue(tasks.add, 5, 6)
+        assert {s.queue: s.pending for s in await queue.stats()} == {"qb": 1}
+    finally:
+        await queue.close()
+
+
+# -- connections ----------------------------------------------------------------------------------
+
+
+async def test_calls_beyond_max_connections_wait_for_one(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    admin = server.admin()
+    url = f"redis://127.0.0.1:{server.port}/0?prefix=conns"
+    queue = TaskQueue(f"{url}&max_connections=3&client_name=bounded")
+    await queue.connect()
+    try:
+        assert isinstance(queue.backend, RedisBackend) and queue.backend.max_connections == 3
+        ids = await asyncio.gather(*(queue.enqueue(tasks.add, i, i) for i in range(500)))
+        statuses = await asyncio.gather(*(queue.get_status(i) for i in ids))
+        assert statuses == [TaskStatus.PENDING] * 500
+        async with AsyncWorker(url, poll_interval=0.2):
+            values = await asyncio.gather(*(queue.get_value(i, timeout=30) for i in ids))
+        assert values == [2 * i for i in range(500)]
+        listing = await admin.execute_command("CLIENT", "LIST")
+        kinds = Counter(
+            "normal" if b" sub=0 " in line else "pubsub"
+            for line in listing.splitlines()
+            if b" name=bounded " in line
+        )
+        # Three connections for calls, one for pub/sub.
+        assert kinds["normal"] == 3 and kinds["pubsub"] == 1, kinds
+    finally:
+        await queue.close()
+        await admin.aclose()

@@ -32,13 +32,16 @@ Design:
   lock step, in its own slot. Times come from the server's ``TIME``, so workers with skewed
   clocks agree on leases.
 * ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own slot) names the
-  task's queue. A generated id's entry is written by the enqueue script with its task on a
-  standalone server, and just before it in a cluster (where the entry's slot is elsewhere); an
-  explicit id claims its entry in a round trip of its own first, so that an id known on
-  another queue is left alone. The entry is removed
-  by ``purge_expired`` once the result expired; a stale entry is harmless (the task key is the
-  truth). Objects remember the queues of the ids they enqueued or claimed, so the common paths
-  skip that lookup.
+  task's queue. On a standalone server the enqueue script writes the entry with the task, and
+  for an explicit id first checks that the queue the entry names does not hold the id still:
+  one atomic step, so two clients enqueueing one id on two queues store it once. In a cluster
+  (where the entry's slot is elsewhere) a generated id's entry is written just before the
+  script, and an explicit id's entry is claimed under a token first (see ``_CLAIM_INDEX``):
+  the entry is the authority, and moves to another queue only once the old queue has fenced
+  the token and lacks the id. ``purge_expired`` removes an entry once the result expired and
+  the id is gone from its queue; a stale entry is harmless (the task key is the truth).
+  Objects remember the queues of the ids they enqueued or claimed, so the common paths skip
+  that lookup.
 * A step whose connection failed is retried only where that cannot act twice: claim and settle
   carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets
   the same answer); enqueue checks that the task does not exist; cancel is not retried.
@@ -50,18 +53,23 @@ Design:
 * Standalone servers are reached through one pooled connection kept for whoever comes first
   (the commands of a step are pipelined on it, encoded by sitq, which costs a fraction of
   redis-py's general encoder); concurrent callers use the rest of the pool. With
-  ``cluster=True`` redis-py's ``RedisCluster`` routes each script to its slot's node.
+  ``cluster=True`` redis-py's ``RedisCluster`` routes each script to its slot's node. At most
+  ``max_connections`` calls are in flight (one per connection, per node); calls beyond that
+  wait, and while they wait they join one batch whose commands go out pipelined together on
+  the next connection that frees up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib
 import inspect
 import logging
 import math
+import random
 import re
 import time
 import uuid
@@ -111,6 +119,19 @@ _RANK_LEN = 34
 _MAX_PARK = 1000
 # A claim on several queues plans again when a queue's share was parked instead of taken.
 _CLAIM_ROUNDS = 4
+# Explicit ids on a Redis Cluster (see _CLAIM_INDEX): an enqueue script refuses a claim of the
+# id's index entry older than _CLAIM_WINDOW_MS, and a takeover fences the token of a claim
+# younger than _FENCE_MS (for that long). _FENCE_MS exceeds the window by the clock skew
+# between nodes that is tolerated.
+_CLAIM_WINDOW_MS = 60_000
+_FENCE_MS = 600_000
+# Rounds of claim / enqueue / takeover an explicit id on a Redis Cluster may take.
+_CLAIM_TRIES = 30
+# A claim on another queue younger than this is likely still enqueueing: look again once,
+# after a pause, before fencing it.
+_FRESH_MS = 1000
+# Calls that wait for a connection share a round trip, up to about this many commands.
+_BATCH_COMMANDS = 1000
 
 # -- Lua ---------------------------------------------------------------------------------------
 
@@ -172,30 +193,64 @@ end
 
 # KEYS: ready, sched, seq, done:s, done:f, done:c, then (on a standalone server only) the id
 #       index key of each task, in order
-# ARGV: task key prefix, work channel, queue, then per task (9 values): id, fresh (1/0),
+# ARGV: task key prefix, work channel, queue, key prefix, then per task (9 values): id, kind,
 #       priority, eta ('' = now), payload, options, result_ttl, concurrency key, limit
-# Returns one character per task: '1' stored, '0' already known.
+# The kind of an id is '1' (generated), '0' (explicit, on a standalone server: the script
+# decides with the id index) or '<claim ms> <token>' (explicit, on a Redis Cluster: the caller
+# holds the id's index entry under that token, claimed at that time; see _CLAIM_INDEX).
+# Returns one character per task: '1' stored, '0' already known (here or on the queue the
+# index names), and on a cluster 'F' (the token was fenced by a takeover) or 'S' (the claim
+# is too old): claim the index entry again.
 _ENQUEUE = (
     _LUA_COMMON
     + """
 local now = now_s()
+local now_ms = math.floor(now * 1000)
 local out = {}
 local ready = {}
 local added = 0
-local n = (#ARGV - 3) / 9
+local n = (#ARGV - 4) / 9
 local indexed = #KEYS > 6
+local function queue_key(queue, part)
+  return ARGV[4] .. ':{' .. ARGV[4] .. ':' .. queue .. '}:' .. part
+end
 -- sequence numbers for the whole call at once (unused ones are simply skipped)
 local seq = redis.call('INCRBY', KEYS[3], n) - n
-for i = 4, #ARGV, 9 do
+for i = 5, #ARGV, 9 do
   local id = ARGV[i]
+  local kind = ARGV[i + 1]
   local tk = ARGV[1] .. id
-  -- a generated id is indexed with its task (an explicit one was indexed before the call)
-  if indexed and ARGV[i + 1] == '1' then redis.call('SET', KEYS[7 + (i - 4) / 9], ARGV[3]) end
-  if redis.call('EXISTS', tk) == 1 then
-    -- a generated id can only exist if an earlier attempt of this very call stored it
-    if ARGV[i + 1] == '1' then out[#out + 1] = '1' else out[#out + 1] = '0' end
+  local verdict = nil
+  if kind == '1' then
+    -- a generated id is indexed with its task
+    if indexed then redis.call('SET', KEYS[7 + (i - 5) / 9], ARGV[3]) end
+  elseif kind == '0' then
+    -- An explicit id still known on the queue its index entry names is left alone; else
+    -- the entry names this queue, in the same step as the check (known here or stored).
+    local ik = KEYS[7 + (i - 5) / 9]
+    local owner = redis.call('GET', ik)
+    if owner and owner ~= ARGV[3] and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1 then
+      verdict = '0'
+    else
+      redis.call('SET', ik, ARGV[3])
+    end
   else
-    if ARGV[i + 1] == '0' then
+    local claimed, token = string.match(kind, '^(%d+) (.*)$')
+    if now_ms - tonumber(claimed) > """
+    + str(_CLAIM_WINDOW_MS)
+    + """ then
+      verdict = 'S'
+    elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then
+      verdict = 'F'
+    end
+  end
+  if verdict then
+    out[#out + 1] = verdict
+  elseif redis.call('EXISTS', tk) == 1 then
+    -- a generated id can only exist if an earlier attempt of this very call stored it
+    if kind == '1' then out[#out + 1] = '1' else out[#out + 1] = '0' end
+  else
+    if kind ~= '1' then
       -- an explicit id whose earlier result expired: forget its old entry
       redis.call('ZREM', KEYS[4], id)
       redis.call('ZREM', KEYS[5], id)
@@ -612,17 +667,60 @@ return out
 """
 )
 
-# KEYS: index key. ARGV: queue. Sets the index if absent; returns the previous value or nil.
-_INDEX = """
-local old = redis.call('GET', KEYS[1])
-if not old then redis.call('SET', KEYS[1], ARGV[1]) end
-return old
+# On a Redis Cluster an id's index entry and its queue are in different slots, so no script
+# can check the one and write the other. There the entry of an explicit id is the authority:
+# '<queue> <token> <claim ms>'. Only a holder of the entry's token may store the id on its
+# queue (the enqueue script checks the token against the queue's fences for the id and refuses
+# claims older than _CLAIM_WINDOW_MS), and the entry moves to another queue only after a
+# takeover fenced the token on the old queue in the same step that found the id gone there
+# (_REVOKE), by a compare-and-set of the whole entry. (A generated id's entry is the bare queue
+# name: such an id is never enqueued twice.)
+#
+# KEYS: index key. ARGV: queue, a new token, the entry to replace ('' for none).
+# Takes the entry if it is absent or equal to the one to replace; renews its claim time if it
+# names this queue. Returns the entry as it is then, and the server's time in milliseconds.
+_CLAIM_INDEX = """
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local v = redis.call('GET', KEYS[1])
+local q, token = nil, nil
+if v then q, token = string.match(v, '^(%S+) (%S+) %d+$') end
+if not v or v == ARGV[3] or (not q and v == ARGV[1]) then
+  -- absent, replaced, or a generated id's entry on this queue
+  v = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now
+  redis.call('SET', KEYS[1], v)
+elseif q == ARGV[1] then
+  v = q .. ' ' .. token .. ' ' .. now
+  redis.call('SET', KEYS[1], v)
+end
+return {v, now}
 """
 
-# KEYS: index key. ARGV: queue. Deletes the index entry if it still names that queue.
-_UNINDEX = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+# KEYS: task key, fence key (of one id on one queue). ARGV: token, claim ms of the index entry.
+# 1 if the task exists; else 0, after fencing the token if its claim may still be in flight.
+_REVOKE = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now - tonumber(ARGV[2]) < """
+    + str(_FENCE_MS)
+    + """ then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], """
+    + str(_FENCE_MS)
+    + """)
+end
 return 0
+"""
+)
+
+# KEYS: index key (and on a standalone server the task key). ARGV: the entry. Deletes the index
+# entry if it is still that one (and the task is gone).
+_UNINDEX = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 # KEYS: lock. ARGV: token, TTL in milliseconds. Takes a free lock (an expired one is gone:
@@ -681,7 +779,8 @@ _SCRIPTS = {
     "cancel": _CANCEL,
     "stats": _STATS,
     "purge": _PURGE,
-    "index": _INDEX,
+    "claim_index": _CLAIM_INDEX,
+    "revoke": _REVOKE,
     "unindex": _UNINDEX,
     "lock_acquire": _LOCK_ACQUIRE,
     "lock_extend": _LOCK_EXTEND,
@@ -706,8 +805,25 @@ class _QueueKeys:
     claims: str
     settles: str
     ck: str
+    fence: str  # the prefix of the fence keys of explicit ids (Redis Cluster)
     work: str
     index: str  # the prefix of the id index keys (shared by every queue)
+    prefix: str  # the backend's key prefix
+
+
+def _parse_entry(entry: str) -> tuple[str, str, int]:
+    """An id index entry's queue, token and claim time in milliseconds: ``<queue> <token>
+    <ms>`` for an explicit id on a Redis Cluster, the bare queue name otherwise (no token,
+    claimed at 0)."""
+    parts = entry.split(" ")
+    if len(parts) == 3 and parts[2].isdigit():
+        return parts[0], parts[1], int(parts[2])
+    return entry, "", 0
+
+
+def _entry_queue(raw: Any) -> str:
+    """The queue an id index entry names."""
+    return bytes(raw).split(b" ", 1)[0].decode()
 
 
 def _opt(value: bytes | str | None) -> bytes:
@@ -771,22 +887,23 @@ def _pack(commands: Sequence[_Command]) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _enqueue_head(sha: str, k: _QueueKeys, queue: str) -> tuple[bytes, bytes, bytes]:
     """The fixed parts of a queue's enqueue script call, in RESP: ``EVALSHA`` and the script,
-    the six queue keys, and the three leading arguments."""
+    the six queue keys, and the four leading arguments."""
     return (
         _pack([("EVALSHA", sha)]).split(b"\r\n", 1)[1],
         _pack([(k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c)]).split(b"\r\n", 1)[1],
-        _pack([(k.task, k.work, queue)]).split(b"\r\n", 1)[1],
+        _pack([(k.task, k.work, queue, k.prefix)]).split(b"\r\n", 1)[1],
     )
 
 
 def _encode_enqueue(sha: str, k: _QueueKeys, chunk: Sequence[NewTask]) -> bytes:
     """The enqueue script call for a chunk of tasks of one queue on a standalone server, in
     RESP, encoded in one pass (encoding the arguments one by one took most of an enqueue's
-    client time), with each task's id index key for the script to set."""
+    client time), with each task's id index key for the script to set (or, for an explicit
+    id, to check and set)."""
     call, keys, argv = _enqueue_head(sha, k, chunk[0].queue)
     nkeys = 6 + len(chunk)
     nk = b"%d" % nkeys
-    parts = [b"*%d\r\n" % (2 + 1 + nkeys + 3 + 9 * len(chunk)), call]
+    parts = [b"*%d\r\n" % (2 + 1 + nkeys + 4 + 9 * len(chunk)), call]
     parts += [b"$%d\r\n%b\r\n" % (len(nk), nk), keys]
     for t in chunk:
         key = (k.index + t.id).encode()
@@ -829,6 +946,17 @@ def _encode_enqueue(sha: str, k: _QueueKeys, chunk: Sequence[NewTask]) -> bytes:
             )
         )
     return b"".join(parts)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Calls that found every connection busy: their commands, sent together in one round
+    trip, and each caller's slice of the replies."""
+
+    commands: list[_Command] = dataclasses.field(default_factory=list)
+    waiters: list[tuple[int, int, asyncio.Future[list[Any]]]] = dataclasses.field(
+        default_factory=list
+    )
 
 
 def _millis(seconds: float) -> int:
@@ -934,6 +1062,13 @@ def _url_options(url: str) -> tuple[str, dict[str, Any]]:
                 options[key] = float(params.pop(key))
             except ValueError:
                 raise ConfigurationError(f"{key} must be a number in {redact_url(url)}") from None
+    if "max_connections" in params:
+        try:
+            options["max_connections"] = int(params.pop("max_connections"))
+        except ValueError:
+            raise ConfigurationError(
+                f"max_connections must be a whole number in {redact_url(url)}"
+            ) from None
     if not options:
         return url, options
     return urlunsplit(parts._replace(query=urlencode(params))), options
@@ -947,7 +1082,9 @@ class RedisBackend(Backend):
     server is; ``prefix`` starts every key and channel name,
     so several applications can share one server. ``cluster=True`` talks to a Redis Cluster
     (``host``/``port`` or the URL name any node). ``command_timeout`` bounds each call to the
-    server and ``connect_timeout`` each new connection, in seconds. Durability is the server's:
+    server and ``connect_timeout`` each new connection, in seconds. ``max_connections`` bounds
+    the connections one backend object opens to each server for its calls (one more carries its
+    pub/sub): calls beyond it wait for a connection to free up. Durability is the server's:
     run it with ``appendonly yes`` (and ``appendfsync always`` for no loss on a crash).
     """
 
@@ -967,6 +1104,7 @@ class RedisBackend(Backend):
         cluster: bool = False,
         command_timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        max_connections: int = 100,
     ) -> None:
         require("redis", "redis", "RedisBackend")
         self._aioredis: Any = importlib.import_module("redis.asyncio")
@@ -979,6 +1117,7 @@ class RedisBackend(Backend):
                 "cluster": cluster,
                 "command_timeout": command_timeout,
                 "connect_timeout": connect_timeout,
+                "max_connections": max_connections,
             }
             for key, value in query.items():
                 if given[key] != _URL_DEFAULTS[key] and given[key] != value:
@@ -991,6 +1130,7 @@ class RedisBackend(Backend):
             cluster = given["cluster"]
             command_timeout = given["command_timeout"]
             connect_timeout = given["connect_timeout"]
+            max_connections = given["max_connections"]
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ConfigurationError(
                 f"prefix={prefix!r} is not valid: use 1-64 letters, digits or '_', '.', ':', '-'"
@@ -1020,6 +1160,14 @@ class RedisBackend(Backend):
                 or not 0 < value < math.inf
             ):
                 raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ConfigurationError(
+                f"max_connections must be a whole number >= 1, not {max_connections!r}"
+            )
         if cluster and url is None and db != 0:
             raise ConfigurationError("a Redis Cluster has only db 0")
         self.url = url
@@ -1030,6 +1178,11 @@ class RedisBackend(Backend):
         self.cluster = bool(cluster)
         self.command_timeout = float(command_timeout)
         self.connect_timeout = float(connect_timeout)
+        self.max_connections = max_connections
+        # Calls in flight, at most one per connection; the rest wait here (set by connect()).
+        self._slots: asyncio.Semaphore | None = None
+        self._batch: _Batch | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
         self._username = username
         self._password = password
         self._ssl = ssl
@@ -1064,8 +1217,9 @@ class RedisBackend(Backend):
     def from_url(cls, url: str) -> RedisBackend:
         """A backend from ``redis://[[user]:password@]host:6379/0?prefix=app1`` (or
         ``rediss://`` for TLS). Backend options travel as query parameters: ``prefix``,
-        ``cluster`` (``true`` for a Redis Cluster), ``command_timeout``, ``connect_timeout``;
-        any other parameter goes to redis-py (``ssl_cert_reqs``, ``socket_keepalive``, ...).
+        ``cluster`` (``true`` for a Redis Cluster), ``command_timeout``, ``connect_timeout``,
+        ``max_connections``; any other parameter goes to redis-py (``ssl_cert_reqs``,
+        ``socket_keepalive``, ...).
         ``RedisBackend(url=...)`` reads the same parameters."""
         return cls(url=url)
 
@@ -1097,6 +1251,9 @@ class RedisBackend(Backend):
             # RESP2 replies parse faster in redis-py's pure-Python parser.
             "protocol": 2,
             "health_check_interval": 0,
+            # Calls wait for one of max_connections (see _call) instead of failing; beyond
+            # them, the pub/sub connection (and its successor while it is replaced).
+            "max_connections": self.max_connections + 2,
         }
 
     def _make_client(self) -> Any:
@@ -1161,6 +1318,7 @@ class RedisBackend(Backend):
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
         self._by_sha = {s.sha.encode(): s for s in self._scripts.values()}
         self._client = client
+        self._slots = asyncio.Semaphore(self.max_connections)
         if not self.cluster:
             self._pool = client.connection_pool
             try:
@@ -1178,6 +1336,11 @@ class RedisBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._signal_all()
+        batches = list(self._batch_tasks)
+        for batch_task in batches:
+            batch_task.cancel()
+        if batches:
+            await asyncio.gather(*batches, return_exceptions=True)
         if client is None:
             return
         direct, self._direct = self._direct, None
@@ -1218,8 +1381,10 @@ class RedisBackend(Backend):
                 claims=f"{base}:claim:",
                 settles=f"{base}:settle:",
                 ck=f"{base}:ck",
+                fence=f"{base}:f:",
                 work=f"{self._work_prefix}{queue}",
                 index=f"{self.prefix}:id:",
+                prefix=self.prefix,
             )
             self._keys[queue] = keys
         return keys
@@ -1239,17 +1404,14 @@ class RedisBackend(Backend):
     async def _exec(self, commands: Sequence[_Command], *, retry: bool = True) -> list[Any]:
         """Run commands in one round trip; return their replies (error replies as exception
         objects). Connection failures are retried (if ``retry``) and then raise BackendError."""
-        if self._client is None:
+        if self._client is None or self._slots is None:
             raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
         if not commands:
             return []
         attempts = 3 if retry else 1
         for attempt in range(attempts):
             try:
-                async with asyncio.timeout(self.command_timeout):
-                    if self.cluster:
-                        return await self._run_cluster(commands)
-                    return await self._run_direct(commands)
+                return await self._call(commands)
             except self._transient() as exc:
                 if attempt + 1 >= attempts or self._client is None:
                     raise BackendError(
@@ -1259,6 +1421,64 @@ class RedisBackend(Backend):
             except self._errors() as exc:
                 raise BackendError(f"Redis: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call(self, commands: Sequence[_Command]) -> list[Any]:
+        """One attempt of ``_exec``. At most ``max_connections`` round trips are in flight,
+        one per connection; a call that finds them all busy joins the open batch, whose
+        commands go out together, pipelined on the next connection that frees up (waiting
+        for it does not count against ``command_timeout``)."""
+        slots = self._slots
+        if slots is None:
+            raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
+        if not slots.locked():
+            async with slots, asyncio.timeout(self.command_timeout):
+                return await self._run(commands)
+        batch = self._batch
+        if batch is None or len(batch.commands) >= _BATCH_COMMANDS:
+            batch = self._batch = _Batch()
+            task = asyncio.create_task(self._run_batch(batch), name="sitq-redis-batch")
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        start = len(batch.commands)
+        batch.commands += commands
+        batch.waiters.append((start, len(batch.commands), future))
+        return await future
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        """Wait for a connection, close the batch to newcomers, run its commands in one round
+        trip and hand each caller its replies (or the error)."""
+        outcome: list[Any] | BaseException
+        try:
+            slots = self._slots
+            if slots is None:
+                raise BackendError("RedisBackend was closed while the call waited")
+            async with slots:
+                if self._batch is batch:
+                    self._batch = None
+                if self._client is None:
+                    raise BackendError("RedisBackend was closed while the call waited")
+                async with asyncio.timeout(self.command_timeout):
+                    outcome = await self._run(batch.commands)
+        except asyncio.CancelledError:
+            outcome = BackendError("RedisBackend was closed while the call waited")
+        except Exception as exc:
+            outcome = exc
+        finally:
+            if self._batch is batch:
+                self._batch = None
+        for start, end, future in batch.waiters:
+            if future.done():  # the caller was cancelled
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome[start:end])
+
+    async def _run(self, commands: Sequence[_Command]) -> list[Any]:
+        if self.cluster:
+            return await self._run_cluster(commands)
+        return await self._run_direct(commands)
 
     async def _run_direct(self, commands: Sequence[_Command]) -> list[Any]:
         pool = self._pool
@@ -1373,7 +1593,7 @@ class RedisBackend(Backend):
             self._raise_errors(replies)
             for task_id, reply in zip(unknown, replies, strict=True):
                 if reply is not None:
-                    found[task_id] = bytes(reply).decode()
+                    found[task_id] = _entry_queue(reply)
         return found
 
     # -- pub/sub ----------------------------------------------------------------------------
@@ -1533,72 +1753,70 @@ class RedisBackend(Backend):
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Store tasks with one script call per queue (in one round trip); an id still known
-        is left alone. An explicit id first claims its index entry (one more round trip)."""
+        is left alone. On a standalone server the script also checks and sets each id's
+        index entry; on a Redis Cluster an explicit id claims its entry first (see
+        ``_enqueue_claimed``)."""
         self._check()
         if not tasks:
             return []
-        if (
-            len(tasks) == 1
-            and tasks[0].fresh_id
-            and tasks[0].queue in self._registered
-            and not self.cluster
-        ):
+        if len(tasks) == 1 and tasks[0].queue in self._registered and not self.cluster:
             return [await self._enqueue_one(tasks[0])]
-        include = [True] * len(tasks)
-        before: list[_Command] = []
-        reindex: list[int] = []
-        explicit = [i for i, t in enumerate(tasks) if not t.fresh_id]
-        if explicit:
-            replies = await self._exec(
-                [
-                    self._evalsha("index", [self._index_key(tasks[i].id)], [tasks[i].queue])
-                    for i in explicit
-                ]
-            )
-            self._raise_errors(replies)
-            elsewhere: list[tuple[int, str]] = []
-            for i, old in zip(explicit, replies, strict=True):
-                if old is None:
-                    continue
-                old_queue = bytes(old).decode()
-                if old_queue == tasks[i].queue:
-                    reindex.append(i)
-                else:
-                    elsewhere.append((i, old_queue))
-            if elsewhere:
-                # The id was last used on another queue: known there means known.
-                alive = await self._exec(
-                    [("EXISTS", self._queue_keys(q).task + tasks[i].id) for i, q in elsewhere]
-                )
-                self._raise_errors(alive)
-                for (i, _), exists in zip(elsewhere, alive, strict=True):
-                    if exists:
-                        include[i] = False
-                    else:
-                        before.append(("SET", self._index_key(tasks[i].id), tasks[i].queue))
-        commands = before
-        for queue in {t.queue for t in tasks} - self._registered:
-            commands.append(("SADD", f"{self.prefix}:queues", queue))
+        stored = [False] * len(tasks)
+        queues = {t.queue for t in tasks}
+        commands: list[_Command] = [
+            ("SADD", f"{self.prefix}:queues", queue) for queue in queues - self._registered
+        ]
         if self.cluster:
             # Each id's index key has a slot of its own: one SET per generated id (redis-py
-            # sends each to its node). On a standalone server the enqueue script sets them.
-            commands += [("SET", self._index_key(t.id), t.queue) for t in tasks if t.fresh_id]
-        groups: dict[str, list[int]] = {}
-        for i, t in enumerate(tasks):
-            if include[i]:
-                groups.setdefault(t.queue, []).append(i)
-        calls: list[list[int]] = []
+            # sends each to its node), before the queue's script.
+            now = [i for i, t in enumerate(tasks) if t.fresh_id]
+            commands += [("SET", self._index_key(tasks[i].id), tasks[i].queue) for i in now]
+            explicit = [i for i, t in enumerate(tasks) if not t.fresh_id]
+        else:
+            now = list(range(len(tasks)))
+            explicit = []
         first_call = len(commands)
-        for queue, indices in groups.items():
+        calls = self._enqueue_calls(tasks, now, commands)
+        replies = await self._exec(commands)
+        self._raise_errors(replies)
+        self._registered.update(queues)
+        for chunk, reply in zip(calls, replies[first_call:], strict=True):
+            for i, flag in zip(chunk, bytes(reply), strict=True):
+                if flag == 49:  # b"1"
+                    stored[i] = True
+                    self._remember(tasks[i].id, tasks[i].queue)
+        if explicit:
+            await self._enqueue_claimed(tasks, explicit, stored)
+        return stored
+
+    def _enqueue_calls(
+        self,
+        tasks: Sequence[NewTask],
+        indices: Sequence[int],
+        commands: list[_Command],
+        kinds: dict[int, str] | None = None,
+    ) -> list[list[int]]:
+        """Append the enqueue script calls for ``tasks[i] for i in indices`` (one per queue and
+        chunk) to ``commands``; return the task indices of each call. ``kinds`` gives the
+        claim of each explicit id on a cluster."""
+        groups: dict[str, list[int]] = {}
+        for i in indices:
+            groups.setdefault(tasks[i].queue, []).append(i)
+        calls: list[list[int]] = []
+        for queue, members in groups.items():
             k = self._queue_keys(queue)
-            for start in range(0, len(indices), _ENQUEUE_CHUNK):
-                chunk = indices[start : start + _ENQUEUE_CHUNK]
-                args: list[Any] = [k.task, k.work, queue]
-                for i in chunk if self.cluster else ():
+            for start in range(0, len(members), _ENQUEUE_CHUNK):
+                chunk = members[start : start + _ENQUEUE_CHUNK]
+                calls.append(chunk)
+                if not self.cluster:
+                    commands.append(self._packed_enqueue(k, [tasks[i] for i in chunk]))
+                    continue
+                args: list[Any] = [k.task, k.work, queue, self.prefix]
+                for i in chunk:
                     t = tasks[i]
                     args += [
                         t.id,
-                        b"1" if t.fresh_id else b"0",
+                        b"1" if kinds is None else kinds[i],
                         t.priority,
                         b"" if t.eta <= t.enqueued_at else repr(float(t.eta)),
                         t.payload,
@@ -1608,32 +1826,90 @@ class RedisBackend(Backend):
                         b"" if t.concurrency_limit is None else t.concurrency_limit,
                     ]
                 keys = [k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c]
-                if self.cluster:
-                    commands.append(self._evalsha("enqueue", keys, args))
+                commands.append(self._evalsha("enqueue", keys, args))
+        return calls
+
+    async def _enqueue_claimed(
+        self, tasks: Sequence[NewTask], pending: list[int], stored: list[bool]
+    ) -> None:
+        """Enqueue explicit ids on a Redis Cluster, where an id's index entry and its queue are
+        in different slots (see _CLAIM_INDEX): claim each id's entry, then in one round trip
+        store the ids whose entry names their queue and revoke, on the queue the entry names,
+        the claim of the others (the id is known if it is still there). A revoked entry is
+        taken over by compare-and-set in the next round. Sets ``stored[i]``."""
+        replace: dict[int, str] = {}
+        waited: set[int] = set()
+        for attempt in range(_CLAIM_TRIES):
+            entries = await self._exec(
+                [
+                    self._evalsha(
+                        "claim_index",
+                        [self._index_key(tasks[i].id)],
+                        [tasks[i].queue, uuid.uuid4().hex[:16], replace.pop(i, "")],
+                    )
+                    for i in pending
+                ]
+            )
+            self._raise_errors(entries)
+            commands: list[_Command] = []
+            kinds: dict[int, str] = {}
+            claims: dict[int, str] = {}
+            revoked: list[tuple[int, str, str]] = []
+            again: list[int] = []
+            for i, (raw, raw_now) in zip(pending, entries, strict=True):
+                entry = bytes(raw).decode()
+                queue, token, claimed = _parse_entry(entry)
+                if queue == tasks[i].queue:
+                    kinds[i] = f"{claimed} {token}"
+                    claims[i] = entry
+                elif int(raw_now) - claimed < _FRESH_MS and i not in waited:
+                    waited.add(i)
+                    again.append(i)
                 else:
-                    commands.append(self._packed_enqueue(k, [tasks[i] for i in chunk]))
-                calls.append(chunk)
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
-        self._registered.update(groups)
-        stored = [False] * len(tasks)
-        for chunk, reply in zip(calls, replies[first_call:], strict=True):
-            for i, flag in zip(chunk, bytes(reply), strict=True):
-                stored[i] = flag == 49  # b"1"
-        for i in explicit:
-            if include[i]:
-                self._remember(tasks[i].id, tasks[i].queue)
-        for t in tasks:
-            if t.fresh_id:
-                self._remember(t.id, t.queue)
-        after = [
-            ("SET", self._index_key(tasks[i].id), tasks[i].queue) for i in reindex if stored[i]
-        ]
-        if after:
-            # Re-assert the index after the task exists: a purge of the id's previous
-            # (expired) result may have removed it meanwhile.
-            self._raise_errors(await self._exec(after))
-        return stored
+                    k = self._queue_keys(queue)
+                    commands.append(
+                        self._evalsha(
+                            "revoke",
+                            [k.task + tasks[i].id, k.fence + tasks[i].id],
+                            [token, claimed],
+                        )
+                    )
+                    revoked.append((i, queue, entry))
+            calls = self._enqueue_calls(tasks, list(kinds), commands, kinds)
+            replies = await self._exec(commands)
+            self._raise_errors(replies)
+            contested = bool(again)
+            for (i, queue, entry), alive in zip(revoked, replies[: len(revoked)], strict=True):
+                if alive:
+                    self._remember(tasks[i].id, queue)  # known there: left alone
+                else:
+                    replace[i] = entry
+                    again.append(i)
+            for chunk, reply in zip(calls, replies[len(revoked) :], strict=True):
+                for i, flag in zip(chunk, bytes(reply).decode(), strict=True):
+                    if flag == "1":
+                        stored[i] = True
+                        self._remember(tasks[i].id, tasks[i].queue)
+                    elif flag == "0":
+                        self._remember(tasks[i].id, tasks[i].queue)
+                    else:
+                        if flag == "F":
+                            # Another queue is taking the id over, or the taker died before
+                            # its compare-and-set: a fenced entry may be replaced.
+                            replace[i] = claims[i]
+                            contested = True
+                        again.append(i)
+            pending = again
+            if not pending:
+                return
+            if contested:
+                await asyncio.sleep(random.uniform(0.001, 0.002 * 2 ** min(attempt, 5)))
+        raise BackendError(
+            f"Redis at {self.describe()}: task ids {[tasks[i].id for i in pending][:5]} were "
+            f"still contested after {_CLAIM_TRIES} rounds (enqueued on other queues at the "
+            "same time again and again, or the cluster nodes' clocks disagree by more than "
+            f"{_CLAIM_WINDOW_MS // 1000} s)"
+        )
 
     def _packed_enqueue(self, k: _QueueKeys, chunk: Sequence[NewTask]) -> _Raw:
         """The enqueue script call for a chunk of tasks of one standalone server's queue,
@@ -1642,13 +1918,15 @@ class RedisBackend(Backend):
         return _Raw(functools.partial(_encode_enqueue, sha, k, chunk), sha)
 
     async def _enqueue_one(self, t: NewTask) -> bool:
-        # The common case on a standalone server, kept short: one generated id on a known
-        # queue, one script call (which also sets the id's index key).
+        # The common case on a standalone server, kept short: one task on a known queue, one
+        # script call (which also checks and sets the id's index key).
         replies = await self._exec([self._packed_enqueue(self._queue_keys(t.queue), (t,))])
         if isinstance(replies[0], Exception):
             self._raise_errors(replies)
-        self._remember(t.id, t.queue)
-        return bytes(replies[0]) == b"1"
+        stored = bytes(replies[0]) == b"1"
+        if stored:
+            self._remember(t.id, t.queue)
+        return stored
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
@@ -1914,7 +2192,7 @@ class RedisBackend(Backend):
     async def _locate_index(self, task_id: str) -> str | None:
         (reply,) = await self._exec([("GET", self._index_key(task_id))])
         self._raise_errors([reply])
-        return None if reply is None else bytes(reply).decode()
+        return None if reply is None else _entry_queue(reply)
 
     async def _read(self, queue: str, task_id: str) -> TaskSnapshot | None:
         key = self._queue_keys(queue).task + task_id
@@ -2022,23 +2300,55 @@ class RedisBackend(Backend):
             left -= len(reply)
         if not removed:
             return len(removed)
-        commands: list[tuple[Any, ...]] = [
-            self._evalsha("unindex", [self._index_key(i)], [q]) for q, i in removed
-        ]
-        commands += [("EXISTS", self._queue_keys(q).task + i) for q, i in removed]
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
-        # An id enqueued again meanwhile keeps (gets back) its index entry.
-        heal = [
-            ("SET", self._index_key(i), q)
-            for (q, i), exists in zip(removed, replies[len(removed) :], strict=True)
-            if exists
-        ]
-        if heal:
-            self._raise_errors(await self._exec(heal))
+        if self.cluster:
+            await self._unindex_cluster(removed)
+        else:
+            # The entry goes only if it names the queue and the task is gone there, in one
+            # step: an id enqueued again meanwhile keeps it.
+            self._raise_errors(
+                await self._exec(
+                    [
+                        self._evalsha(
+                            "unindex",
+                            [self._index_key(i), self._queue_keys(q).task + i],
+                            [q],
+                        )
+                        for q, i in removed
+                    ]
+                )
+            )
         for _, task_id in removed:
             self._hints.pop(task_id, None)
         return len(removed)
+
+    async def _unindex_cluster(self, removed: Sequence[tuple[str, str]]) -> None:
+        """Drop the index entries of purged ids on a Redis Cluster: an entry that names the
+        purged queue goes once a revoke (see _CLAIM_INDEX) found the id gone there, and only
+        if it is unchanged since it was read."""
+        entries = await self._exec([("GET", self._index_key(i)) for _, i in removed])
+        self._raise_errors(entries)
+        owned = []
+        for (queue, task_id), raw in zip(removed, entries, strict=True):
+            if raw is not None and _entry_queue(raw) == queue:
+                owned.append((queue, task_id, bytes(raw).decode()))
+        if not owned:
+            return
+        commands: list[_Command] = []
+        for queue, task_id, entry in owned:
+            _, token, claimed = _parse_entry(entry)
+            k = self._queue_keys(queue)
+            commands.append(
+                self._evalsha("revoke", [k.task + task_id, k.fence + task_id], [token, claimed])
+            )
+        alive = await self._exec(commands)
+        self._raise_errors(alive)
+        gone = [
+            self._evalsha("unindex", [self._index_key(task_id)], [entry])
+            for (_, task_id, entry), exists in zip(owned, alive, strict=True)
+            if not exists
+        ]
+        if gone:
+            self._raise_errors(await self._exec(gone))
 
     async def stats(self, now: float) -> list[QueueStats]:
         """Count tasks per queue and state (one script per queue, one round trip)."""
@@ -2149,5 +2459,5 @@ class RedisBackend(Backend):
 _URL_DEFAULTS: dict[str, Any] = {
     name: param.default
     for name, param in inspect.signature(RedisBackend.__init__).parameters.items()
-    if name in ("prefix", "cluster", "command_timeout", "connect_timeout")
+    if name in ("prefix", "cluster", "command_timeout", "connect_timeout", "max_connections")
 }
