@@ -1,4 +1,5 @@
-"""The NATS JetStream backend in the conformance suite: one stream (and bucket) per test."""
+"""The NATS JetStream backend in the conformance suite: one stream (and bucket) per test, on the
+test server or, with three replicas, on a three-node cluster of the test session's own."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests import services
 
 if TYPE_CHECKING:
     from tests.conftest import BackendFactory
+    from tests.servers import NatsCluster
 
 
 async def delete_nats_stream(url: str, stream: str) -> None:
@@ -41,9 +43,23 @@ def make_factory(tmp_path: Path, request: pytest.FixtureRequest) -> BackendFacto
     # Imported here: conftest imports this module while it is being loaded.
     from tests.conftest import BackendFactory, with_query
 
+    services.require_module("nats")
     url = services.nats_url()
     services.require("nats", url)
     stream = unique_stream()
     full = with_query(url, stream=stream)
     request.addfinalizer(lambda: asyncio.run(delete_nats_stream(url, stream)))
     return BackendFactory("nats", lambda: NATSBackend.from_url(full), full)
+
+
+def make_cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> BackendFactory:
+    """Backends on the session's 3-node NATS cluster (the ``nats_cluster_servers`` fixture),
+    each test on its own stream with 3 replicas, reached through any of the nodes."""
+    from tests.conftest import BackendFactory
+
+    services.require_module("nats")
+    cluster: NatsCluster = request.getfixturevalue("nats_cluster_servers")
+    stream = unique_stream()
+    url = cluster.url(stream)
+    request.addfinalizer(lambda: asyncio.run(delete_nats_stream(cluster.urls[0], stream)))
+    return BackendFactory("nats-cluster", lambda: NATSBackend.from_url(url), url)

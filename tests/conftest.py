@@ -1,12 +1,20 @@
 """Shared fixtures: one parametrized backend fixture for the conformance suite, worker
-subprocesses that are always cleaned up, and waiting on conditions with a deadline."""
+subprocesses that are always cleaned up, and waiting on conditions with a deadline.
+
+The backends are listed here by name, never discovered: a backend whose module went missing is an
+import error, not a backend quietly left out of the suite. Two more run the same suite on
+clusters the session starts (a Redis Cluster and a 3-node NATS cluster with 3 replicas):
+"redis-cluster" and "nats-cluster", marked ``cluster``. Starting them and running the suite
+there takes time, so their cases run only when the ``-m`` expression names the marker
+(``pytest tests/conformance -m cluster``); otherwise they are deselected.
+
+When the ``CI`` environment variable is set, every skip is a failure (tests/ci_guard.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -16,12 +24,20 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from sitq import MemoryBackend, PostgresBackend, SQLiteBackend, TaskQueue
 from sitq.backends.base import Backend
-from tests.services import postgres_dsn, require
+from tests import backend_nats, backend_redis
+from tests.ci_guard import pytest_make_collect_report, pytest_runtest_makereport
+from tests.services import postgres_dsn, require, require_module
+
+if TYPE_CHECKING:
+    from tests.servers import NatsCluster, RedisCluster
+
+__all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]  # the CI guard's hooks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,6 +83,7 @@ async def drop_postgres_schema(dsn: str, schema: str) -> None:
 
 
 def _postgres(tmp_path: Path, request: pytest.FixtureRequest) -> BackendFactory:
+    require_module("asyncpg")
     dsn = postgres_dsn()
     require("postgres", dsn)
     schema = "t_" + uuid.uuid4().hex[:16]
@@ -75,31 +92,79 @@ def _postgres(tmp_path: Path, request: pytest.FixtureRequest) -> BackendFactory:
     return BackendFactory("postgres", lambda: PostgresBackend.from_url(url), url)
 
 
-FACTORIES: dict[str, Callable[[Path, pytest.FixtureRequest], BackendFactory]] = {
+Factory = Callable[[Path, pytest.FixtureRequest], BackendFactory]
+
+#: Every backend, by name. Each one runs the whole conformance suite.
+FACTORIES: dict[str, Factory] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "postgres": _postgres,
+    "redis": backend_redis.make_factory,
+    "nats": backend_nats.make_factory,
 }
-# A backend under construction plugs in with a module ``tests/backend_<name>.py`` that defines
-# ``make_factory(tmp_path, request) -> BackendFactory``; once it exists, the whole conformance
-# suite runs on that backend too.
-for _name in ("redis", "nats"):
-    if importlib.util.find_spec(f"tests.backend_{_name}") is not None:
-        FACTORIES[_name] = importlib.import_module(f"tests.backend_{_name}").make_factory
-
+#: The backends that several processes can share (all but memory).
 SHARED = [name for name in FACTORIES if name != "memory"]
+#: The conformance suite on clusters of the session's own (cases marked ``cluster``).
+CLUSTER_FACTORIES: dict[str, Factory] = {
+    "redis-cluster": backend_redis.make_cluster_factory,
+    "nats-cluster": backend_nats.make_cluster_factory,
+}
+_ALL_FACTORIES = {**FACTORIES, **CLUSTER_FACTORIES}
+_CLUSTER_PARAMS = [pytest.param(name, marks=pytest.mark.cluster) for name in CLUSTER_FACTORIES]
+_BACKEND_FIXTURES = ("backends", "shared_backends")
 
 
-@pytest.fixture(params=list(FACTORIES))
+@pytest.fixture(params=[*FACTORIES, *_CLUSTER_PARAMS])
 def backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
     """Every backend, one test run each."""
-    return FACTORIES[request.param](tmp_path, request)
+    return _ALL_FACTORIES[request.param](tmp_path, request)
 
 
-@pytest.fixture(params=SHARED)
+@pytest.fixture(params=[*SHARED, *_CLUSTER_PARAMS])
 def shared_backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
     """Every backend that several processes can share (all but memory)."""
-    return FACTORIES[request.param](tmp_path, request)
+    return _ALL_FACTORIES[request.param](tmp_path, request)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the cases on the session's clusters unless ``-m`` names the ``cluster`` marker."""
+    if "cluster" in (config.option.markexpr or ""):
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_cluster = any(params.get(name) in CLUSTER_FACTORIES for name in _BACKEND_FIXTURES)
+        (dropped if on_cluster else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of three nodes for the whole session; killed at its end."""
+    from tests.servers import RedisCluster
+
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        asyncio.run(cluster.start())
+        yield cluster
+    finally:
+        cluster.kill()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A 3-node NATS JetStream cluster for the whole session; killed at its end."""
+    from tests.servers import NatsCluster
+
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-cluster"))
+    try:
+        asyncio.run(cluster.start())
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 @pytest.fixture

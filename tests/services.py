@@ -8,25 +8,32 @@ the services:
     SITQ_TEST_NATS_URL      default nats://127.0.0.1:4222
 
 `require(name, url)` skips the calling test when the service is not reachable, or fails it when
-the CI environment variable is set, so that a missing service can't pass CI silently.
+the CI environment variable is set, so that a missing service can't pass CI silently;
+`require_module(name)` does the same for a Python package, and `absent(message)` for anything else
+a test needs.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
+from types import ModuleType
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_NATS_URL",
     "DEFAULT_POSTGRES_DSN",
     "DEFAULT_REDIS_URL",
+    "absent",
     "in_ci",
     "nats_url",
     "postgres_dsn",
     "reachable",
     "redis_url",
     "require",
+    "require_module",
 ]
 
 DEFAULT_POSTGRES_DSN = "postgresql://root@127.0.0.1:5432/test"
@@ -91,20 +98,39 @@ def _redact(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
 
 
-def require(name: str, url: str) -> None:
-    """Skip the current test if the service is not reachable; fail it instead when CI is set.
+def absent(message: str) -> NoReturn:
+    """Skip the current test because something it needs is missing (``message`` says what, and
+    how to get it); fail it instead when CI is set, where everything must be there.
 
     Works in a test, a fixture or at module level (where it skips the whole module).
     """
     __tracebackhide__ = True
-    if reachable(url):
-        return
     import pytest
 
-    message = (
-        f"{name} is not reachable at {_redact(url)}; start it with `python scripts/services.py` "
-        "(or point the SITQ_TEST_* environment variables at a running server)"
-    )
     if in_ci():
-        pytest.fail(f"{message}. CI is set, so a missing service is a failure.", pytrace=False)
+        pytest.fail(f"{message}. CI is set, so this is a failure.", pytrace=False)
     pytest.skip(message, allow_module_level=True)
+
+
+def require(name: str, url: str) -> None:
+    """Skip the current test if the service is not reachable; fail it instead when CI is set."""
+    __tracebackhide__ = True
+    if not reachable(url):
+        absent(
+            f"{name} is not reachable at {_redact(url)}; start it with "
+            "`python scripts/services.py` (or point the SITQ_TEST_* environment variables at a "
+            "running server)"
+        )
+
+
+def require_module(name: str) -> ModuleType:
+    """The module ``name``, imported; if it is not installed, the test (or the module, at module
+    level) is skipped, or fails when CI is set."""
+    __tracebackhide__ = True
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        absent(
+            f"the Python module {name!r} cannot be imported ({exc}); install the extras: "
+            "pip install -e '.[all,test]'"
+        )

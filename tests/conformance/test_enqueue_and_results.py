@@ -156,11 +156,12 @@ async def test_cancel_pending_and_running(queue: TaskQueue, tmp_path: Path) -> N
     assert result is not None and result.status == TaskStatus.CANCELLED
     assert await queue.cancel(pending) is False
     running = await queue.enqueue(tasks.sleep_async, 60)
-    async with AsyncWorker(queue.backend, lease=1.5, poll_interval=0.2):
-        await wait_until(lambda: queue.get_status(running), message="running")
+    # The worker learns of the cancellation at its next heartbeat (every lease / 3 = 2 s); a
+    # lease of 6 s is not lost to a stall of a loaded machine meanwhile.
+    async with AsyncWorker(queue.backend, lease=6.0, poll_interval=0.2):
         await wait_until(lambda: _status_is(queue, running, TaskStatus.RUNNING), message="running")
         assert await queue.cancel(running) is True
-        result = await queue.get_result(running, timeout=10)
+        result = await queue.get_result(running, timeout=20)
     assert result is not None and result.status == TaskStatus.CANCELLED
 
 

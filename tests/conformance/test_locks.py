@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,13 @@ async def test_lock_timeout_names_the_lock(queue: TaskQueue) -> None:
 
 
 async def test_a_held_lock_is_extended_past_its_ttl(queue: TaskQueue) -> None:
-    async with queue.lock("long", ttl=0.6) as lock:
-        for _ in range(8):  # 2.4 s of work: four TTLs
-            await asyncio.sleep(0.3)
+    # The holder extends every ttl / 3 = 0.8 s, so a stall of up to 1.6 s (a loaded CI machine)
+    # does not lose the lock; the work lasts over two TTLs, so it outlives two extensions.
+    ttl = 2.4
+    async with queue.lock("long", ttl=ttl) as lock:
+        held_until = time.monotonic() + 2.1 * ttl
+        while time.monotonic() < held_until:
+            await asyncio.sleep(0.5)  # the work done under the lock
             assert await queue.backend.acquire_lock("long", "intruder", 30) is False
         assert lock.held
     assert await queue.backend.acquire_lock("long", "next", 30) is True

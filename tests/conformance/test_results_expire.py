@@ -15,14 +15,17 @@ from tests.conformance import tasks
 from tests.conftest import wait_until
 
 KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
+#: Short, so that the tests see results expire, yet long enough to read each one first.
+RESULT_TTL = 2.0
 
 
 async def test_results_expire_and_are_purged(queue: TaskQueue) -> None:
-    view = queue.options(result_ttl=0.5, task_id="short-lived")
+    # The result is read once before it expires: its TTL leaves a loaded machine time for that.
+    view = queue.options(result_ttl=RESULT_TTL, task_id="short-lived")
     task_id = await view.enqueue(tasks.add, 1, 1)
     async with AsyncWorker(queue.backend, poll_interval=0.2):
         assert await queue.get_value(task_id, timeout=10) == 2
-    await wait_until(lambda: _gone(queue, task_id), timeout=5, message="the result to expire")
+    await wait_until(lambda: _gone(queue, task_id), timeout=15, message="the result to expire")
     assert await queue.backend.purge_expired(time.time()) in (0, 1)
     # The id can be used again once its result has expired.
     assert await view.enqueue(tasks.add, 2, 2) == task_id
@@ -31,7 +34,9 @@ async def test_results_expire_and_are_purged(queue: TaskQueue) -> None:
 
 
 async def test_purge_removes_expired_rows(queue: TaskQueue) -> None:
-    ids = await queue.options(result_ttl=0.2).enqueue_many([(tasks.add, (i, i)) for i in range(5)])
+    ids = await queue.options(result_ttl=RESULT_TTL).enqueue_many(
+        [(tasks.add, (i, i)) for i in range(5)]
+    )
     keep = await queue.enqueue(tasks.add, 9, 9)
     async with AsyncWorker(queue.backend, poll_interval=0.2):
         for i in [*ids, keep]:
@@ -43,7 +48,7 @@ async def test_purge_removes_expired_rows(queue: TaskQueue) -> None:
         removed += await queue.backend.purge_expired(time.time())
         return removed == 5
 
-    await wait_until(purged_all, timeout=5, message="five expired results purged")
+    await wait_until(purged_all, timeout=15, message="five expired results purged")
     assert await queue.get_value(keep) == 18
 
 

@@ -30,9 +30,9 @@ from tests import services
 from tests.backend_nats import delete_nats_stream, unique_stream
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
-from tests.servers import NatsServers, free_port, free_ports, jetstream_ready, nats_server
+from tests.servers import NatsCluster, NatsServers, free_port, jetstream_ready, nats_server
 
-pytest.importorskip("nats")
+services.require_module("nats")
 
 
 async def slow_record_item(log_dir: str, label: str, item: int, seconds: float) -> int:
@@ -122,80 +122,10 @@ async def _result_despite_reconnect(queue: TaskQueue, task_id: str) -> Result:
 # -- a 3-node cluster -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Three clustered nats-server processes with JetStream; yields their client URLs."""
-    binary = nats_server()
-    root = tmp_path_factory.mktemp("nats-cluster")
-    servers = NatsServers(binary, root)
-    ports = free_ports(6)
-    clients, routes = ports[:3], ports[3:]
-    try:
-        for i in range(3):
-            others = ",".join(f"nats://127.0.0.1:{routes[j]}" for j in range(3) if j != i)
-            servers.start(
-                f"n{i + 1}",
-                [
-                    "-js",
-                    "-sd",
-                    str(root / f"n{i + 1}"),
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    str(clients[i]),
-                    "-server_name",
-                    f"n{i + 1}",
-                    "-cluster_name",
-                    "c1",
-                    "-cluster",
-                    f"nats://127.0.0.1:{routes[i]}",
-                    "-routes",
-                    others,
-                ],
-            )
-        urls = [f"nats://127.0.0.1:{p}" for p in clients]
-
-        async def ready() -> None:
-            for url in urls:
-                await wait_until(
-                    lambda u=url: jetstream_ready(u),
-                    timeout=60,
-                    interval=0.2,
-                    message=f"JetStream at {url} (a meta leader elected)",
-                )
-            # A meta leader can answer before it sees every peer as current; replicated
-            # streams are placeable only once it does.
-            await wait_until(
-                lambda: _replicas_placeable(urls[0]),
-                timeout=60,
-                interval=0.2,
-                message="a stream with 3 replicas to be placeable",
-            )
-
-        asyncio.run(ready())
-        yield urls
-    finally:
-        servers.kill_all()
-
-
-async def _replicas_placeable(url: str) -> bool:
-    """Whether a throwaway stream with 3 replicas can be created (and is removed again)."""
-    import nats
-
-    try:
-        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
-    except Exception:
-        return False
-    try:
-        js = nc.jetstream(timeout=2)
-        name = "PROBE" + uuid.uuid4().hex[:8].upper()
-        await js.add_stream(name=name, subjects=[name.lower() + ".>"], num_replicas=3)
-        await js.delete_stream(name)
-        return True
-    except Exception:
-        return False
-    finally:
-        await nc.close()
+@pytest.fixture
+def nats_cluster(nats_cluster_servers: NatsCluster) -> list[str]:
+    """The client URLs of the session's 3-node JetStream cluster."""
+    return nats_cluster_servers.urls
 
 
 def _cluster_url(urls: list[str], first: int = 0) -> str:
@@ -276,7 +206,8 @@ async def test_cluster_cancellation(cluster_queue: TaskQueue) -> None:
     result = await cluster_queue.get_result(pending)
     assert result is not None and result.status == TaskStatus.CANCELLED
     running = await cluster_queue.enqueue(tasks.sleep_async, 60)
-    async with AsyncWorker(cluster_queue.backend, lease=1.5, poll_interval=0.2):
+    # Cancellation reaches the worker at its next heartbeat (every lease / 3 = 2 s).
+    async with AsyncWorker(cluster_queue.backend, lease=6.0, poll_interval=0.2):
         await wait_until(
             lambda: _status_is(cluster_queue, running, TaskStatus.RUNNING), message="running"
         )
@@ -449,7 +380,8 @@ async def _connected(url: str, count: int) -> list[NATSBackend]:
 async def test_keyed_claims_on_many_connections_never_exceed_the_limit(nats_url: str) -> None:
     """Six clients claim, heartbeat, settle and abandon keyed tasks at once; at no moment do
     more than the limit hold a claim, and every task ends once."""
-    limit, lease = 3, 0.6
+    # Claims are extended every 0.1 s; a lease of 3 s is not lost to a stall of a loaded machine.
+    limit, lease = 3, 3.0
     backends = await _connected(nats_url, 6)
     try:
         queue = TaskQueue(backends[0])
@@ -604,7 +536,7 @@ async def test_blocked_and_scheduled_tasks_are_not_busy_polled(nats_url: str) ->
 
 async def test_a_freed_slot_wakes_the_client_holding_the_blocked_task(nats_url: str) -> None:
     """The blocked task was last seen by another client, which naked it for a second: the
-    settle's notice brings it back there at once, not when that second is over."""
+    settle's notice brings it back there (how soon is a benchmark's concern, not a test's)."""
     holder, waiter = await _connected(nats_url, 2)
     try:
         keyed = TaskQueue(holder).options(concurrency_key="k", concurrency_limit=1)
@@ -624,12 +556,15 @@ async def test_a_freed_slot_wakes_the_client_holding_the_blocked_task(nats_url: 
             return False
 
         await wait_until(blocked_for_long, timeout=20, message="a back-off of a second")
-        settled = time.monotonic()
         assert await holder.settle([_done(running)]) == [True]
+        # Only the settle's notice takes a message out of the waiter's parked set (when its
+        # back-off ends instead, the stream redelivers it and the parked entry stays).
+        await wait_until(
+            lambda: not waiter._parked, timeout=10, message="the settle's notice to unpark it"
+        )
         await waiter.wait_for_work(["default"], 5.0)
         (claim,) = await waiter.claim(["default"], 1, "waiter", 30)
         assert claim.task_id == blocked
-        assert time.monotonic() - settled < 0.5
     finally:
         await asyncio.gather(holder.close(), waiter.close())
 

@@ -312,9 +312,13 @@ async def test_an_idle_worker_does_not_spin_on_blocked_keyed_tasks(
         await backend.wait_for_work(["default"], 0.25)
         cycles += 1
     assert cycles <= 8, f"{cycles} claim/wait cycles in one second: a busy loop"
-    # A settle in this process ends the wait of a worker on the same backend object.
+    # A settle in this process ends the wait of a worker on the same backend object. The claim
+    # just before makes the order of the two irrelevant: a change since a worker's last claim
+    # ends its wait, whether the wait began before the settle or only after it.
+    assert await backend.claim(["default"], 5, "w", 30) == []
     wait = asyncio.create_task(backend.wait_for_work(["default"], 60))
-    await asyncio.sleep(0.05)  # let the wait start before the settle it must see
+    done, _ = await asyncio.wait({wait}, timeout=0.3)
+    assert not done, "the wait ended with nothing to end it"
     assert await backend.settle([_finish(running)]) == [True]
     await asyncio.wait_for(wait, 10)
     assert len(await backend.claim(["default"], 5, "w", 30)) == 1

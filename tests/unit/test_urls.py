@@ -10,6 +10,7 @@ import pytest
 from sitq import MemoryBackend, SQLiteBackend
 from sitq.backends import backend_from_url, redact_url, resolve_backend
 from sitq.errors import ConfigurationError
+from tests.services import require_module
 
 
 def sqlite(url: str) -> SQLiteBackend:
@@ -185,7 +186,7 @@ def test_malformed_url_raises_configuration_error() -> None:
 
 
 def test_postgres_url_options_split_from_the_dsn() -> None:
-    pytest.importorskip("asyncpg")
+    require_module("asyncpg")
     from sitq import PostgresBackend
 
     backend = backend_from_url(
