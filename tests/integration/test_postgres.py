@@ -19,9 +19,9 @@ from sitq import AsyncWorker, BackendError, PostgresBackend, TaskQueue, TaskStat
 from sitq.models import CancelOutcome, Claim, ClaimRef, Finish, LeaseState, NewTask, Release
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, drop_postgres_schema, wait_until, with_query
-from tests.services import postgres_dsn, require
+from tests.services import postgres_dsn, require, require_module
 
-asyncpg = pytest.importorskip("asyncpg")
+asyncpg = require_module("asyncpg")
 
 
 @pytest.fixture

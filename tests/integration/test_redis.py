@@ -42,8 +42,9 @@ from sitq.models import (
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
 from tests.servers import RedisProcess, free_port, redis_server
+from tests.services import require_module
 
-redis = pytest.importorskip("redis")
+redis = require_module("redis")
 from sitq.backends.redis import RedisBackend  # noqa: E402
 
 

@@ -928,7 +928,11 @@ class NATSBackend(Backend):
             reply = await self._one(f"$JS.API.DIRECT.GET.{self._kv_stream}", body, None)
             stamp = (reply.headers or {}).get("Nats-Time-Stamp")
             return _parse_time(stamp) if stamp else None
-        result = await self._api(f"STREAM.MSG.GET.{self._kv_stream}", {"seq": seq})
+        # The message may be gone already (another client wrote the same key meanwhile): the
+        # caller measures again, as it does after a direct get that found nothing.
+        result = await self._api(
+            f"STREAM.MSG.GET.{self._kv_stream}", {"seq": seq}, ok=(_ERR_NO_MESSAGE,)
+        )
         return _parse_time(result["message"]["time"]) if result else None
 
     # -- consumers and priorities -----------------------------------------------------------
