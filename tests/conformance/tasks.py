@@ -194,3 +194,16 @@ def hold_lock_until_killed(url: str, name: str, ttl: str, marker: str) -> None:
             await asyncio.sleep(3600)
 
     asyncio.run(main())
+
+
+def kill_worker_process(kind: str) -> None:
+    """Kill the worker process running the task: this very process under an async or a thread
+    worker (``kind``), its parent under a process worker, whose pool process runs the task."""
+    os.kill(os.getppid() if kind == "process" else os.getpid(), signal.SIGKILL)
+
+
+def record_item_after(log_dir: str, label: str, item: int, seconds: float) -> int:
+    """``record_item`` after a short sleep, so that a drain lasts long enough for every worker
+    to take its share."""
+    time.sleep(seconds)
+    return record_item(log_dir, label, item)

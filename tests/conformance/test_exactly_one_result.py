@@ -5,28 +5,24 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
-from sitq import (
-    AsyncWorker,
-    ProcessWorker,
-    TaskQueue,
-    TaskStatus,
-    ThreadWorker,
-)
+import pytest
+
+from sitq import TaskQueue, TaskStatus
 from sitq.models import ClaimRef, Finish, LeaseState
-from sitq.worker import Worker
 from tests.conformance import tasks
+from tests.conformance.processes import process_tree
 from tests.conftest import BackendFactory, WorkerProcesses, wait_until
-
-KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
 
 async def test_stale_claim_cannot_overwrite_the_result(queue: TaskQueue) -> None:
-    """A claim whose lease was taken over can neither settle nor extend its lease."""
+    """A claim whose lease was taken over can neither settle nor extend its lease (a stale
+    claim sent while the new one still runs: test_backend_steps.py)."""
     backend = queue.backend
     task_id = await queue.enqueue(tasks.add, 1, 2)
-    (slow,) = await backend.claim(["default"], 1, "slow-worker", lease=0.2)
-    assert await backend.claim(["default"], 1, "other", lease=0.2) == []
+    (slow,) = await backend.claim(["default"], 1, "slow-worker", lease=1.0)
+    assert await backend.claim(["default"], 1, "other", lease=1.0) == []
     taken: list = []
 
     async def take_over() -> bool:
@@ -62,16 +58,34 @@ async def test_paused_worker_result_is_refused(
     """A worker frozen (SIGSTOP) past its lease loses the task; when it resumes, its result is
     refused and the task keeps the result of the worker that took over."""
     assert shared_backends.url is not None
-    task_id = await shared_queue.enqueue(tasks.sleep_then_pid, 1.0)
-    frozen = worker_processes.start(shared_backends.url, lease=1.0)
+    await _paused_worker(shared_queue, shared_backends.url, worker_processes, "async")
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+async def test_paused_worker_result_is_refused_under_other_kinds(
+    worker_processes: WorkerProcesses, tmp_path: Path, kind: str
+) -> None:
+    """The same with a thread or a process worker (frozen with its pool processes), on SQLite
+    (the backend's part is the same whatever the kind; the case above runs on every backend)."""
+    url = f"sqlite:///{tmp_path / 'sitq.db'}"
+    async with TaskQueue(url) as queue:
+        await _paused_worker(queue, url, worker_processes, kind)
+
+
+async def _paused_worker(
+    queue: TaskQueue, url: str, worker_processes: WorkerProcesses, kind: str
+) -> None:
+    task_id = await queue.enqueue(tasks.sleep_then_pid, 1.0)
+    frozen = worker_processes.start(url, kind=kind, concurrency=1, lease=1.0)
     await wait_until(
-        lambda: _status(shared_queue, task_id, TaskStatus.RUNNING), message="the task to start"
+        lambda: _status(queue, task_id, TaskStatus.RUNNING), message="the task to start"
     )
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
-        worker_processes.start(shared_backends.url, lease=5.0)
-        value = await shared_queue.get_value(task_id, timeout=20)
-        assert value != frozen.pid
+        frozen_pids = process_tree(frozen.pid)
+        worker_processes.start(url, kind=kind, concurrency=1, lease=5.0)
+        value = await queue.get_value(task_id, timeout=20)
+        assert value not in frozen_pids
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
     await wait_until(
@@ -81,8 +95,8 @@ async def test_paused_worker_result_is_refused(
         ),
         message="the resumed worker to find its claim gone",
     )
-    assert await shared_queue.get_value(task_id) == value
-    result = await shared_queue.get_result(task_id)
+    assert await queue.get_value(task_id) == value
+    result = await queue.get_result(task_id)
     assert result is not None and result.attempts == 2
 
 

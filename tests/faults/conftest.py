@@ -26,6 +26,7 @@ import pytest
 
 from sitq import BackendError, TaskQueue, TaskStatus
 from tests.conformance import tasks
+from tests.conformance.processes import process_tree
 from tests.conftest import (
     FACTORIES,
     SHARED,
@@ -162,6 +163,16 @@ class Drain:
             return Counter()
         return Counter(int(line.split()[1]) for line in path.read_text().splitlines() if line)
 
+    def check_every_worker_ran(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        """Every one of these workers that is still running ran tasks (a process worker in its
+        pool's processes): each kind of worker took part in the drain."""
+        runs = self.runs_by_pid()
+        for proc in procs:
+            if proc.poll() is None:
+                kind = proc.args[proc.args.index("--kind") + 1]  # type: ignore[union-attr]
+                ran = sum(runs[pid] for pid in process_tree(proc.pid))
+                assert ran > 0, f"the {kind} worker {proc.pid} ran no task"
+
     def executed(self) -> int:
         """How many distinct tasks have run at least once."""
         return len(self.executions())
@@ -192,6 +203,7 @@ class Drain:
         await fault()
         await self.wait_executed(self.total, timeout=timeout)
         results = await self.check_results()
+        self.check_every_worker_ran(procs)
         await stop_workers(workers)
         await self.check_stats()
         return results
@@ -276,12 +288,30 @@ def log_dir(tmp_path: Path) -> Path:
     return path
 
 
+#: The kinds of the workers of a drain, in the order they are started: every kind faces every
+#: fault (two async workers: the kind most users run).
+FLEET = ("async", "thread", "process", "async")
+
+
 def start_worker(
-    workers: WorkerProcesses, url: str, *, concurrency: int = 8, queues: tuple[str, ...] = ()
+    workers: WorkerProcesses,
+    url: str,
+    *,
+    kind: str = "async",
+    concurrency: int = 8,
+    queues: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """A ``sitq worker`` process with the suite's lease, logging when it has started."""
+    """A ``sitq worker`` process of ``kind`` with the suite's lease, logging when it has started.
+    A process worker gets half the concurrency: each of its slots is a process of its own."""
+    if kind == "process":
+        concurrency = max(concurrency // 2, 1)
     return workers.start(
-        url, concurrency=concurrency, lease=LEASE, queues=queues, extra=("--log-level", "INFO")
+        url,
+        kind=kind,
+        concurrency=concurrency,
+        lease=LEASE,
+        queues=queues,
+        extra=("--log-level", "INFO"),
     )
 
 

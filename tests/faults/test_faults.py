@@ -1,14 +1,15 @@
 """Fault injection: under each fault, on every backend it applies to, every task still ends with
 exactly one final result, and nothing is lost.
 
-Each case drains tasks through ``sitq worker`` processes (lease 2 s); every task appends one
-line per execution to a log, so that executions can be counted against results. Each case checks
+Each case drains tasks through ``sitq worker`` processes (lease 2 s) of every kind: async, thread
+and process workers side by side (``FLEET``); every task appends one line per execution to a
+log, so that executions can be counted against results. Each case checks
 every task's result, then stops the workers gracefully (so that late outcomes are handed in and
 refused) and checks the queue again, and reports its figures in the "sitq fault injection"
 section at the end of pytest's output (see ``conftest.py``). The cases:
 
 1. ``test_sigkill_workers_during_a_drain``: 10,000 tasks, 4 workers, 8 of them SIGKILLed at random
-   moments and replaced.
+   moments (each kind in turn) and replaced by one of the same kind.
 2. ``test_connections_cut_and_restored_mid_drain``: every connection of the workers reset by a
    TCP proxy, new ones refused for longer than the lease (server backends only).
 3. ``test_worker_paused_past_its_lease``: a worker stopped with SIGSTOP past its lease, then
@@ -37,6 +38,7 @@ from sitq import TaskQueue
 from tests.conftest import BackendFactory, WorkerProcesses, wait_until
 from tests.faults import tasks
 from tests.faults.conftest import (
+    FLEET,
     REFUSED,
     Drain,
     Figures,
@@ -47,7 +49,9 @@ from tests.faults.conftest import (
 )
 from tests.servers import OwnServer, TcpProxy
 
-WORKERS = 4
+WORKERS = len(FLEET)
+#: The kinds whose workers are killed in turn.
+KINDS = ("async", "thread", "process")
 #: Tasks per drain, but for the SIGKILL case.
 TOTAL = 3_000
 
@@ -67,30 +71,34 @@ async def test_sigkill_workers_during_a_drain(
     log_dir: Path,
     report: Report,
 ) -> None:
-    """Four workers drain 10,000 tasks; at eight random points of the drain (a seeded random
-    fraction of the tasks executed, so that the kills land at different stages on every backend
-    whatever its speed) one of them, chosen at random, is killed with SIGKILL and a new one is
-    started in its place. The killed worker's claims come back after their lease and run again
-    elsewhere (at-least-once). The seed is printed; ``SITQ_FAULT_SEED`` replays a run."""
+    """Four workers of every kind drain 10,000 tasks; at eight random points of the drain (a
+    seeded random fraction of the tasks executed, so that the kills land at different stages on
+    every backend whatever its speed) one of them is killed with SIGKILL (a worker of each kind
+    in turn, chosen at random among those, with its pool's processes) and a new one of the same
+    kind is started in its place. The killed worker's claims come back after their lease and run
+    again elsewhere (at-least-once). The seed is printed; ``SITQ_FAULT_SEED`` replays a run."""
     assert shared_backends.url is not None
     url = fault_url(shared_backends.url)
     seed = int(os.environ.get("SITQ_FAULT_SEED") or random.randrange(1 << 32))
     print(f"SITQ_FAULT_SEED={seed}")
     rng = random.Random(seed)
-    live = [start_worker(worker_processes, url) for _ in range(WORKERS)]
+    live = [(kind, start_worker(worker_processes, url, kind=kind)) for kind in FLEET]
 
     async def kill_and_replace() -> None:
-        for point in sorted(rng.uniform(0.05, 0.9) for _ in range(KILLS)):
+        points = sorted(rng.uniform(0.05, 0.9) for _ in range(KILLS))
+        for i, point in enumerate(points):
             await drain.wait_executed(int(point * KILL_TOTAL), timeout=120)
-            victim = live.pop(rng.randrange(len(live)))
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait()
-            live.append(start_worker(worker_processes, url))
+            kind = KINDS[i % len(KINDS)]
+            victim = rng.choice([w for w in live if w[0] == kind])
+            live.remove(victim)
+            os.killpg(victim[1].pid, signal.SIGKILL)
+            victim[1].wait()
+            live.append((kind, start_worker(worker_processes, url, kind=kind)))
 
     async with TaskQueue(url) as queue:
         drain = Drain(queue, log_dir, KILL_TOTAL)
-        results = await drain.run(worker_processes, list(live), kill_and_replace, at=0)
-    note = f"{KILLS} workers killed and replaced (SITQ_FAULT_SEED={seed})"
+        results = await drain.run(worker_processes, [p for _, p in live], kill_and_replace, at=0)
+    note = f"{KILLS} workers of every kind killed and replaced (SITQ_FAULT_SEED={seed})"
     report(
         drain.figures("SIGKILL of workers", shared_backends.name, worker_processes, results, note)
     )
@@ -140,7 +148,9 @@ async def test_connections_cut_and_restored_mid_drain(
         await proxy.start()
 
     try:
-        procs = [start_worker(worker_processes, through(url, proxy.port)) for _ in range(WORKERS)]
+        procs = [
+            start_worker(worker_processes, through(url, proxy.port), kind=kind) for kind in FLEET
+        ]
         async with TaskQueue(url) as queue:
             drain = Drain(queue, log_dir, TOTAL)
             results = await drain.run(worker_processes, procs, cut_and_restore)
@@ -175,7 +185,9 @@ async def test_worker_paused_past_its_lease(
     the attempt's outcome about to be handed over (``tasks.pause_own_worker_once``). While it is
     stopped, two other workers drain 500 tasks and, once the lease has run out, take the paused
     task over and record its result. Then the test resumes the paused worker (SIGCONT): it sends
-    its outcome, which the backend must refuse, its fencing token being no longer current."""
+    its outcome, which the backend must refuse, its fencing token being no longer current. The
+    paused worker is an async one (the task stops it from its event loop); the other two are a
+    thread and a process worker."""
     assert shared_backends.url is not None
     url = fault_url(shared_backends.url)
     async with TaskQueue(url) as queue:
@@ -185,7 +197,10 @@ async def test_worker_paused_past_its_lease(
         drain = Drain(queue, log_dir, PAUSE_TOTAL)
         paused = start_worker(worker_processes, url, concurrency=4, queues=QUEUES)
         await wait_until(lambda: stopped(paused.pid), message="the worker to pause itself")
-        others = [start_worker(worker_processes, url, queues=QUEUES) for _ in range(2)]
+        others = [
+            start_worker(worker_processes, url, kind=kind, queues=QUEUES)
+            for kind in ("thread", "process")
+        ]
         await wait_started(worker_processes, others)
         await drain.enqueue()
         # The other workers take the paused task over once its lease has run out.
@@ -246,14 +261,16 @@ async def test_clock_jumps_on_workers_mid_drain(
     every process's clock at once; the shim shows the worst case.)"""
     assert shared_backends.url is not None
     url = fault_url(shared_backends.url)
-    procs = [start_worker(worker_processes, url) for _ in range(2)]
+    procs = [start_worker(worker_processes, url, kind=kind) for kind in ("process", "async")]
     skewed = []
-    for jump in JUMPS:
+    # The skewed workers run their tasks in their own process, whose executions the log counts
+    # by pid.
+    for jump, kind in zip(JUMPS, ("thread", "async"), strict=True):
         with monkeypatch.context() as env:
             path = os.environ.get("PYTHONPATH", "")
             env.setenv("PYTHONPATH", os.pathsep.join([str(CLOCK_SHIM), path]))
             env.setenv("SITQ_FAULT_CLOCK_JUMP", str(jump))
-            skewed.append(start_worker(worker_processes, url))
+            skewed.append(start_worker(worker_processes, url, kind=kind))
     at_jump, runs_before = 0, Counter[int]()
 
     async def jump_clocks() -> None:
@@ -308,7 +325,7 @@ async def test_server_crash_and_restart_mid_drain(
         started_server.crash()
         await started_server.start()
 
-    procs = [start_worker(worker_processes, url) for _ in range(WORKERS)]
+    procs = [start_worker(worker_processes, url, kind=kind) for kind in FLEET]
     async with TaskQueue(url) as queue:
         drain = Drain(queue, log_dir, TOTAL)
         results = await drain.run(worker_processes, procs, crash_and_restart)
