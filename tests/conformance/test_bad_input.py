@@ -44,9 +44,7 @@ def _raw_task(payload: bytes, options: str | None = None) -> NewTask:
     )
 
 
-@pytest.mark.parametrize(
-    "kind", [AsyncWorker, ThreadWorker, ProcessWorker], ids=lambda k: k.__name__
-)
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
 async def test_corrupt_payload_fails_that_task_and_worker_goes_on(
     queue: TaskQueue, kind: type[Worker]
 ) -> None:

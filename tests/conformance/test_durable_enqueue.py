@@ -10,16 +10,11 @@ from pathlib import Path
 
 from sitq import (
     AsyncWorker,
-    ProcessWorker,
     TaskQueue,
     TaskStatus,
-    ThreadWorker,
 )
-from sitq.worker import Worker
 from tests.conformance import tasks
 from tests.conftest import REPO, BackendFactory
-
-KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
 
 async def test_durable_across_close_and_a_new_client(backends: BackendFactory) -> None:

@@ -11,20 +11,15 @@ import pytest
 from sitq import (
     AsyncWorker,
     ConfigurationError,
-    ProcessWorker,
     Result,
     SerializationError,
     TaskFailedError,
     TaskNotFound,
     TaskQueue,
     TaskStatus,
-    ThreadWorker,
 )
-from sitq.worker import Worker
 from tests.conformance import tasks
 from tests.conftest import BackendFactory, wait_until
-
-KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
 
 async def test_enqueue_returns_id_and_task_is_pending(queue: TaskQueue) -> None:

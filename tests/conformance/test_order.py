@@ -7,15 +7,10 @@ from pathlib import Path
 
 from sitq import (
     AsyncWorker,
-    ProcessWorker,
     TaskQueue,
-    ThreadWorker,
 )
-from sitq.worker import Worker
 from tests.conformance import tasks
 from tests.conftest import wait_until
-
-KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 
 
 async def test_higher_priority_first_then_fifo(queue: TaskQueue, tmp_path: Path) -> None:

@@ -6,15 +6,11 @@ import time
 
 from sitq import (
     AsyncWorker,
-    ProcessWorker,
     TaskQueue,
-    ThreadWorker,
 )
-from sitq.worker import Worker
 from tests.conformance import tasks
 from tests.conftest import wait_until
 
-KINDS: list[type[Worker]] = [AsyncWorker, ThreadWorker, ProcessWorker]
 #: Short, so that the tests see results expire, yet long enough to read each one first.
 RESULT_TTL = 2.0
 
