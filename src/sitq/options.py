@@ -82,7 +82,7 @@ def _seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
-    """The options of one task; see SPEC §1.1 for each."""
+    """The options of one task; see docs/contract.md, Task options, for each."""
 
     queue: str = "default"
     retry: RetryPolicy = NO_RETRY

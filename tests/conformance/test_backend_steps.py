@@ -1,5 +1,6 @@
-"""SPEC §1.4 at the storage level: the backend steps that cron, locks and concurrency keys are
-built on, with the guarantee each step's docstring states, on every backend."""
+"""docs/contract.md, Cron schedules, Locks and Concurrency keys, at the storage level: the backend
+steps that cron, locks and concurrency keys are built on, with the guarantee each step's docstring
+states, on every backend."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def _finish(claim: Claim) -> Finish:
     )
 
 
-# -- fencing (SPEC §2.3) ---------------------------------------------------------------------
+# -- fencing (docs/contract.md, Exactly one result) -----------------------------------------
 
 
 async def test_a_stale_claim_is_refused_while_the_new_claim_still_runs(

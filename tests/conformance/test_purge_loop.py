@@ -1,5 +1,5 @@
-"""SPEC §2.7: a running worker removes expired results by itself (every ``purge_interval``
-seconds, 30 by default, so within a minute of expiry)."""
+"""docs/contract.md, Results expire: a running worker removes expired results by itself (every
+``purge_interval`` seconds, 30 by default, so within a minute of expiry)."""
 
 from __future__ import annotations
 
