@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -701,8 +701,3 @@ WORKER_KINDS: dict[str, type[Worker]] = {
     "thread": ThreadWorker,
     "process": ProcessWorker,
 }
-
-
-def worker_kinds() -> Sequence[str]:
-    """The names ``sitq worker --kind`` accepts."""
-    return tuple(WORKER_KINDS)

@@ -35,12 +35,6 @@ from sitq.models import (
 class Backend(abc.ABC):
     """Stores tasks and hands them out. Subclass it to add a store; see the module docstring."""
 
-    #: The URL scheme(s) of this backend, for ``backend_from_url`` and display.
-    scheme: str = ""
-
-    #: True if several processes can share this backend (everything but the memory backend).
-    shared_across_processes: bool = True
-
     # -- lifecycle ------------------------------------------------------------------------------
 
     @abc.abstractmethod

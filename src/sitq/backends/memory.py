@@ -82,9 +82,6 @@ class _KeySlots:
 class MemoryBackend(Backend):
     """Tasks in a dict, due tasks in heaps; nothing survives the process."""
 
-    scheme = "memory"
-    shared_across_processes = False
-
     def __init__(self) -> None:
         self._tasks: dict[str, _Record] = {}
         self._ready: dict[str, list[tuple[int, float, int, str]]] = {}

@@ -86,7 +86,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sitq.backends import require
+from sitq.backends import redact_url, require
 from sitq.backends.base import Backend
 from sitq.errors import BackendError, ConfigurationError
 from sitq.models import (
@@ -341,8 +341,6 @@ class NATSBackend(Backend):
     refused instead of being used in plain text.
     """
 
-    scheme = "nats"
-
     def __init__(
         self,
         servers: str | Sequence[str] = ("nats://localhost:4222",),
@@ -433,7 +431,7 @@ class NATSBackend(Backend):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("nats", "tls"):
-            raise ConfigurationError(f"not a nats:// or tls:// URL: {_redact(url)}")
+            raise ConfigurationError(f"not a nats:// or tls:// URL: {redact_url(url)}")
         netloc = parts.netloc
         auth = ""
         if "@" in netloc:
@@ -460,9 +458,9 @@ class NATSBackend(Backend):
                     raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
             else:
                 raise ConfigurationError(
-                    f"unknown option {key!r} in {_redact(url)}: NATS URLs take stream, replicas, "
-                    "server, request_timeout, connect_timeout, ack_wait, name, tls_ca, tls_cert "
-                    "and tls_key"
+                    f"unknown option {key!r} in {redact_url(url)}: NATS URLs take stream, "
+                    "replicas, server, request_timeout, connect_timeout, ack_wait, name, tls_ca, "
+                    "tls_cert and tls_key"
                 )
         if not servers:
             servers = ["nats://localhost:4222"]
@@ -479,7 +477,7 @@ class NATSBackend(Backend):
 
     def describe(self) -> str:
         """The servers and the stream, without credentials."""
-        return f"{','.join(_redact(s) for s in self.servers)} (stream {self.stream})"
+        return f"{','.join(redact_url(s) for s in self.servers)} (stream {self.stream})"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -2413,15 +2411,3 @@ def _api_result(reply: Any, ok: tuple[int, ...]) -> dict[str, Any] | None:
             f"NATS JetStream: {error.get('description')} (code {error.get('err_code')})"
         )
     return data  # type: ignore[no-any-return]
-
-
-def _redact(url: str) -> str:
-    """A server URL without its credentials."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"***@{host}").geturl()

@@ -529,8 +529,6 @@ class PostgresBackend(Backend):
     notifications comes on top, opened on first wait.
     """
 
-    scheme = "postgresql"
-
     def __init__(
         self,
         dsn: str,

@@ -1088,8 +1088,6 @@ class RedisBackend(Backend):
     run it with ``appendonly yes`` (and ``appendfsync always`` for no loss on a crash).
     """
 
-    scheme = "redis"
-
     def __init__(
         self,
         host: str = "localhost",

@@ -298,8 +298,6 @@ class SQLiteBackend(Backend):
     waits for another process's write lock before failing with :class:`BackendError`.
     """
 
-    scheme = "sqlite"
-
     def __init__(
         self,
         db_path: str | os.PathLike[str] = "sitq.db",
