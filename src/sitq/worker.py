@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import os
@@ -50,6 +51,19 @@ CONNECT_RETRY_MAX = 5.0
 """Longest wait (seconds) between attempts to connect an unreachable backend in ``run()``."""
 
 
+class StopReason(enum.Enum):
+    """Why the worker cancelled a task it was running, which decides what it records."""
+
+    LOST = "lost"
+    """Another claim of the task is current (the lease ran out): record nothing."""
+    CANCELLED = "cancelled"
+    """``cancel`` was asked while the task ran: record it as cancelled."""
+    SHUTDOWN = "shutdown"
+    """A graceful stop ran out of time: release the task back to its queue."""
+    ABANDON = "abandon"
+    """A hard stop: record nothing; the lease brings the task back."""
+
+
 @dataclass(slots=True, eq=False)
 class _Held:
     """A claim this worker holds: executing, then settling."""
@@ -57,7 +71,7 @@ class _Held:
     claim: Claim
     ref: ClaimRef
     task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     settling: bool = False
 
 
@@ -204,7 +218,7 @@ class Worker:
             running = [h.task for h in self._held.values() if h.task is not None and not h.settling]
             if running and grace > 0:
                 await asyncio.wait(running, timeout=grace)
-            reason = "shutdown" if release and not self._force else "abandon"
+            reason = StopReason.SHUTDOWN if release and not self._force else StopReason.ABANDON
             for held in list(self._held.values()):
                 if held.task is not None and not held.task.done():
                     held.stop_reason = reason
@@ -351,7 +365,7 @@ class Worker:
         self._force = True
         for held in self._held.values():
             if held.task is not None and not held.task.done() and not held.settling:
-                held.stop_reason = "abandon"
+                held.stop_reason = StopReason.ABANDON
                 held.task.cancel()
 
     async def __aenter__(self) -> Self:
@@ -430,11 +444,11 @@ class Worker:
 
     def _launch(self, claim: Claim) -> None:
         self.counters["claimed"] += 1
-        held = _Held(claim=claim, ref=ClaimRef(claim.task_id, claim.fencing_token))
+        held = _Held(claim=claim, ref=claim.ref)
         previous = self._held.get(claim.task_id)
         if previous is not None and previous.task is not None:
             # Our own earlier claim of this task expired and we claimed it again.
-            previous.stop_reason = "lost"
+            previous.stop_reason = StopReason.LOST
             previous.task.cancel()
         self._held[claim.task_id] = held
         self._executing += 1
@@ -512,9 +526,9 @@ class Worker:
 
     def _after_stop(self, held: _Held) -> Settlement | None:
         reason = held.stop_reason
-        if reason == "cancelled":
+        if reason is StopReason.CANCELLED:
             return self._finish(held, TaskStatus.CANCELLED, None, "cancelled while running", None)
-        if reason == "shutdown":
+        if reason is StopReason.SHUTDOWN:
             self.counters["released"] += 1
             return Release(held.ref)
         return None  # lost lease, or abandoned at a hard stop: the lease brings it back
@@ -600,10 +614,10 @@ class Worker:
                 if state is LeaseState.LOST:
                     self.counters["lost"] += 1
                     log.warning("lease on task %s lost; stopping it", item.claim.task_id)
-                    item.stop_reason = "lost"
+                    item.stop_reason = StopReason.LOST
                     item.task.cancel()
                 elif state is LeaseState.CANCEL_REQUESTED and item.stop_reason is None:
-                    item.stop_reason = "cancelled"
+                    item.stop_reason = StopReason.CANCELLED
                     item.task.cancel()
 
     async def _purge_loop(self) -> None:

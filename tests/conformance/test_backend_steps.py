@@ -44,7 +44,7 @@ async def others(backends: BackendFactory) -> AsyncIterator[list[Backend]]:
 def _finish(claim: Claim) -> Finish:
     now = time.time()
     return Finish(
-        ClaimRef(claim.task_id, claim.fencing_token),
+        claim.ref,
         TaskStatus.SUCCESS,
         None,
         None,
@@ -246,9 +246,9 @@ async def test_release_and_retry_free_the_slot(queue: TaskQueue) -> None:
         await keyed.enqueue(tasks.add, i, i)
     backend = queue.backend
     (a,) = await backend.claim(["default"], 5, "w", 30)
-    assert await backend.settle([Release(ClaimRef(a.task_id, a.fencing_token))]) == [True]
+    assert await backend.settle([Release(a.ref)]) == [True]
     (b,) = await backend.claim(["default"], 5, "w", 30)
-    retry = Reschedule(ClaimRef(b.task_id, b.fencing_token), time.time() + 3600, "boom", None)
+    retry = Reschedule(b.ref, time.time() + 3600, "boom", None)
     assert await backend.settle([retry]) == [True]
     (c,) = await backend.claim(["default"], 5, "w", 30)
     assert await backend.claim(["default"], 5, "w", 30) == []

@@ -209,7 +209,7 @@ _KEYED_PAGE = 64
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 
-class _KeyCounts:
+class _KeySlots:
     """Running tasks per (queue, concurrency key) as one claim sees them: the count read in the
     claim's write transaction plus the tasks the claim hands out."""
 
@@ -614,11 +614,11 @@ class SQLiteBackend(Backend):
         def claim(conn: sqlite3.Connection) -> tuple[list[Claim], float, bool]:
             now = time.time()
             params = {"lease_until": now + lease, "worker": worker_id, "now": now}
-            keys = _KeyCounts(conn, now)
+            slots = _KeySlots(conn, now)
             seqs: list[int] = []
             cur = conn.execute(expired_sql, (now, *queues))
             for seq, queue, key, cap in cur:
-                if keys.admit(queue, key, cap):
+                if slots.admit(queue, key, cap):
                     seqs.append(seq)
                     if len(seqs) == limit:
                         break
@@ -630,7 +630,7 @@ class SQLiteBackend(Backend):
                 keyed = False
                 for queue in queues:
                     due += conn.execute(_DUE, (queue, now, remaining)).fetchall()
-                    picks = keys.candidates(queue, remaining)
+                    picks = slots.candidates(queue, remaining)
                     if picks:
                         due += picks
                         keyed = True
@@ -669,7 +669,7 @@ class SQLiteBackend(Backend):
                 )
                 for r in rows
             ]
-            return claims, now, keys.budget <= 0
+            return claims, now, slots.budget <= 0
 
         claims, now, unfinished = await self._run(lambda c: self._write(c, claim))
         waited_on = tuple(queues)
