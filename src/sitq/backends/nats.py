@@ -86,7 +86,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sitq.backends import redact_url, require
+from sitq.backends import require
 from sitq.backends.base import Backend
 from sitq.errors import BackendError, ConfigurationError
 from sitq.models import (
@@ -431,7 +431,7 @@ class NATSBackend(Backend):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("nats", "tls"):
-            raise ConfigurationError(f"not a nats:// or tls:// URL: {redact_url(url)}")
+            raise ConfigurationError(f"not a nats:// or tls:// URL: {_redact(url)}")
         netloc = parts.netloc
         auth = ""
         if "@" in netloc:
@@ -458,7 +458,7 @@ class NATSBackend(Backend):
                     raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
             else:
                 raise ConfigurationError(
-                    f"unknown option {key!r} in {redact_url(url)}: NATS URLs take stream, "
+                    f"unknown option {key!r} in {_redact(url)}: NATS URLs take stream, "
                     "replicas, server, request_timeout, connect_timeout, ack_wait, name, tls_ca, "
                     "tls_cert and tls_key"
                 )
@@ -477,7 +477,7 @@ class NATSBackend(Backend):
 
     def describe(self) -> str:
         """The servers and the stream, without credentials."""
-        return f"{','.join(redact_url(s) for s in self.servers)} (stream {self.stream})"
+        return f"{','.join(_redact(s) for s in self.servers)} (stream {self.stream})"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -2416,4 +2416,18 @@ def _api_result(reply: Any, ok: tuple[int, ...]) -> dict[str, Any] | None:
         raise BackendError(
             f"NATS JetStream: {error.get('description')} (code {error.get('err_code')})"
         )
+
+
+def _redact(url: str) -> str:
+    """A server URL without its user info: with user/password authentication the user name is
+    a credential too, so it is hidden along with the password or token (``redact_url`` keeps
+    the user name)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"***@{host}").geturl()
     return data  # type: ignore[no-any-return]
