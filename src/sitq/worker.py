@@ -27,7 +27,7 @@ from sitq._task import Outcome
 from sitq.backends import redact_url, resolve_backend
 from sitq.backends.base import Backend
 from sitq.cron import CronDriver
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
 from sitq.models import (
     MAX_ETA_TIMESTAMP,
@@ -75,12 +75,6 @@ class _Held:
     settling: bool = False
 
 
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigurationError(f"{name} must be a number > 0, not {value!r}")
-    return float(value)
-
-
 class Worker:
     """The engine. Use :class:`AsyncWorker`, :class:`ThreadWorker` or :class:`ProcessWorker`.
 
@@ -120,16 +114,12 @@ class Worker:
         self.backend: Backend = resolve_backend(backend)
         self.serializer: Serializer = serializer if serializer is not None else PickleSerializer()
         self.concurrency = concurrency
-        self.lease = _check_positive("lease", lease)
-        if shutdown_timeout < 0:
-            raise ConfigurationError(f"shutdown_timeout must be >= 0, not {shutdown_timeout!r}")
-        self.shutdown_timeout = float(shutdown_timeout)
-        self.poll_interval = _check_positive("poll_interval", poll_interval)
-        self.purge_interval = _check_positive("purge_interval", purge_interval)
-        if not math.isfinite(self.purge_interval):
-            raise ConfigurationError(
-                f"purge_interval must be a finite number of seconds, not {purge_interval!r}"
-            )
+        self.lease = check_seconds("lease", lease, allow_inf=True)
+        self.shutdown_timeout = check_seconds(
+            "shutdown_timeout", shutdown_timeout, allow_zero=True, allow_inf=True
+        )
+        self.poll_interval = check_seconds("poll_interval", poll_interval, allow_inf=True)
+        self.purge_interval = check_seconds("purge_interval", purge_interval)
         self.heartbeat_interval = min(self.lease / 3, 2.0)
         self.cron = bool(cron)
         self._cron_driver = CronDriver(self.backend)
@@ -279,8 +269,9 @@ class Worker:
         meanwhile stops at once. Once working, the first signal stops gracefully; a second
         SIGINT stops at once, leaving running tasks to come back when their leases run out.
         """
-        if connect_timeout is not None and not connect_timeout >= 0:
-            raise ConfigurationError(f"connect_timeout must be >= 0, not {connect_timeout!r}")
+        check_seconds(
+            "connect_timeout", connect_timeout, allow_zero=True, allow_inf=True, allow_none=True
+        )
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
 

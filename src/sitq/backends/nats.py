@@ -88,7 +88,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from sitq.backends import require
 from sitq.backends.base import Backend
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -374,8 +374,7 @@ class NATSBackend(Backend):
             ("connect_timeout", connect_timeout),
             ("ack_wait", ack_wait),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(f"{label} must be a number > 0, not {value!r}")
+            check_seconds(label, value, allow_inf=True)
         self.servers = servers
         self.stream = stream
         self.replicas = replicas
@@ -2416,6 +2415,7 @@ def _api_result(reply: Any, ok: tuple[int, ...]) -> dict[str, Any] | None:
         raise BackendError(
             f"NATS JetStream: {error.get('description')} (code {error.get('err_code')})"
         )
+    return data  # type: ignore[no-any-return]
 
 
 def _redact(url: str) -> str:
@@ -2430,4 +2430,3 @@ def _redact(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"***@{host}").geturl()
-    return data  # type: ignore[no-any-return]

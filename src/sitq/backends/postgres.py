@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,7 +40,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
 from sitq.backends.base import Backend, ChangeSignal, stats_from_counts
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -552,8 +551,7 @@ class PostgresBackend(Backend):
                 f"pool sizes must satisfy 1 <= min_pool_size <= max_pool_size, got "
                 f"{min_pool_size} and {max_pool_size}"
             )
-        if not 0 < connect_timeout < math.inf:
-            raise ConfigurationError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        check_seconds("connect_timeout", connect_timeout)
         if synchronous_commit not in _SYNCHRONOUS_COMMIT:
             raise ConfigurationError(
                 f"synchronous_commit={synchronous_commit!r}: use one of "

@@ -81,7 +81,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
 from sitq.backends.base import Backend
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -1152,12 +1152,7 @@ class RedisBackend(Backend):
             ("command_timeout", command_timeout),
             ("connect_timeout", connect_timeout),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0 < value < math.inf
-            ):
-                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+            check_seconds(name, value)
         if (
             isinstance(max_connections, bool)
             or not isinstance(max_connections, int)

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from sitq.backends._inotify import DirectoryWatch, watch_directory
 from sitq.backends.base import Backend, ChangeSignal, stats_from_counts, stats_kind
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -316,9 +316,7 @@ class SQLiteBackend(Backend):
                 f"synchronous={synchronous!r}: use one of {', '.join(_SYNCHRONOUS)}"
             )
         self.synchronous = synchronous.lower()
-        if not 0 < busy_timeout < math.inf:
-            raise ConfigurationError(f"busy_timeout must be > 0 seconds, not {busy_timeout!r}")
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = check_seconds("busy_timeout", busy_timeout)
         self._conn: sqlite3.Connection | None = None
         self._fast: sqlite3.Connection | None = None
         self._fast_after = 0.0
