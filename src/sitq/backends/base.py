@@ -233,6 +233,20 @@ class ChangeSignal:
                 await asyncio.wait_for(event.wait(), timeout)
 
 
+STATUS_CODE: dict[TaskStatus, int] = {
+    TaskStatus.PENDING: 0,
+    TaskStatus.RUNNING: 1,
+    TaskStatus.SUCCESS: 2,
+    TaskStatus.FAILED: 3,
+    TaskStatus.CANCELLED: 4,
+}
+"""The number the SQLite, PostgreSQL and Redis backends store for each status (Redis as its
+ASCII digit). Part of their stored formats, and written out in their SQL and Lua too: never
+renumber."""
+CODE_STATUS: dict[int, TaskStatus] = {code: status for status, code in STATUS_CODE.items()}
+"""The status each stored code stands for (see ``STATUS_CODE``)."""
+
+
 _STATS_FIELD = {
     TaskStatus.RUNNING: "running",
     TaskStatus.SUCCESS: "succeeded",

@@ -34,7 +34,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sitq.backends._inotify import DirectoryWatch, watch_directory
-from sitq.backends.base import Backend, ChangeSignal, stats_from_counts, stats_kind
+from sitq.backends.base import (
+    CODE_STATUS,
+    STATUS_CODE,
+    Backend,
+    ChangeSignal,
+    stats_from_counts,
+    stats_kind,
+)
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -54,15 +61,8 @@ from sitq.models import (
 
 T = TypeVar("T")
 
-_PENDING, _RUNNING, _SUCCESS, _FAILED, _CANCELLED = 0, 1, 2, 3, 4
-_STATE_TO_STATUS = {
-    _PENDING: TaskStatus.PENDING,
-    _RUNNING: TaskStatus.RUNNING,
-    _SUCCESS: TaskStatus.SUCCESS,
-    _FAILED: TaskStatus.FAILED,
-    _CANCELLED: TaskStatus.CANCELLED,
-}
-_STATUS_TO_STATE = {v: k for k, v in _STATE_TO_STATUS.items()}
+_PENDING = STATUS_CODE[TaskStatus.PENDING]
+_RUNNING = STATUS_CODE[TaskStatus.RUNNING]
 
 # Seconds after a watched write at which waiters are woken again (see _on_watch_event): a
 # writer descheduled between its two steps is caught by the later ones.
@@ -716,7 +716,7 @@ class SQLiteBackend(Backend):
                 if isinstance(s, Finish):
                     sql = _FINISH
                     params: tuple[Any, ...] = (
-                        _STATUS_TO_STATE[s.status],
+                        STATUS_CODE[s.status],
                         s.value,
                         s.error,
                         s.traceback,
@@ -791,7 +791,7 @@ class SQLiteBackend(Backend):
             return TaskSnapshot(
                 task_id=row[0],
                 queue=row[1],
-                status=_STATE_TO_STATUS[row[2]],
+                status=CODE_STATUS[row[2]],
                 attempts=row[3],
                 enqueued_at=row[4],
                 eta=row[5],
@@ -876,9 +876,9 @@ class SQLiteBackend(Backend):
                 (now, now),
             ).fetchall()
             return stats_from_counts(
-                (queue, stats_kind(_STATE_TO_STATUS[state], bool(future)), n)
+                (queue, stats_kind(CODE_STATUS[state], bool(future)), n)
                 for queue, state, future, n in rows
-                if state in _STATE_TO_STATUS  # a damaged row with an unknown state is left out
+                if state in CODE_STATUS  # a damaged row with an unknown state is left out
             )
 
         return await self._run(count)
