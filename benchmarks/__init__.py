@@ -1,1 +1,1 @@
-"""sitq's benchmarks: ``python -m benchmarks`` (see README, Performance)."""
+"""sitq's benchmarks: ``python -m benchmarks`` (see docs/performance.md)."""

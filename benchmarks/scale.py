@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sitq import SQLiteBackend
-from sitq.models import Claim, ClaimRef, Finish, NewTask, TaskStatus
+from sitq.models import Claim, Finish, NewTask, TaskStatus
 from sitq.options import TaskOptions
 
 T = TypeVar("T")
@@ -86,7 +86,7 @@ def finishes(claims: list[Claim]) -> list[Finish]:
     now = time.time()
     return [
         Finish(
-            claim=ClaimRef(c.task_id, c.fencing_token),
+            claim=c.ref,
             status=TaskStatus.SUCCESS,
             value=b"x",
             error=None,

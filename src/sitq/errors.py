@@ -17,6 +17,7 @@ Every error is a subclass of :class:`SitqError`::
 from __future__ import annotations
 
 import math
+from typing import Any, overload
 
 
 class SitqError(Exception):
@@ -81,9 +82,43 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None) -> None:
-        if delay is not None and (not math.isfinite(delay) or delay < 0):
-            raise ConfigurationError(
-                f"Retry(delay={delay!r}): delay must be a finite number of seconds >= 0"
-            )
+        delay = check_seconds("Retry delay", delay, allow_zero=True, allow_none=True)
         super().__init__(f"retry requested (delay={delay})")
         self.delay = delay
+
+
+@overload
+def check_seconds(
+    name: str, value: Any, *, allow_zero: bool = ..., allow_inf: bool = ...
+) -> float: ...
+@overload
+def check_seconds(
+    name: str, value: Any, *, allow_zero: bool = ..., allow_inf: bool = ..., allow_none: bool
+) -> float | None: ...
+def check_seconds(
+    name: str,
+    value: Any,
+    *,
+    allow_zero: bool = False,
+    allow_inf: bool = False,
+    allow_none: bool = False,
+) -> float | None:
+    """``value`` as a number of seconds: ``> 0`` (``>= 0`` with ``allow_zero``), finite unless
+    ``allow_inf``, ``None`` kept with ``allow_none``. Anything else (a bool, a string, NaN) is a
+    :class:`ConfigurationError` that names ``name`` and the numbers it takes."""
+    if value is None and allow_none:
+        return None
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the float range
+            number = math.inf
+    in_range = number >= 0 if allow_zero else number > 0
+    if not in_range or (math.isinf(number) and not allow_inf):
+        finite = "" if allow_inf else "finite "
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(
+            f"{name} must be a {finite}number of seconds {bound}, not {value!r}"
+        )
+    return number

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from sitq.cron import check_cron_name
-from sitq.errors import ConfigurationError, LockTimeout
+from sitq.errors import ConfigurationError, LockTimeout, check_seconds
 
 if TYPE_CHECKING:
     from sitq.queue import TaskQueue
@@ -30,11 +30,12 @@ _MAX_RETRY = 0.25
 
 
 def _seconds(name: str, value: float, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= minimum:
+    seconds = check_seconds(f"lock {name}", value, allow_zero=True, allow_inf=True)
+    if seconds < minimum:
         raise ConfigurationError(
             f"lock {name} must be a number of seconds >= {minimum}, not {value!r}"
         )
-    return float(value)
+    return seconds
 
 
 class Lock:

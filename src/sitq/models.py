@@ -99,6 +99,11 @@ class Claim:
     """Set by a backend that claimed a record it cannot read (fields missing or of the wrong
     type): what is wrong with it. The engine fails such a task with this, without running it."""
 
+    @property
+    def ref(self) -> ClaimRef:
+        """The name of this claim, for settling it or extending its lease."""
+        return ClaimRef(self.task_id, self.fencing_token)
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimRef:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sitq.errors import ConfigurationError
+from sitq.errors import ConfigurationError, check_seconds
 from sitq.models import MAX_ETA_TEXT, MAX_ETA_TIMESTAMP
 from sitq.retry import NO_RETRY, FixedBackoff, RetryPolicy
 
@@ -66,23 +66,9 @@ def check_task_id(task_id: Any) -> str:
     return check_name(task_id, f"task_id={task_id!r}")
 
 
-def _seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if math.isnan(number) or math.isinf(number) or number <= 0:
-        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, not {value!r}")
-    return number
-
-
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
-    """The options of one task; see SPEC §1.1 for each."""
+    """The options of one task; see docs/contract.md, Task options, for each."""
 
     queue: str = "default"
     retry: RetryPolicy = NO_RETRY
@@ -140,9 +126,9 @@ def _check(name: str, value: Any) -> Any:
             raise ConfigurationError(f"retry must be a RetryPolicy or None, not {value!r}")
         return _check_total_wait(value)
     if name == "timeout":
-        return _seconds("timeout", value, allow_none=True)
+        return check_seconds("timeout", value, allow_none=True)
     if name == "result_ttl":
-        return _seconds("result_ttl", value, allow_none=False)
+        return check_seconds("result_ttl", value)
     if name == "priority":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigurationError(f"priority must be an int, not {value!r}")
@@ -236,10 +222,10 @@ def _parse_engine_options(text: str) -> EngineOptions:
         )
     retry = data.get("retry")
     timeout = data.get("timeout")
-    if timeout is not None and (
-        type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
-    ):
-        raise ValueError(f"task options: timeout must be a number of seconds > 0, not {timeout!r}")
+    try:
+        timeout = check_seconds("timeout", timeout, allow_none=True)
+    except ConfigurationError as exc:
+        raise ValueError(f"task options: {exc}") from None
     max_deliveries = data.get("max_deliveries", DEFAULT_MAX_DELIVERIES)
     if type(max_deliveries) is not int or max_deliveries < 1:
         raise ValueError(

@@ -21,6 +21,7 @@ from sitq.errors import (
     SitqError,
     TaskFailedError,
     TaskNotFound,
+    check_seconds,
 )
 from sitq.locks import Lock
 from sitq.models import (
@@ -92,9 +93,7 @@ def _eta_after(delay: float | timedelta) -> float:
 def _wait_seconds(timeout: float | None) -> float:
     if timeout is None:
         return 0.0
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-        raise ConfigurationError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
-    return float(timeout)
+    return check_seconds("timeout", timeout, allow_zero=True, allow_inf=True)
 
 
 class TaskOptionsView:

@@ -13,19 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sitq.errors import ConfigurationError
+from sitq.errors import ConfigurationError, check_seconds
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if math.isnan(number) or number < 0 or (number == 0 and not allow_zero) or math.isinf(number):
-        raise ConfigurationError(f"{name} must be a finite number >= 0, not {value!r}")
-    return number
+    return check_seconds(name, value, allow_zero=allow_zero)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -26,7 +27,7 @@ from sitq._task import Outcome
 from sitq.backends import redact_url, resolve_backend
 from sitq.backends.base import Backend
 from sitq.cron import CronDriver
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
 from sitq.models import (
     MAX_ETA_TIMESTAMP,
@@ -50,6 +51,19 @@ CONNECT_RETRY_MAX = 5.0
 """Longest wait (seconds) between attempts to connect an unreachable backend in ``run()``."""
 
 
+class StopReason(enum.Enum):
+    """Why the worker cancelled a task it was running, which decides what it records."""
+
+    LOST = "lost"
+    """Another claim of the task is current (the lease ran out): record nothing."""
+    CANCELLED = "cancelled"
+    """``cancel`` was asked while the task ran: record it as cancelled."""
+    SHUTDOWN = "shutdown"
+    """A graceful stop ran out of time: release the task back to its queue."""
+    ABANDON = "abandon"
+    """A hard stop: record nothing; the lease brings the task back."""
+
+
 @dataclass(slots=True, eq=False)
 class _Held:
     """A claim this worker holds: executing, then settling."""
@@ -57,14 +71,8 @@ class _Held:
     claim: Claim
     ref: ClaimRef
     task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     settling: bool = False
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigurationError(f"{name} must be a number > 0, not {value!r}")
-    return float(value)
 
 
 class Worker:
@@ -106,16 +114,12 @@ class Worker:
         self.backend: Backend = resolve_backend(backend)
         self.serializer: Serializer = serializer if serializer is not None else PickleSerializer()
         self.concurrency = concurrency
-        self.lease = _check_positive("lease", lease)
-        if shutdown_timeout < 0:
-            raise ConfigurationError(f"shutdown_timeout must be >= 0, not {shutdown_timeout!r}")
-        self.shutdown_timeout = float(shutdown_timeout)
-        self.poll_interval = _check_positive("poll_interval", poll_interval)
-        self.purge_interval = _check_positive("purge_interval", purge_interval)
-        if not math.isfinite(self.purge_interval):
-            raise ConfigurationError(
-                f"purge_interval must be a finite number of seconds, not {purge_interval!r}"
-            )
+        self.lease = check_seconds("lease", lease, allow_inf=True)
+        self.shutdown_timeout = check_seconds(
+            "shutdown_timeout", shutdown_timeout, allow_zero=True, allow_inf=True
+        )
+        self.poll_interval = check_seconds("poll_interval", poll_interval, allow_inf=True)
+        self.purge_interval = check_seconds("purge_interval", purge_interval)
         self.heartbeat_interval = min(self.lease / 3, 2.0)
         self.cron = bool(cron)
         self._cron_driver = CronDriver(self.backend)
@@ -204,7 +208,7 @@ class Worker:
             running = [h.task for h in self._held.values() if h.task is not None and not h.settling]
             if running and grace > 0:
                 await asyncio.wait(running, timeout=grace)
-            reason = "shutdown" if release and not self._force else "abandon"
+            reason = StopReason.SHUTDOWN if release and not self._force else StopReason.ABANDON
             for held in list(self._held.values()):
                 if held.task is not None and not held.task.done():
                     held.stop_reason = reason
@@ -265,8 +269,9 @@ class Worker:
         meanwhile stops at once. Once working, the first signal stops gracefully; a second
         SIGINT stops at once, leaving running tasks to come back when their leases run out.
         """
-        if connect_timeout is not None and not connect_timeout >= 0:
-            raise ConfigurationError(f"connect_timeout must be >= 0, not {connect_timeout!r}")
+        check_seconds(
+            "connect_timeout", connect_timeout, allow_zero=True, allow_inf=True, allow_none=True
+        )
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
 
@@ -351,7 +356,7 @@ class Worker:
         self._force = True
         for held in self._held.values():
             if held.task is not None and not held.task.done() and not held.settling:
-                held.stop_reason = "abandon"
+                held.stop_reason = StopReason.ABANDON
                 held.task.cancel()
 
     async def __aenter__(self) -> Self:
@@ -430,11 +435,11 @@ class Worker:
 
     def _launch(self, claim: Claim) -> None:
         self.counters["claimed"] += 1
-        held = _Held(claim=claim, ref=ClaimRef(claim.task_id, claim.fencing_token))
+        held = _Held(claim=claim, ref=claim.ref)
         previous = self._held.get(claim.task_id)
         if previous is not None and previous.task is not None:
             # Our own earlier claim of this task expired and we claimed it again.
-            previous.stop_reason = "lost"
+            previous.stop_reason = StopReason.LOST
             previous.task.cancel()
         self._held[claim.task_id] = held
         self._executing += 1
@@ -512,9 +517,9 @@ class Worker:
 
     def _after_stop(self, held: _Held) -> Settlement | None:
         reason = held.stop_reason
-        if reason == "cancelled":
+        if reason is StopReason.CANCELLED:
             return self._finish(held, TaskStatus.CANCELLED, None, "cancelled while running", None)
-        if reason == "shutdown":
+        if reason is StopReason.SHUTDOWN:
             self.counters["released"] += 1
             return Release(held.ref)
         return None  # lost lease, or abandoned at a hard stop: the lease brings it back
@@ -600,10 +605,10 @@ class Worker:
                 if state is LeaseState.LOST:
                     self.counters["lost"] += 1
                     log.warning("lease on task %s lost; stopping it", item.claim.task_id)
-                    item.stop_reason = "lost"
+                    item.stop_reason = StopReason.LOST
                     item.task.cancel()
                 elif state is LeaseState.CANCEL_REQUESTED and item.stop_reason is None:
-                    item.stop_reason = "cancelled"
+                    item.stop_reason = StopReason.CANCELLED
                     item.task.cancel()
 
     async def _purge_loop(self) -> None:
@@ -701,8 +706,3 @@ WORKER_KINDS: dict[str, type[Worker]] = {
     "thread": ThreadWorker,
     "process": ProcessWorker,
 }
-
-
-def worker_kinds() -> Sequence[str]:
-    """The names ``sitq worker --kind`` accepts."""
-    return tuple(WORKER_KINDS)

@@ -1,5 +1,6 @@
-"""SPEC §2.2: leases bring back the tasks of lost workers; max_deliveries ends the loop. With
-every worker kind: a process worker's tasks run in its pool's processes, which die with it."""
+"""docs/contract.md, At-least-once execution: leases bring back the tasks of lost workers;
+max_deliveries ends the loop. With every worker kind: a process worker's tasks run in its pool's
+processes, which die with it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""SPEC §1.4 at the storage level: the backend steps that cron, locks and concurrency keys are
-built on, with the guarantee each step's docstring states, on every backend."""
+"""docs/contract.md, Cron schedules, Locks and Concurrency keys, at the storage level: the backend
+steps that cron, locks and concurrency keys are built on, with the guarantee each step's docstring
+states, on every backend."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ async def others(backends: BackendFactory) -> AsyncIterator[list[Backend]]:
 def _finish(claim: Claim) -> Finish:
     now = time.time()
     return Finish(
-        ClaimRef(claim.task_id, claim.fencing_token),
+        claim.ref,
         TaskStatus.SUCCESS,
         None,
         None,
@@ -53,7 +54,7 @@ def _finish(claim: Claim) -> Finish:
     )
 
 
-# -- fencing (SPEC §2.3) ---------------------------------------------------------------------
+# -- fencing (docs/contract.md, Exactly one result) -----------------------------------------
 
 
 async def test_a_stale_claim_is_refused_while_the_new_claim_still_runs(
@@ -245,9 +246,9 @@ async def test_release_and_retry_free_the_slot(queue: TaskQueue) -> None:
         await keyed.enqueue(tasks.add, i, i)
     backend = queue.backend
     (a,) = await backend.claim(["default"], 5, "w", 30)
-    assert await backend.settle([Release(ClaimRef(a.task_id, a.fencing_token))]) == [True]
+    assert await backend.settle([Release(a.ref)]) == [True]
     (b,) = await backend.claim(["default"], 5, "w", 30)
-    retry = Reschedule(ClaimRef(b.task_id, b.fencing_token), time.time() + 3600, "boom", None)
+    retry = Reschedule(b.ref, time.time() + 3600, "boom", None)
     assert await backend.settle([retry]) == [True]
     (c,) = await backend.claim(["default"], 5, "w", 30)
     assert await backend.claim(["default"], 5, "w", 30) == []

@@ -1,4 +1,5 @@
-"""SPEC §2.8: a task that cannot be loaded fails alone; the worker goes on."""
+"""docs/contract.md, Bad input never kills a worker: a task that cannot be loaded fails alone; the
+worker goes on."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""SPEC §1.1: ``cancel`` answers True (pending, now cancelled; or running, asked to stop) or
-False (already finished), whatever a worker is doing to the task at that moment.
+"""docs/contract.md, Cancellation: ``cancel`` answers True (pending, now cancelled; or running,
+asked to stop) or False (already finished), whatever a worker is doing to the task at that moment.
 
 ``TaskNotFound`` is only for ids the backend does not know: a cancel that lands while a worker
 claims or finishes the task must still give one of the two answers, and the task's final result

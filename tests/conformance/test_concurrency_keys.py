@@ -1,4 +1,5 @@
-"""SPEC §1.4 keyed concurrency: at most N tasks with one key run at once across all workers."""
+"""docs/contract.md, Concurrency keys: at most N tasks with one key run at once across all
+workers."""
 
 from __future__ import annotations
 

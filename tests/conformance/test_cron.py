@@ -1,4 +1,5 @@
-"""SPEC §1.4 cron: every worker drives the schedules and each tick runs exactly once."""
+"""docs/contract.md, Cron schedules: every worker drives the schedules and each tick runs exactly
+once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC §2.1: when enqueue returns, the task survives the client and every worker."""
+"""docs/contract.md, Durable enqueue: when enqueue returns, the task survives the client and every
+worker."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tests.conftest import REPO, BackendFactory
 
 
 async def test_durable_across_close_and_a_new_client(backends: BackendFactory) -> None:
-    """SPEC §2.1: an enqueued task survives the client closing (for memory: the same object)."""
+    """docs/contract.md, Durable enqueue: an enqueued task survives the client closing (for memory:
+    the same object)."""
     first = TaskQueue(backends.make())
     await first.connect()
     task_id = await first.enqueue(tasks.add, 20, 22)

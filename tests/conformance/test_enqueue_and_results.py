@@ -1,4 +1,4 @@
-"""SPEC §1.1: enqueueing, results, state and cancellation."""
+"""docs/contract.md, Queue: enqueueing, results, state and cancellation."""
 
 from __future__ import annotations
 

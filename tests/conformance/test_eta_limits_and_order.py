@@ -1,5 +1,6 @@
-"""SPEC §1.3, §2.4, §2.5: how far ahead a task can be scheduled, which ETAs are refused at
-enqueue, and the order of tasks whose ETA had already passed when they were enqueued."""
+"""docs/contract.md, Scheduling, Order and No busy waiting: how far ahead a task can be scheduled,
+which ETAs are refused at enqueue, and the order of tasks whose ETA had already passed when they
+were enqueued."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC §2.3: fencing tokens; only the current claim records an outcome."""
+"""docs/contract.md, Exactly one result: fencing tokens; only the current claim records an
+outcome."""
 
 from __future__ import annotations
 

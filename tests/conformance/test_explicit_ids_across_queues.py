@@ -1,5 +1,6 @@
-"""SPEC §1: an explicit ``task_id`` names one task. Two clients that enqueue the same id at the
-same moment, each on a queue of its own, store it once between them, and it runs once."""
+"""docs/contract.md, Enqueueing: an explicit ``task_id`` names one task. Two clients that enqueue
+the same id at the same moment, each on a queue of its own, store it once between them, and it runs
+once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §1.4 locks: one holder at a time across processes, owner tokens, TTL, extension."""
+"""docs/contract.md, Locks: one holder at a time across processes, owner tokens, TTL, extension."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""SPEC §1: every call of a ``TaskQueue`` may be awaited concurrently. Thousands of calls in
-flight on one queue object wait their turn for the backend's connections; none fails."""
+"""docs/contract.md, Public API: every call of a ``TaskQueue`` may be awaited concurrently.
+Thousands of calls in flight on one queue object wait their turn for the backend's connections; none
+fails."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""SPEC §2.6: many worker processes share one backend; each task runs once. The three workers
-are one of each kind (async, thread, process), all started before the tasks come in."""
+"""docs/contract.md, Many workers, many machines: many worker processes share one backend; each task
+runs once. The three workers are one of each kind (async, thread, process), all started before the
+tasks come in."""
 
 from __future__ import annotations
 

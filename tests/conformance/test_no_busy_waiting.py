@@ -1,5 +1,5 @@
-"""SPEC §2.5: an idle worker costs close to no CPU: it blocks on the backend's push channel, or
-waits out its poll interval, and never spins.
+"""docs/contract.md, No busy waiting: an idle worker costs close to no CPU: it blocks on the
+backend's push channel, or waits out its poll interval, and never spins.
 
 ``test_an_idle_worker_makes_few_calls_and_wakeups`` runs a worker of each kind (async, thread,
 process) in this process on every backend, on a backend object of its own whose public methods

@@ -1,5 +1,5 @@
-"""SPEC §2.4: higher priority first, then first in, first out (tasks enqueued with a past ETA:
-test_eta_limits_and_order.py)."""
+"""docs/contract.md, Order: higher priority first, then first in, first out (tasks enqueued with a
+past ETA: test_eta_limits_and_order.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""SPEC §2.7: a running worker removes expired results by itself (every ``purge_interval``
-seconds, 30 by default, so within a minute of expiry)."""
+"""docs/contract.md, Results expire: a running worker removes expired results by itself (every
+``purge_interval`` seconds, 30 by default, so within a minute of expiry)."""
 
 from __future__ import annotations
 
@@ -52,5 +52,7 @@ async def test_purge_interval_from_the_command_line(
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "30", True])
 def test_purge_interval_must_be_a_positive_number(bad: object) -> None:
-    with pytest.raises(ConfigurationError, match="purge_interval must be a number > 0"):
+    with pytest.raises(
+        ConfigurationError, match="purge_interval must be a finite number of seconds > 0"
+    ):
         AsyncWorker("memory://", purge_interval=bad)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
-"""Push wake-ups (SPEC §1.1: waiting is push-based where the backend can push; §2.5: no busy
-waiting): an idle worker is woken by a new task, and a ``get_result`` waiter by the task's
-finish, through the backend's push channel: LISTEN/NOTIFY on PostgreSQL, pub/sub on Redis, the
-long-polling pull request and the key-value watch on NATS, inotify on SQLite, and within the
+"""Push wake-ups (docs/contract.md, Results and state: waiting is push-based where the backend can
+push; No busy waiting): an idle worker is woken by a new task, and a ``get_result`` waiter by the
+task's finish, through the backend's push channel: LISTEN/NOTIFY on PostgreSQL, pub/sub on Redis,
+the long-polling pull request and the key-value watch on NATS, inotify on SQLite, and within the
 process on the memory backend.
 
 Every backend also polls now and then, to cover a push it missed, and a test that waits long

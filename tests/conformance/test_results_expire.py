@@ -1,4 +1,4 @@
-"""SPEC §2.7: results are kept for result_ttl, then removed."""
+"""docs/contract.md, Results expire: results are kept for result_ttl, then removed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §1.3: retries, timeouts and scheduling."""
+"""docs/contract.md, Retries, Timeouts and Scheduling: retries, timeouts and scheduling."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §1.3: ``timeout`` bounds one attempt from the moment it starts running.
+"""docs/contract.md, Timeouts: ``timeout`` bounds one attempt from the moment it starts running.
 
 A thread cannot be stopped, so a sync task that runs past its timeout is recorded as timed out
 while its thread goes on. That thread keeps its worker slot until it returns: the next task is

@@ -1,4 +1,4 @@
-"""SPEC §1.2: the three worker kinds, shutdown, and processes that die."""
+"""docs/contract.md, Workers: the three worker kinds, shutdown, and processes that die."""
 
 from __future__ import annotations
 

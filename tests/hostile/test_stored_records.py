@@ -1,6 +1,6 @@
-"""Corrupted records written straight into each backend's store, next to good tasks, with a
-real worker process draining them (SPEC §2.8: bad input never kills a worker and never loses
-other tasks).
+"""Corrupted records written straight into each backend's store, next to good tasks, with a real
+worker process draining them: bad input never kills a worker and never loses other tasks
+(docs/contract.md, Bad input never kills a worker).
 
 Per backend, tasks are enqueued through the API; some of them ("victims") are then damaged in
 the store with the backend's own driver, the way a bug, a bad migration or someone with write

@@ -25,7 +25,7 @@ from sitq import (
     backend_from_url,
 )
 from sitq.backends.nats import NATSBackend
-from sitq.models import Claim, ClaimRef, Finish, LeaseState
+from sitq.models import Claim, Finish, LeaseState
 from tests import services
 from tests.backend_nats import delete_nats_stream, unique_stream
 from tests.conformance import tasks
@@ -367,7 +367,7 @@ def test_unique_stream_names_are_valid() -> None:
 
 def _done(claim: Claim) -> Finish:
     now = time.time()
-    ref = ClaimRef(claim.task_id, claim.fencing_token)
+    ref = claim.ref
     return Finish(ref, TaskStatus.SUCCESS, None, None, None, now, now + 60)
 
 
@@ -394,7 +394,7 @@ async def test_keyed_claims_on_many_connections_never_exceed_the_limit(nats_url:
 
         async def hold(backend: NATSBackend, claim: Claim, seconds: float) -> None:
             started = time.monotonic()
-            ref = ClaimRef(claim.task_id, claim.fencing_token)
+            ref = claim.ref
             while time.monotonic() - started < seconds:
                 await asyncio.sleep(0.1)
                 assert await backend.extend_lease([ref], lease) == [LeaseState.HELD]
@@ -488,7 +488,7 @@ async def test_a_keyed_claim_whose_slot_lapsed_is_lost(nats_url: str) -> None:
 
         await wait_until(slot_taken, timeout=15, message="the lapsed slot to be taken")
         assert taken[0].task_id in (first, second)
-        ref = ClaimRef(a.task_id, a.fencing_token)
+        ref = a.ref
         assert await frozen.extend_lease([ref], 30) == [LeaseState.LOST]
         assert await frozen.settle([_done(a)]) == [taken[0].task_id != first]
         assert await other.settle([_done(taken[0])]) == [True]

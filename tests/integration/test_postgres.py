@@ -231,7 +231,7 @@ def _new(
 def _done(claim: Claim) -> Finish:
     now = time.time()
     return Finish(
-        ClaimRef(claim.task_id, claim.fencing_token),
+        claim.ref,
         TaskStatus.SUCCESS,
         None,
         None,
@@ -310,7 +310,7 @@ async def _hammer(
         settlements: list[Finish | Release] = []
         for c in claims:
             if rng.random() < 0.1:
-                settlements.append(Release(ClaimRef(c.task_id, c.fencing_token)))
+                settlements.append(Release(c.ref))
             else:
                 settlements.append(_done(c))
         if settlements:
@@ -437,7 +437,7 @@ async def test_an_expired_keyed_lease_cannot_be_extended(pg_url: str) -> None:
         await backend.enqueue([_new("keyed", key="k", limit=1), _new("plain")])
         claims = await backend.claim(["q"], 5, "w", 0.3)
         assert sorted(c.task_id for c in claims) == ["keyed", "plain"]
-        refs = [ClaimRef(c.task_id, c.fencing_token) for c in sorted(claims, key=_id)]
+        refs = [c.ref for c in sorted(claims, key=_id)]
 
         async with conn_batch(postgres_dsn()) as conn:
 

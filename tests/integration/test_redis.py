@@ -32,7 +32,6 @@ from sitq import (
 )
 from sitq.models import (
     Claim,
-    ClaimRef,
     Finish,
     LeaseState,
     QueueStats,
@@ -462,7 +461,7 @@ async def test_a_dead_server_mid_use_is_a_backend_error_then_recovers(
 def _settled(claim: Claim) -> Finish:
     now = time.time()
     return Finish(
-        ClaimRef(claim.task_id, claim.fencing_token),
+        claim.ref,
         TaskStatus.SUCCESS,
         None,
         None,
@@ -514,7 +513,7 @@ async def test_keyed_claims_on_many_connections_never_exceed_their_limits(
                         peak[key] = max(peak[key], len(holding[key]))
                 for c in claims:
                     await asyncio.sleep(0)  # the other clients claim while this one holds
-                    ref = ClaimRef(c.task_id, c.fencing_token)
+                    ref = c.ref
                     roll = rng.random()
                     settlement: Finish | Release | Reschedule
                     if roll < 0.15:
@@ -625,7 +624,7 @@ async def test_a_lost_keyed_task_whose_key_filled_up_waits_parked(
             return await queue.get_status(lost) == TaskStatus.PENDING
 
         await wait_until(parked, timeout=15, message="the lost task to be parked")
-        ref = ClaimRef(dead.task_id, dead.fencing_token)
+        ref = dead.ref
         assert await backend.extend_lease([ref], 30) == [LeaseState.LOST]
         assert await backend.settle([_settled(dead)]) == [False]
         assert await backend.settle([_settled(other)]) == [True]

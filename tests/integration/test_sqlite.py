@@ -16,7 +16,7 @@ import pytest
 
 from sitq import BackendError, SQLiteBackend, TaskQueue
 from sitq.backends import sqlite as sqlite_backend
-from sitq.models import Claim, ClaimRef, Finish, NewTask, TaskStatus
+from sitq.models import Claim, Finish, NewTask, TaskStatus
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
 
@@ -24,7 +24,7 @@ from tests.conftest import WorkerProcesses, wait_until
 def _finish(claim: Claim) -> Finish:
     now = time.time()
     return Finish(
-        ClaimRef(claim.task_id, claim.fencing_token),
+        claim.ref,
         TaskStatus.SUCCESS,
         None,
         None,

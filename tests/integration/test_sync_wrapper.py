@@ -1,4 +1,5 @@
-"""SPEC §1.5: SyncTaskQueue blocks, and works where an event loop already runs."""
+"""docs/contract.md, Sync wrapper: SyncTaskQueue blocks, and works where an event loop already
+runs."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 
 import sitq
 
-SPEC_NAMES = [
+CONTRACT_NAMES = [
     "TaskQueue",
     "SyncTaskQueue",
     "AsyncWorker",
@@ -83,17 +83,17 @@ def test_public_classes_and_functions_have_docstrings(name: str) -> None:
         assert not doc.startswith(f"{name}("), f"sitq.{name} has no docstring"
 
 
-def test_public_api_has_at_least_the_spec_classes_and_functions() -> None:
+def test_public_api_has_at_least_the_contract_classes_and_functions() -> None:
     documented = [
         n
         for n in sitq.__all__
         if inspect.isclass(getattr(sitq, n)) or inspect.isfunction(getattr(sitq, n))
     ]
-    assert set(SPEC_NAMES) <= set(documented)
+    assert set(CONTRACT_NAMES) <= set(documented)
 
 
-@pytest.mark.parametrize("name", SPEC_NAMES)
-def test_spec_names_exist_and_are_exported(name: str) -> None:
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
+def test_contract_names_exist_and_are_exported(name: str) -> None:
     assert name in sitq.__all__
     assert hasattr(sitq, name)
 

@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sitq.backends.base import Backend
 from sitq.errors import ConfigurationError, MissingDependencyError
 
-if TYPE_CHECKING:
-    from sitq.backends.memory import MemoryBackend
-    from sitq.backends.nats import NATSBackend
-    from sitq.backends.postgres import PostgresBackend
-    from sitq.backends.redis import RedisBackend
-    from sitq.backends.sqlite import SQLiteBackend
-
 __all__ = [
     "Backend",
-    "MemoryBackend",
-    "NATSBackend",
-    "PostgresBackend",
-    "RedisBackend",
-    "SQLiteBackend",
     "backend_from_url",
     "resolve_backend",
 ]
@@ -43,13 +31,6 @@ _SCHEMES: dict[str, tuple[str, str]] = {
 
 def _load(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
-
-
-def __getattr__(name: str) -> Any:
-    for module, cls in _SCHEMES.values():
-        if cls == name:
-            return _load(module, cls)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def require(module: str, extra: str, backend: str) -> Any:

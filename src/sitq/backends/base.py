@@ -35,12 +35,6 @@ from sitq.models import (
 class Backend(abc.ABC):
     """Stores tasks and hands them out. Subclass it to add a store; see the module docstring."""
 
-    #: The URL scheme(s) of this backend, for ``backend_from_url`` and display.
-    scheme: str = ""
-
-    #: True if several processes can share this backend (everything but the memory backend).
-    shared_across_processes: bool = True
-
     # -- lifecycle ------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -237,6 +231,20 @@ class ChangeSignal:
         if timeout > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
+
+
+STATUS_CODE: dict[TaskStatus, int] = {
+    TaskStatus.PENDING: 0,
+    TaskStatus.RUNNING: 1,
+    TaskStatus.SUCCESS: 2,
+    TaskStatus.FAILED: 3,
+    TaskStatus.CANCELLED: 4,
+}
+"""The number the SQLite, PostgreSQL and Redis backends store for each status (Redis as its
+ASCII digit). Part of their stored formats, and written out in their SQL and Lua too: never
+renumber."""
+CODE_STATUS: dict[int, TaskStatus] = {code: status for status, code in STATUS_CODE.items()}
+"""The status each stored code stands for (see ``STATUS_CODE``)."""
 
 
 _STATS_FIELD = {

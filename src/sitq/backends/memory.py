@@ -66,7 +66,7 @@ class _KeySlots:
                 slot = (rec.task.queue, key)
                 self._busy[slot] = self._busy.get(slot, 0) + 1
 
-    def take(self, task: NewTask) -> bool:
+    def admit(self, task: NewTask) -> bool:
         """Count ``task`` as started if its key has a free slot; ``False`` if it must wait."""
         if task.concurrency_key is None:
             return True
@@ -81,9 +81,6 @@ class _KeySlots:
 
 class MemoryBackend(Backend):
     """Tasks in a dict, due tasks in heaps; nothing survives the process."""
-
-    scheme = "memory"
-    shared_across_processes = False
 
     def __init__(self) -> None:
         self._tasks: dict[str, _Record] = {}
@@ -186,7 +183,7 @@ class MemoryBackend(Backend):
         for rec in self._running.values():
             if len(chosen) >= limit:
                 break
-            if rec.lease_until <= now and rec.task.queue in wanted and slots.take(rec.task):
+            if rec.lease_until <= now and rec.task.queue in wanted and slots.admit(rec.task):
                 chosen.append(rec)
         set_aside: list[tuple[str, tuple[int, float, int, str]]] = []
         while len(chosen) < limit:
@@ -211,7 +208,7 @@ class MemoryBackend(Backend):
                 break
             heapq.heappop(self._ready[best[1]])
             rec = self._tasks[best[0][3]]
-            if slots.take(rec.task):
+            if slots.admit(rec.task):
                 chosen.append(rec)
             else:
                 set_aside.append((best[1], best[0]))

@@ -88,7 +88,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from sitq.backends import require
 from sitq.backends.base import Backend
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -284,7 +284,7 @@ class _Entry:
 
 
 @dataclass(slots=True)
-class _Slots:
+class _KeySlots:
     """The running tasks of one (queue, concurrency key): holders ``[task key, fencing token,
     lease until, owner]``, as read at revision ``rev`` (0: no record yet)."""
 
@@ -292,7 +292,7 @@ class _Slots:
     holders: list[list[Any]]
 
     @classmethod
-    def read(cls, entry: _Entry | None) -> _Slots:
+    def read(cls, entry: _Entry | None) -> _KeySlots:
         if entry is None or entry.head is None:
             return cls(entry.rev if entry else 0, [])
         holders = entry.head.get("h")
@@ -341,8 +341,6 @@ class NATSBackend(Backend):
     refused instead of being used in plain text.
     """
 
-    scheme = "nats"
-
     def __init__(
         self,
         servers: str | Sequence[str] = ("nats://localhost:4222",),
@@ -376,8 +374,7 @@ class NATSBackend(Backend):
             ("connect_timeout", connect_timeout),
             ("ack_wait", ack_wait),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(f"{label} must be a number > 0, not {value!r}")
+            check_seconds(label, value, allow_inf=True)
         self.servers = servers
         self.stream = stream
         self.replicas = replicas
@@ -460,9 +457,9 @@ class NATSBackend(Backend):
                     raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
             else:
                 raise ConfigurationError(
-                    f"unknown option {key!r} in {_redact(url)}: NATS URLs take stream, replicas, "
-                    "server, request_timeout, connect_timeout, ack_wait, name, tls_ca, tls_cert "
-                    "and tls_key"
+                    f"unknown option {key!r} in {_redact(url)}: NATS URLs take stream, "
+                    "replicas, server, request_timeout, connect_timeout, ack_wait, name, tls_ca, "
+                    "tls_cert and tls_key"
                 )
         if not servers:
             servers = ["nats://localhost:4222"]
@@ -1437,7 +1434,9 @@ class NATSBackend(Backend):
                 await self._publish(d.msg.reply, b"-NAK")
             return due[:room]
         keys = list(dict.fromkeys(_slot_key(d.rec) for d in due if d.rec and _keyed(d.rec)))
-        slots = {k: _Slots.read(e) for k, e in zip(keys, await self._read_meta(keys), strict=True)}
+        slots = {
+            k: _KeySlots.read(e) for k, e in zip(keys, await self._read_meta(keys), strict=True)
+        }
         chosen: list[_Delivery] = []
         groups: dict[str, list[_Delivery]] = {}
         for d in due:
@@ -1460,12 +1459,16 @@ class NATSBackend(Backend):
         taken = {id(d) for ds in kept.values() for d in ds}
         return [d for d in chosen if not _keyed(d.rec) or id(d) in taken]
 
-    def _admit(self, slots: _Slots, d: _Delivery, now: float, lease: float) -> bool:
+    def _admit(self, slots: _KeySlots, d: _Delivery, now: float, lease: float) -> bool:
         assert d.rec is not None
         return slots.admit(d.key, d.rev, now + lease, self._owner, int(d.rec["cl"]), now)
 
     async def _take_slots(
-        self, groups: dict[str, list[_Delivery]], slots: dict[str, _Slots], now: float, lease: float
+        self,
+        groups: dict[str, list[_Delivery]],
+        slots: dict[str, _KeySlots],
+        now: float,
+        lease: float,
     ) -> dict[str, list[_Delivery]]:
         """Write the slot records with the holders admitted (each conditioned on the revision
         read); where another worker wrote first, read again and admit what still fits."""
@@ -1486,7 +1489,7 @@ class NATSBackend(Backend):
             fresh = await self._read_meta(failed)
             retry: dict[str, list[_Delivery]] = {}
             for key, entry in zip(failed, fresh, strict=True):
-                slots[key] = _Slots.read(entry)
+                slots[key] = _KeySlots.read(entry)
                 for d in groups[key]:
                     if self._admit(slots[key], d, now, lease):
                         retry.setdefault(key, []).append(d)
@@ -1500,7 +1503,7 @@ class NATSBackend(Backend):
                 await self._block(d, None, now)
         return kept
 
-    async def _block(self, d: _Delivery, slots: _Slots | None, now: float) -> None:
+    async def _block(self, d: _Delivery, slots: _KeySlots | None, now: float) -> None:
         """Put back a task whose concurrency key is full: naked with a growing delay (never
         past the moment the first holder's lease ends), and parked here so that a slot freed
         before then brings it back at once."""
@@ -1520,9 +1523,9 @@ class NATSBackend(Backend):
             if not todo:
                 return
             keys = list(todo)
-            writes: list[tuple[str, _Slots]] = []
+            writes: list[tuple[str, _KeySlots]] = []
             for key, entry in zip(keys, await self._read_meta(keys), strict=True):
-                slots = _Slots.read(entry)
+                slots = _KeySlots.read(entry)
                 gone = todo[key]
                 if own:
                     kept = [
@@ -1564,9 +1567,9 @@ class NATSBackend(Backend):
             groups.setdefault(key, []).append(i)
         for _ in range(_CAS_TRIES):
             keys = list(groups)
-            writes: list[tuple[str, _Slots]] = []
+            writes: list[tuple[str, _KeySlots]] = []
             for key, entry in zip(keys, await self._read_meta(keys), strict=True):
-                slots = _Slots.read(entry)
+                slots = _KeySlots.read(entry)
                 for i in groups[key]:
                     _, task, fence = items[i]
                     mine = [
@@ -2416,7 +2419,9 @@ def _api_result(reply: Any, ok: tuple[int, ...]) -> dict[str, Any] | None:
 
 
 def _redact(url: str) -> str:
-    """A server URL without its credentials."""
+    """A server URL without its user info: with user/password authentication the user name is
+    a credential too, so it is hidden along with the password or token (``redact_url`` keeps
+    the user name)."""
     try:
         parts = urlsplit(url)
     except ValueError:

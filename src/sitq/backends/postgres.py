@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,8 +39,8 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
-from sitq.backends.base import Backend, ChangeSignal, stats_from_counts
-from sitq.errors import BackendError, ConfigurationError
+from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, ChangeSignal, stats_from_counts
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -55,21 +54,12 @@ from sitq.models import (
     Reschedule,
     Settlement,
     TaskSnapshot,
-    TaskStatus,
 )
 
 log = logging.getLogger("sitq.postgres")
 T = TypeVar("T")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
-_STATUS_CODE = {
-    TaskStatus.PENDING: 0,
-    TaskStatus.RUNNING: 1,
-    TaskStatus.SUCCESS: 2,
-    TaskStatus.FAILED: 3,
-    TaskStatus.CANCELLED: 4,
-}
-_CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 _NOW = "(extract(epoch FROM clock_timestamp())::float8)"
 _COPY_THRESHOLD = 64
 # A cancel runs again only when the task changed state while the statement waited for its row;
@@ -529,8 +519,6 @@ class PostgresBackend(Backend):
     notifications comes on top, opened on first wait.
     """
 
-    scheme = "postgresql"
-
     def __init__(
         self,
         dsn: str,
@@ -554,8 +542,7 @@ class PostgresBackend(Backend):
                 f"pool sizes must satisfy 1 <= min_pool_size <= max_pool_size, got "
                 f"{min_pool_size} and {max_pool_size}"
             )
-        if not 0 < connect_timeout < math.inf:
-            raise ConfigurationError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        check_seconds("connect_timeout", connect_timeout)
         if synchronous_commit not in _SYNCHRONOUS_COMMIT:
             raise ConfigurationError(
                 f"synchronous_commit={synchronous_commit!r}: use one of "
@@ -967,7 +954,7 @@ class PostgresBackend(Backend):
         args = [
             [s.claim.task_id for s in fin],
             [s.claim.fencing_token for s in fin],
-            [_STATUS_CODE[s.status] for s in fin],
+            [STATUS_CODE[s.status] for s in fin],
             [s.value for s in fin],
             [s.error for s in fin],
             [s.traceback for s in fin],
@@ -1020,7 +1007,7 @@ class PostgresBackend(Backend):
         return TaskSnapshot(
             task_id=row["id"],
             queue=row["queue"],
-            status=_CODE_STATUS[row["state"]],
+            status=CODE_STATUS[row["state"]],
             attempts=row["attempts"],
             enqueued_at=row["enqueued_at"],
             eta=row["eta"],

@@ -80,8 +80,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
-from sitq.backends.base import Backend
-from sitq.errors import BackendError, ConfigurationError
+from sitq.backends.base import STATUS_CODE, Backend
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -95,19 +95,12 @@ from sitq.models import (
     Reschedule,
     Settlement,
     TaskSnapshot,
-    TaskStatus,
 )
 
 log = logging.getLogger("sitq.redis")
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_STATUS_CODE = {
-    TaskStatus.PENDING: b"0",
-    TaskStatus.RUNNING: b"1",
-    TaskStatus.SUCCESS: b"2",
-    TaskStatus.FAILED: b"3",
-    TaskStatus.CANCELLED: b"4",
-}
+_STATUS_CODE = {status: b"%d" % code for status, code in STATUS_CODE.items()}
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 _LEASE_STATES = (LeaseState.LOST, LeaseState.HELD, LeaseState.CANCEL_REQUESTED)
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -1088,8 +1081,6 @@ class RedisBackend(Backend):
     run it with ``appendonly yes`` (and ``appendfsync always`` for no loss on a crash).
     """
 
-    scheme = "redis"
-
     def __init__(
         self,
         host: str = "localhost",
@@ -1154,12 +1145,7 @@ class RedisBackend(Backend):
             ("command_timeout", command_timeout),
             ("connect_timeout", connect_timeout),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0 < value < math.inf
-            ):
-                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+            check_seconds(name, value)
         if (
             isinstance(max_connections, bool)
             or not isinstance(max_connections, int)

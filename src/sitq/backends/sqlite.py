@@ -34,8 +34,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sitq.backends._inotify import DirectoryWatch, watch_directory
-from sitq.backends.base import Backend, ChangeSignal, stats_from_counts, stats_kind
-from sitq.errors import BackendError, ConfigurationError
+from sitq.backends.base import (
+    CODE_STATUS,
+    STATUS_CODE,
+    Backend,
+    ChangeSignal,
+    stats_from_counts,
+    stats_kind,
+)
+from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -54,15 +61,8 @@ from sitq.models import (
 
 T = TypeVar("T")
 
-_PENDING, _RUNNING, _SUCCESS, _FAILED, _CANCELLED = 0, 1, 2, 3, 4
-_STATE_TO_STATUS = {
-    _PENDING: TaskStatus.PENDING,
-    _RUNNING: TaskStatus.RUNNING,
-    _SUCCESS: TaskStatus.SUCCESS,
-    _FAILED: TaskStatus.FAILED,
-    _CANCELLED: TaskStatus.CANCELLED,
-}
-_STATUS_TO_STATE = {v: k for k, v in _STATE_TO_STATUS.items()}
+_PENDING = STATUS_CODE[TaskStatus.PENDING]
+_RUNNING = STATUS_CODE[TaskStatus.RUNNING]
 
 # Seconds after a watched write at which waiters are woken again (see _on_watch_event): a
 # writer descheduled between its two steps is caught by the later ones.
@@ -209,7 +209,7 @@ _KEYED_PAGE = 64
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 
-class _KeyCounts:
+class _KeySlots:
     """Running tasks per (queue, concurrency key) as one claim sees them: the count read in the
     claim's write transaction plus the tasks the claim hands out."""
 
@@ -298,8 +298,6 @@ class SQLiteBackend(Backend):
     waits for another process's write lock before failing with :class:`BackendError`.
     """
 
-    scheme = "sqlite"
-
     def __init__(
         self,
         db_path: str | os.PathLike[str] = "sitq.db",
@@ -318,9 +316,7 @@ class SQLiteBackend(Backend):
                 f"synchronous={synchronous!r}: use one of {', '.join(_SYNCHRONOUS)}"
             )
         self.synchronous = synchronous.lower()
-        if not 0 < busy_timeout < math.inf:
-            raise ConfigurationError(f"busy_timeout must be > 0 seconds, not {busy_timeout!r}")
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = check_seconds("busy_timeout", busy_timeout)
         self._conn: sqlite3.Connection | None = None
         self._fast: sqlite3.Connection | None = None
         self._fast_after = 0.0
@@ -616,11 +612,11 @@ class SQLiteBackend(Backend):
         def claim(conn: sqlite3.Connection) -> tuple[list[Claim], float, bool]:
             now = time.time()
             params = {"lease_until": now + lease, "worker": worker_id, "now": now}
-            keys = _KeyCounts(conn, now)
+            slots = _KeySlots(conn, now)
             seqs: list[int] = []
             cur = conn.execute(expired_sql, (now, *queues))
             for seq, queue, key, cap in cur:
-                if keys.admit(queue, key, cap):
+                if slots.admit(queue, key, cap):
                     seqs.append(seq)
                     if len(seqs) == limit:
                         break
@@ -632,7 +628,7 @@ class SQLiteBackend(Backend):
                 keyed = False
                 for queue in queues:
                     due += conn.execute(_DUE, (queue, now, remaining)).fetchall()
-                    picks = keys.candidates(queue, remaining)
+                    picks = slots.candidates(queue, remaining)
                     if picks:
                         due += picks
                         keyed = True
@@ -671,7 +667,7 @@ class SQLiteBackend(Backend):
                 )
                 for r in rows
             ]
-            return claims, now, keys.budget <= 0
+            return claims, now, slots.budget <= 0
 
         claims, now, unfinished = await self._run(lambda c: self._write(c, claim))
         waited_on = tuple(queues)
@@ -720,7 +716,7 @@ class SQLiteBackend(Backend):
                 if isinstance(s, Finish):
                     sql = _FINISH
                     params: tuple[Any, ...] = (
-                        _STATUS_TO_STATE[s.status],
+                        STATUS_CODE[s.status],
                         s.value,
                         s.error,
                         s.traceback,
@@ -795,7 +791,7 @@ class SQLiteBackend(Backend):
             return TaskSnapshot(
                 task_id=row[0],
                 queue=row[1],
-                status=_STATE_TO_STATUS[row[2]],
+                status=CODE_STATUS[row[2]],
                 attempts=row[3],
                 enqueued_at=row[4],
                 eta=row[5],
@@ -880,9 +876,9 @@ class SQLiteBackend(Backend):
                 (now, now),
             ).fetchall()
             return stats_from_counts(
-                (queue, stats_kind(_STATE_TO_STATUS[state], bool(future)), n)
+                (queue, stats_kind(CODE_STATUS[state], bool(future)), n)
                 for queue, state, future, n in rows
-                if state in _STATE_TO_STATUS  # a damaged row with an unknown state is left out
+                if state in CODE_STATUS  # a damaged row with an unknown state is left out
             )
 
         return await self._run(count)
