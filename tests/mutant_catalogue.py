@@ -18,7 +18,8 @@ def _fence(backend: str) -> tuple[str, ...]:
 
 _SQLITE = "src/sitq/backends/sqlite.py"
 _POSTGRES = "src/sitq/backends/postgres.py"
-_REDIS = "src/sitq/backends/redis.py"
+_REDIS = "src/sitq/backends/redis/backend.py"
+_REDIS_LUA = "src/sitq/backends/redis/scripts"
 _NATS = "src/sitq/backends/nats.py"
 _MEMORY = "src/sitq/backends/memory.py"
 
@@ -109,7 +110,7 @@ FENCING: list[Mutant] = [
         Mutant(
             f"redis-{name}-ignores-token",
             f"a stale claim cannot {verb} a task (Redis, no key)",
-            _REDIS,
+            f"{_REDIS_LUA}/settle.lua",
             "local ok = h[1] == '1' and h[2] == ARGV[i + 2]\n",
             "local ok = h[1] == '1' and (h[2] == ARGV[i + 2]"
             f" or (kind == '{kind}' and not h[5]))\n",
@@ -124,7 +125,7 @@ FENCING: list[Mutant] = [
     Mutant(
         "redis-extend-ignores-token",
         "a stale claim cannot extend its lease (Redis)",
-        _REDIS,
+        f"{_REDIS_LUA}/extend.lua",
         "if h[1] == '1' and h[2] == ARGV[i + 1] and not",
         "if h[1] == '1' and not",
         _fence("redis"),
@@ -206,7 +207,7 @@ CRON: list[Mutant] = [
     Mutant(
         "redis-cron-cas-always-succeeds",
         "a cron tick is advanced by one worker only (Redis)",
-        _REDIS,
+        f"{_REDIS_LUA}/cron_advance.lua",
         "if not last or tonumber(last) ~= tonumber(ARGV[2]) then return 0 end",
         "if not last then return 0 end",
         _cron("redis"),
@@ -256,7 +257,7 @@ EXPLICIT_IDS: list[Mutant] = [
     Mutant(
         "redis-explicit-id-unchecked",
         "an explicit id names one task across queues (Redis: the index written without its check)",
-        _REDIS,
+        f"{_REDIS_LUA}/enqueue.lua",
         "if owner and owner ~= ARGV[3] and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1"
         " then",
         "if false then",
@@ -266,7 +267,7 @@ EXPLICIT_IDS: list[Mutant] = [
     Mutant(
         "redis-cluster-explicit-id-unfenced",
         "an explicit id names one task across queues (Redis Cluster: a fenced claim still stores)",
-        _REDIS,
+        f"{_REDIS_LUA}/enqueue.lua",
         "    elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then",
         "    elseif false then",
         (_ACROSS_QUEUES,),
@@ -278,7 +279,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "redis-pubsub-off",
         "push wakes idle workers and result waiters (Redis pub/sub listener off)",
-        "src/sitq/backends/redis.py",
+        _REDIS,
         '        if self._listener_task is None and not self._closing and self._client is not None:\n            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
         '        if False:\n            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
         ("tests/conformance/test_push_wakeups.py",),
@@ -287,7 +288,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "redis-listener-no-reconnect",
         "push comes back after the pub/sub connection is cut (Redis)",
-        "src/sitq/backends/redis.py",
+        _REDIS,
         "            if self._closing:\n                break\n            await asyncio.sleep(delay)\n            delay = min(delay * 2, 2.0)",
         "            break",
         ("tests/conformance/test_push_wakeups.py",),
@@ -415,7 +416,7 @@ IDLE: list[Mutant] = [
     Mutant(
         "redis-wait-5ms",
         "an idle worker does not poll (Redis wait of 5 ms)",
-        "src/sitq/backends/redis.py",
+        _REDIS,
         "        return 1.0 if self._listening.is_set() else 0.1",
         "        return 0.005",
         ("tests/conformance/test_no_busy_waiting.py",),

@@ -25,23 +25,24 @@ Design:
 * Cron schedules are one hash (``<prefix>:{<prefix>:crons}``) and each lock one key
   (``<prefix>:lock:<name>``, the owner's token with a TTL kept by the server).
 
-* Each state change is one Lua script in the queue's slot, called with ``EVALSHA`` (reloaded
-  on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one extra round trip):
-  enqueue (with the idempotency check), claim (lease, attempts, fencing token), extend, settle
-  (finish / reschedule / release, each fenced), cancel, stats, purge; likewise each cron and
-  lock step, in its own slot. Times come from the server's ``TIME``, so workers with skewed
-  clocks agree on leases.
+* Each state change is one Lua script in the queue's slot (``scripts/<step>.lua``, after the
+  shared fragments of ``scripts/lib/`` it uses; see ``_scripts``), called with ``EVALSHA``
+  (reloaded on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one extra
+  round trip): enqueue (with the idempotency check), claim (lease, attempts, fencing token),
+  extend, settle (finish / reschedule / release, each fenced), cancel, stats, purge; likewise
+  each cron and lock step, in its own slot. Times come from the server's ``TIME``, so
+  workers with skewed clocks agree on leases.
 * ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own slot) names the
   task's queue. On a standalone server the enqueue script writes the entry with the task, and
   for an explicit id first checks that the queue the entry names does not hold the id still:
   one atomic step, so two clients enqueueing one id on two queues store it once. In a cluster
   (where the entry's slot is elsewhere) a generated id's entry is written just before the
-  script, and an explicit id's entry is claimed under a token first (see ``_CLAIM_INDEX``):
-  the entry is the authority, and moves to another queue only once the old queue has fenced
-  the token and lacks the id. ``purge_expired`` removes an entry once the result expired and
-  the id is gone from its queue; a stale entry is harmless (the task key is the truth).
-  Objects remember the queues of the ids they enqueued or claimed, so the common paths skip
-  that lookup.
+  script, and an explicit id's entry is claimed under a token first (see
+  ``scripts/claim_index.lua``): the entry is the authority, and moves to another queue only
+  once the old queue has fenced the token and lacks the id. ``purge_expired`` removes an
+  entry once the result expired and the id is gone from its queue; a stale entry is harmless
+  (the task key is the truth). Objects remember the queues of the ids they enqueued or
+  claimed, so the common paths skip that lookup.
 * A step whose connection failed is retried only where that cannot act twice: claim and settle
   carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets
   the same answer); enqueue checks that the task does not exist; cancel is not retried.
@@ -63,24 +64,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import importlib
 import inspect
 import logging
 import math
 import random
-import re
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
 from sitq.backends.base import STATUS_CODE, Backend
+from sitq.backends.redis._keys import PREFIX, QueueKeys, entry_queue, parse_entry, queue_keys
+from sitq.backends.redis._scripts import CLAIM_WINDOW_MS, SCRIPTS, script_for
+from sitq.backends.redis._wire import (
+    BATCH_COMMANDS,
+    Batch,
+    Command,
+    Raw,
+    encode_enqueue,
+    roundtrip,
+    sha_of,
+)
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -99,7 +108,6 @@ from sitq.models import (
 
 log = logging.getLogger("sitq.redis")
 
-_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _STATUS_CODE = {status: b"%d" % code for status, code in STATUS_CODE.items()}
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 _LEASE_STATES = (LeaseState.LOST, LeaseState.HELD, LeaseState.CANCEL_REQUESTED)
@@ -112,711 +120,11 @@ _RANK_LEN = 34
 _MAX_PARK = 1000
 # A claim on several queues plans again when a queue's share was parked instead of taken.
 _CLAIM_ROUNDS = 4
-# Explicit ids on a Redis Cluster (see _CLAIM_INDEX): an enqueue script refuses a claim of the
-# id's index entry older than _CLAIM_WINDOW_MS, and a takeover fences the token of a claim
-# younger than _FENCE_MS (for that long). _FENCE_MS exceeds the window by the clock skew
-# between nodes that is tolerated.
-_CLAIM_WINDOW_MS = 60_000
-_FENCE_MS = 600_000
 # Rounds of claim / enqueue / takeover an explicit id on a Redis Cluster may take.
 _CLAIM_TRIES = 30
 # A claim on another queue younger than this is likely still enqueueing: look again once,
 # after a pause, before fencing it.
 _FRESH_MS = 1000
-# Calls that wait for a connection share a round trip, up to about this many commands.
-_BATCH_COMMANDS = 1000
-
-# -- Lua ---------------------------------------------------------------------------------------
-
-_LUA_COMMON = """
-local function now_s()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000, t
-end
-local function rank(pri, eta, seq, id)
-  -- A damaged record's priority or ETA (missing, not a number) must not stop the script: it
-  -- ranks as 0 and its claim reports the field (see `take`).
-  pri = tonumber(pri)
-  if not pri or pri ~= pri or pri > 2147483647 or pri < -2147483648 then pri = 0 end
-  eta = tonumber(eta) or 0
-  if eta ~= eta then eta = 0 end
-  pri = math.floor(pri)
-  local us = math.floor(eta * 1000000)
-  if us < 0 then us = 0 end
-  if us > 9007199254740991 then us = 9007199254740991 end
-  return string.format('%08x%014x%012x', 2147483647 - pri, us, seq) .. id
-end
-"""
-
-# Puts a pending task (hash fields already set) in `ready` or `sched`. KEYS[1..4] must be
-# ready, sched, leases, seq.
-_LUA_REQUEUE = """
-local function requeue(tk, id, pri, eta, now)
-  if eta <= now then
-    local r = rank(pri, eta, redis.call('INCR', KEYS[4]), id)
-    redis.call('ZADD', KEYS[1], 0, r)
-    redis.call('HSET', tk, 'rk', r)
-  else
-    redis.call('ZADD', KEYS[2], eta, id)
-    redis.call('HDEL', tk, 'rk')
-  end
-end
-local function promote(now)
-  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', KEYS[2], id)
-    local tk = ARGV[1] .. id
-    local h = redis.call('HMGET', tk, 'st', 'pri', 'eta')
-    if h[1] == '0' then requeue(tk, id, tonumber(h[2]), tonumber(h[3]) or now, now) end
-  end
-end
-local function next_due()
-  local a = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  local b = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  local d = nil
-  if a[2] then d = tonumber(a[2]) end
-  if b[2] then
-    local x = tonumber(b[2])
-    if d == nil or x < d then d = x end
-  end
-  if d == nil then return '' end
-  return string.format('%.17g', d)
-end
-"""
-
-# KEYS: ready, sched, seq, done:s, done:f, done:c, then (on a standalone server only) the id
-#       index key of each task, in order
-# ARGV: task key prefix, work channel, queue, key prefix, then per task (9 values): id, kind,
-#       priority, eta ('' = now), payload, options, result_ttl, concurrency key, limit
-# The kind of an id is '1' (generated), '0' (explicit, on a standalone server: the script
-# decides with the id index) or '<claim ms> <token>' (explicit, on a Redis Cluster: the caller
-# holds the id's index entry under that token, claimed at that time; see _CLAIM_INDEX).
-# Returns one character per task: '1' stored, '0' already known (here or on the queue the
-# index names), and on a cluster 'F' (the token was fenced by a takeover) or 'S' (the claim
-# is too old): claim the index entry again.
-_ENQUEUE = (
-    _LUA_COMMON
-    + """
-local now = now_s()
-local now_ms = math.floor(now * 1000)
-local out = {}
-local ready = {}
-local added = 0
-local n = (#ARGV - 4) / 9
-local indexed = #KEYS > 6
-local function queue_key(queue, part)
-  return ARGV[4] .. ':{' .. ARGV[4] .. ':' .. queue .. '}:' .. part
-end
--- sequence numbers for the whole call at once (unused ones are simply skipped)
-local seq = redis.call('INCRBY', KEYS[3], n) - n
-for i = 5, #ARGV, 9 do
-  local id = ARGV[i]
-  local kind = ARGV[i + 1]
-  local tk = ARGV[1] .. id
-  local verdict = nil
-  if kind == '1' then
-    -- a generated id is indexed with its task
-    if indexed then redis.call('SET', KEYS[7 + (i - 5) / 9], ARGV[3]) end
-  elseif kind == '0' then
-    -- An explicit id still known on the queue its index entry names is left alone; else
-    -- the entry names this queue, in the same step as the check (known here or stored).
-    local ik = KEYS[7 + (i - 5) / 9]
-    local owner = redis.call('GET', ik)
-    if owner and owner ~= ARGV[3] and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1 then
-      verdict = '0'
-    else
-      redis.call('SET', ik, ARGV[3])
-    end
-  else
-    local claimed, token = string.match(kind, '^(%d+) (.*)$')
-    if now_ms - tonumber(claimed) > """
-    + str(_CLAIM_WINDOW_MS)
-    + """ then
-      verdict = 'S'
-    elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then
-      verdict = 'F'
-    end
-  end
-  if verdict then
-    out[#out + 1] = verdict
-  elseif redis.call('EXISTS', tk) == 1 then
-    -- a generated id can only exist if an earlier attempt of this very call stored it
-    if kind == '1' then out[#out + 1] = '1' else out[#out + 1] = '0' end
-  else
-    if kind ~= '1' then
-      -- an explicit id whose earlier result expired: forget its old entry
-      redis.call('ZREM', KEYS[4], id)
-      redis.call('ZREM', KEYS[5], id)
-      redis.call('ZREM', KEYS[6], id)
-    end
-    local eta = now
-    if ARGV[i + 3] ~= '' then eta = tonumber(ARGV[i + 3]) end
-    local r = ''
-    if eta <= now then
-      seq = seq + 1
-      r = rank(tonumber(ARGV[i + 2]), eta, seq, id)
-      ready[#ready + 1] = 0
-      ready[#ready + 1] = r
-    else
-      redis.call('ZADD', KEYS[2], eta, id)
-    end
-    if r ~= '' then
-      redis.call('HSET', tk, 'st', 0, 'pri', ARGV[i + 2], 'eta', eta, 'pl', ARGV[i + 4],
-                 'op', ARGV[i + 5], 'ttl', ARGV[i + 6], 'enq', now, 'rk', r)
-    else
-      redis.call('HSET', tk, 'st', 0, 'pri', ARGV[i + 2], 'eta', eta, 'pl', ARGV[i + 4],
-                 'op', ARGV[i + 5], 'ttl', ARGV[i + 6], 'enq', now)
-    end
-    if ARGV[i + 7] ~= '' then redis.call('HSET', tk, 'ck', ARGV[i + 7], 'cl', ARGV[i + 8]) end
-    out[#out + 1] = '1'
-    added = added + 1
-  end
-end
-if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
-if added > 0 then redis.call('PUBLISH', ARGV[2], '') end
-return table.concat(out)
-"""
-)
-
-# Concurrency keys. `CK` (a local each script sets to its `ck` key) is the set of keys that
-# have parked tasks; per key, `CK:r:<key>` holds the running tasks scored by lease expiry and
-# `CK:w:<key>` the parked ones: their ready members, scored by their concurrency limit.
-_LUA_KEYED = """
-local function running(ck, now)
-  return redis.call('ZCOUNT', CK .. ':r:' .. ck, '(' .. string.format('%.17g', now), '+inf')
-end
-local function park(tk, ck, limit, r)
-  redis.call('ZADD', CK .. ':w:' .. ck, limit, r)
-  redis.call('SADD', CK, ck)
-  redis.call('HSET', tk, 'rk', r)
-end
--- Moves parked tasks of `ck` back to `ready` while, counting them, they fit under their own
--- limit (lowest limits first, then in queue order); the claim checks each again.
-local function unpark(ready, ck, now)
-  local wk = CK .. ':w:' .. ck
-  local busy = running(ck, now)
-  local moved = 0
-  while true do
-    local m = redis.call('ZRANGEBYSCORE', wk, '(' .. (busy + moved), '+inf', 'LIMIT', 0, 1)
-    if #m == 0 then break end
-    redis.call('ZREM', wk, m[1])
-    redis.call('ZADD', ready, 0, m[1])
-    moved = moved + 1
-  end
-  if redis.call('EXISTS', wk) == 0 then redis.call('SREM', CK, ck) end
-  return moved
-end
-"""
-
-# KEYS: ready, sched, leases, seq, claim record (a list, per claim request), ck
-# ARGV: task key prefix, limit, lease seconds, worker id, work channel
-# Returns: TIME seconds, TIME microseconds, next due time ('' if none), the number of tasks
-#          parked by this call, then per claim four strings: id, payload, options, and "fence
-#          attempts priority retries enqueued_at ttl cancel eta" (few reply elements parse much
-#          faster than many).
-# The claim record lists what the request claimed, for 10 s: a retry of a request whose reply
-# was lost hands out the same claims again instead of taking more tasks.
-# A keyed task whose key is full is parked (see _LUA_KEYED) instead of being handed out, and
-# the claim goes on with the tasks behind it; at most _MAX_PARK per call, so that one script
-# never blocks the server for long (it then reports work due now and publishes a wake-up).
-_CLAIM = (
-    _LUA_COMMON
-    + """
-local CK = KEYS[6]
-"""
-    + _LUA_REQUEUE
-    + _LUA_KEYED
-    + """
-local now, t = now_s()
-local out = {t[1], t[2], '', 0}
-local record = redis.call('LRANGE', KEYS[5], 0, -1)
-if #record > 0 then
-  for j = 1, #record, 2 do
-    local id = record[j]
-    local h = redis.call('HMGET', ARGV[1] .. id, 'st', 'fence', 'att', 'pl', 'op', 'pri', 'ret',
-                         'enq', 'ttl', 'cr', 'eta')
-    if h[1] == '1' and h[2] == record[j + 1] then
-      out[#out + 1] = id
-      out[#out + 1] = h[4]
-      out[#out + 1] = h[5]
-      out[#out + 1] = table.concat({h[2], h[3], h[6] or '?', h[7] or '0', h[8] or '?',
-                                    h[9] or '?', h[10] or '0', h[11] or '?'}, ' ')
-    end
-  end
-  out[3] = next_due()
-  return out
-end
-promote(now)
-local limit = tonumber(ARGV[2])
-local lease_until = now + tonumber(ARGV[3])
-local n = 0
-local parked = 0
-local function take(id, tk, ck)
-  -- A fencing token or attempt count that is not an integer (a damaged record) would fail
-  -- HINCRBY and end the script halfway: replace it (a token far above any earlier claim's)
-  -- and mark it with '?' so that the worker fails the task.
-  local fence = redis.pcall('HINCRBY', tk, 'fence', 1)
-  local mark = ''
-  if type(fence) == 'table' then
-    fence = string.format('%d', 1000000000 + redis.call('INCR', KEYS[4]))
-    redis.call('HSET', tk, 'fence', fence)
-    mark = '?'
-  end
-  local att = redis.pcall('HINCRBY', tk, 'att', 1)
-  if type(att) == 'table' then
-    att = '?'
-    redis.call('HSET', tk, 'att', 1)
-  end
-  redis.call('HSET', tk, 'st', 1, 'lu', lease_until, 'wid', ARGV[4], 'sa', now)
-  redis.call('HDEL', tk, 'rk')
-  redis.call('ZADD', KEYS[3], lease_until, id)
-  if ck then redis.call('ZADD', CK .. ':r:' .. ck, lease_until, id) end
-  redis.call('RPUSH', KEYS[5], id, fence)
-  local h = redis.call('HMGET', tk, 'pl', 'op', 'pri', 'ret', 'enq', 'ttl', 'cr', 'eta')
-  out[#out + 1] = id
-  out[#out + 1] = h[1]
-  out[#out + 1] = h[2]
-  out[#out + 1] = table.concat({mark .. fence, att, h[3] or '?', h[4] or '0', h[5] or '?',
-                                h[6] or '?', h[7] or '0', h[8] or '?'}, ' ')
-  n = n + 1
-end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
-for _, id in ipairs(expired) do
-  local tk = ARGV[1] .. id
-  local h = redis.call('HMGET', tk, 'st', 'ck', 'cl')
-  if h[1] ~= '1' then
-    redis.call('ZREM', KEYS[3], id)
-  elseif h[2] and running(h[2], now) >= (tonumber(h[3]) or 1) then
-    -- its worker was lost and its key has filled up meanwhile: pending again, parked
-    local p = redis.call('HMGET', tk, 'pri', 'eta')
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('ZREM', CK .. ':r:' .. h[2], id)
-    redis.call('HSET', tk, 'st', 0)
-    redis.call('HDEL', tk, 'lu', 'wid')
-    park(tk, h[2], tonumber(h[3]) or 1,
-         rank(tonumber(p[1]), tonumber(p[2]), redis.call('INCR', KEYS[4]), id))
-    parked = parked + 1
-  else
-    take(id, tk, h[2])
-  end
-end
-while n < limit and parked < tonumber(ARGV[6]) do
-  local popped = redis.call('ZPOPMIN', KEYS[1], limit - n)
-  if #popped == 0 then break end
-  for j = 1, #popped, 2 do
-    local id = string.sub(popped[j], 35)
-    local tk = ARGV[1] .. id
-    local h = redis.call('HMGET', tk, 'st', 'ck', 'cl')
-    if h[1] == '0' then
-      if h[2] and running(h[2], now) >= (tonumber(h[3]) or 1) then
-        park(tk, h[2], tonumber(h[3]) or 1, popped[j])
-        parked = parked + 1
-      else
-        take(id, tk, h[2])
-      end
-    end
-  end
-end
-if n > 0 then redis.call('PEXPIRE', KEYS[5], 10000) end
-out[3] = next_due()
-out[4] = parked
-if n < limit and parked >= tonumber(ARGV[6]) and redis.call('EXISTS', KEYS[1]) == 1 then
-  out[3] = string.format('%.17g', now)
-  redis.call('PUBLISH', ARGV[5], '')
-end
-return out
-"""
-)
-
-# KEYS: ready, sched, leases, seq. ARGV: task key prefix, limit.
-# Returns: number of expired leases (up to limit), then the first `limit` ready members.
-_PEEK = (
-    _LUA_COMMON
-    + _LUA_REQUEUE
-    + """
-local now = now_s()
-promote(now)
-local limit = tonumber(ARGV[2])
-local expired = redis.call('ZCOUNT', KEYS[3], '-inf', now)
-if expired > limit then expired = limit end
-local out = {expired}
-local heads = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
-for _, m in ipairs(heads) do out[#out + 1] = m end
-return out
-"""
-)
-
-# KEYS: sched, leases (as KEYS[2], KEYS[3] for next_due: KEYS[1] is unused)
-_NEXT_DUE = (
-    _LUA_COMMON
-    + _LUA_REQUEUE
-    + """
-local _, t = now_s()
-return {t[1], t[2], next_due()}
-"""
-)
-
-# KEYS: leases, ck. ARGV: task key prefix, lease seconds, then (id, fence) pairs.
-# Returns one character per pair: 0 lost, 1 held, 2 held with cancel requested.
-# A keyed task whose lease has lapsed is lost: its slot may belong to another task now.
-_EXTEND = (
-    _LUA_COMMON
-    + """
-local now = now_s()
-local lu = now + tonumber(ARGV[2])
-local out = {}
-for i = 3, #ARGV, 2 do
-  local tk = ARGV[1] .. ARGV[i]
-  local h = redis.call('HMGET', tk, 'st', 'fence', 'cr', 'ck', 'lu')
-  -- A keyed task's lapsed lease gave up its slot, which another task may hold now.
-  if h[1] == '1' and h[2] == ARGV[i + 1] and not (h[4] and tonumber(h[5]) <= now) then
-    redis.call('HSET', tk, 'lu', lu)
-    redis.call('ZADD', KEYS[1], lu, ARGV[i])
-    if h[4] then redis.call('ZADD', KEYS[2] .. ':r:' .. h[4], lu, ARGV[i]) end
-    if h[3] == '1' then out[#out + 1] = '2' else out[#out + 1] = '1' end
-  else
-    out[#out + 1] = '0'
-  end
-end
-return table.concat(out)
-"""
-)
-
-# KEYS: ready, sched, leases, seq, done:s, done:f, done:c, settle record (per request), ck
-# ARGV: task key prefix, work channel, done channel prefix, then entries:
-#   F id fence status(2|3|4) value error traceback ttl   (optional values: '' or '=' .. data)
-#   R id fence eta error traceback
-#   L id fence
-# Returns one character per entry: '1' applied, '0' refused.
-# The settle record keeps the request's answer for 10 s, so a retry whose first reply was lost
-# gets the same answer (a new request with the same settlements is refused, as it must be).
-# Settling a keyed task frees its slot: parked tasks of its key go back to `ready` if they now
-# fit, and idle workers are woken.
-_SETTLE = (
-    _LUA_COMMON
-    + """
-local CK = KEYS[9]
-"""
-    + _LUA_REQUEUE
-    + _LUA_KEYED
-    + """
-local previous = redis.call('GET', KEYS[8])
-if previous then
-  -- a retry of a request that ran: its answer again, nothing applied twice
-  return previous
-end
-local now = now_s()
-local out = {}
-local work = false
-local keys = {}
-local function opt(tk, field, v)
-  if v == '' then
-    redis.call('HDEL', tk, field)
-  else
-    redis.call('HSET', tk, field, string.sub(v, 2))
-  end
-end
-local i = 4
-while i <= #ARGV do
-  local kind = ARGV[i]
-  local id = ARGV[i + 1]
-  local tk = ARGV[1] .. id
-  local h = redis.call('HMGET', tk, 'st', 'fence', 'pri', 'eta', 'ck')
-  local ok = h[1] == '1' and h[2] == ARGV[i + 2]
-  if ok and h[5] then
-    redis.call('ZREM', CK .. ':r:' .. h[5], id)
-    keys[h[5]] = true
-  end
-  if kind == 'F' then
-    if ok then
-      local ex = now + tonumber(ARGV[i + 7])
-      local code = tonumber(ARGV[i + 3])
-      redis.call('HSET', tk, 'st', code, 'fa', now, 'ex', ex)
-      opt(tk, 'v', ARGV[i + 4])
-      opt(tk, 'err', ARGV[i + 5])
-      opt(tk, 'tb', ARGV[i + 6])
-      redis.call('HDEL', tk, 'pl', 'lu', 'wid')
-      redis.call('ZREM', KEYS[3], id)
-      redis.call('PEXPIREAT', tk, string.format('%d', math.ceil(ex * 1000)))
-      redis.call('ZADD', KEYS[3 + code], ex, id)
-      redis.call('PUBLISH', ARGV[3] .. id, ARGV[i + 3])
-    end
-    i = i + 8
-  elseif kind == 'R' then
-    if ok then
-      local eta = tonumber(ARGV[i + 3])
-      redis.call('HSET', tk, 'st', 0, 'eta', eta)
-      redis.call('HINCRBY', tk, 'ret', 1)
-      opt(tk, 'err', ARGV[i + 4])
-      opt(tk, 'tb', ARGV[i + 5])
-      redis.call('HDEL', tk, 'lu', 'wid')
-      redis.call('ZREM', KEYS[3], id)
-      requeue(tk, id, tonumber(h[3]), eta, now)
-      work = true
-    end
-    i = i + 6
-  else
-    if ok then
-      redis.call('HSET', tk, 'st', 0)
-      redis.call('HINCRBY', tk, 'att', -1)
-      redis.call('HDEL', tk, 'lu', 'wid')
-      redis.call('ZREM', KEYS[3], id)
-      requeue(tk, id, tonumber(h[3]), tonumber(h[4]), now)
-      work = true
-    end
-    i = i + 3
-  end
-  if ok then out[#out + 1] = '1' else out[#out + 1] = '0' end
-end
-for ck in pairs(keys) do
-  unpark(KEYS[1], ck, now)
-  work = true
-end
-if work then redis.call('PUBLISH', ARGV[2], '') end
-local answer = table.concat(out)
-redis.call('SET', KEYS[8], answer, 'PX', 10000)
-return answer
-"""
-)
-
-# KEYS: ready, sched, done:c, ck. ARGV: task key prefix, id, done channel prefix, work channel.
-# Returns 0 not found, 1 cancelled, 2 cancel requested (running), 3 already finished.
-# A cancelled keyed task may have been let out of parking for a slot it now leaves unused: the
-# key's parked tasks are looked at again.
-_CANCEL = (
-    _LUA_COMMON
-    + """
-local CK = KEYS[4]
-"""
-    + _LUA_KEYED
-    + """
-local tk = ARGV[1] .. ARGV[2]
-local h = redis.call('HMGET', tk, 'st', 'rk', 'ttl', 'ck')
-if not h[1] then return 0 end
-if h[1] == '0' then
-  local now = now_s()
-  if h[2] then redis.call('ZREM', KEYS[1], h[2]) end
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  if h[4] then
-    if h[2] then redis.call('ZREM', CK .. ':w:' .. h[4], h[2]) end
-    if unpark(KEYS[1], h[4], now) > 0 then redis.call('PUBLISH', ARGV[4], '') end
-  end
-  local ex = now + tonumber(h[3])
-  redis.call('HSET', tk, 'st', 4, 'err', 'cancelled before it started', 'fa', now, 'ex', ex)
-  redis.call('HDEL', tk, 'pl', 'rk', 'v', 'tb')
-  redis.call('PEXPIREAT', tk, string.format('%d', math.ceil(ex * 1000)))
-  redis.call('ZADD', KEYS[3], ex, ARGV[2])
-  redis.call('PUBLISH', ARGV[3] .. ARGV[2], '4')
-  return 1
-end
-if h[1] == '1' then
-  redis.call('HSET', tk, 'cr', 1)
-  return 2
-end
-return 3
-"""
-)
-
-# KEYS: ready, sched, leases, done:s, done:f, done:c, ck. Returns the counts of QueueStats
-# (parked tasks are pending).
-_STATS = (
-    _LUA_COMMON
-    + """
-local now = now_s()
-local after = '(' .. string.format('%.17g', now)
-local parked = 0
-for _, ck in ipairs(redis.call('SMEMBERS', KEYS[7])) do
-  parked = parked + redis.call('ZCARD', KEYS[7] .. ':w:' .. ck)
-end
-return {
-  redis.call('ZCARD', KEYS[1]) + redis.call('ZCOUNT', KEYS[2], '-inf', now) + parked,
-  redis.call('ZCOUNT', KEYS[2], after, '+inf'),
-  redis.call('ZCARD', KEYS[3]),
-  redis.call('ZCOUNT', KEYS[4], after, '+inf'),
-  redis.call('ZCOUNT', KEYS[5], after, '+inf'),
-  redis.call('ZCOUNT', KEYS[6], after, '+inf'),
-}
-"""
-)
-
-# KEYS: done:s, done:f, done:c. ARGV: limit. Removes (and returns) the ids whose results
-# expired; their hashes have expired already (PEXPIREAT).
-_PURGE = (
-    _LUA_COMMON
-    + """
-local now = now_s()
-local left = tonumber(ARGV[1])
-local out = {}
-for k = 1, 3 do
-  if left <= 0 then break end
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', now, 'LIMIT', 0, left)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', KEYS[k], id)
-    out[#out + 1] = id
-  end
-  left = left - #ids
-end
-return out
-"""
-)
-
-# On a Redis Cluster an id's index entry and its queue are in different slots, so no script
-# can check the one and write the other. There the entry of an explicit id is the authority:
-# '<queue> <token> <claim ms>'. Only a holder of the entry's token may store the id on its
-# queue (the enqueue script checks the token against the queue's fences for the id and refuses
-# claims older than _CLAIM_WINDOW_MS), and the entry moves to another queue only after a
-# takeover fenced the token on the old queue in the same step that found the id gone there
-# (_REVOKE), by a compare-and-set of the whole entry. (A generated id's entry is the bare queue
-# name: such an id is never enqueued twice.)
-#
-# KEYS: index key. ARGV: queue, a new token, the entry to replace ('' for none).
-# Takes the entry if it is absent or equal to the one to replace; renews its claim time if it
-# names this queue. Returns the entry as it is then, and the server's time in milliseconds.
-_CLAIM_INDEX = """
-local t = redis.call('TIME')
-local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-local v = redis.call('GET', KEYS[1])
-local q, token = nil, nil
-if v then q, token = string.match(v, '^(%S+) (%S+) %d+$') end
-if not v or v == ARGV[3] or (not q and v == ARGV[1]) then
-  -- absent, replaced, or a generated id's entry on this queue
-  v = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. now
-  redis.call('SET', KEYS[1], v)
-elseif q == ARGV[1] then
-  v = q .. ' ' .. token .. ' ' .. now
-  redis.call('SET', KEYS[1], v)
-end
-return {v, now}
-"""
-
-# KEYS: task key, fence key (of one id on one queue). ARGV: token, claim ms of the index entry.
-# 1 if the task exists; else 0, after fencing the token if its claim may still be in flight.
-_REVOKE = (
-    """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now - tonumber(ARGV[2]) < """
-    + str(_FENCE_MS)
-    + """ then
-  redis.call('SADD', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], """
-    + str(_FENCE_MS)
-    + """)
-end
-return 0
-"""
-)
-
-# KEYS: index key (and on a standalone server the task key). ARGV: the entry. Deletes the index
-# entry if it is still that one (and the task is gone).
-_UNINDEX = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
-
-# KEYS: lock. ARGV: token, TTL in milliseconds. Takes a free lock (an expired one is gone:
-# Redis expires the key on its own clock). The token that holds it gets yes too, so a retry
-# after a lost reply is not taken for a refusal.
-_LOCK_ACQUIRE = """
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: lock. ARGV: token, TTL in milliseconds. Extends the lock only for its holder.
-_LOCK_EXTEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# KEYS: lock. ARGV: token. Releases the lock only for its holder.
-_LOCK_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-# KEYS: crons. ARGV: name, definition, start. A schedule is two fields of the crons hash:
-# `d:<name>` (its definition) and `t:<name>` (its last tick). A new one starts at `start`; a
-# replaced one keeps its last tick.
-_CRON_PUT = """
-redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], ARGV[2])
-redis.call('HSETNX', KEYS[1], 't:' .. ARGV[1], ARGV[3])
-return 1
-"""
-
-# KEYS: crons, advance record (per request). ARGV: name, expected, tick.
-# Compare-and-set of the last tick; 1 if set. A success is recorded for 10 s so that a retry
-# whose first reply was lost still gets its yes (and no other caller can get one).
-_CRON_ADVANCE = """
-if redis.call('GET', KEYS[2]) then return 1 end
-local last = redis.call('HGET', KEYS[1], 't:' .. ARGV[1])
-if not last or tonumber(last) ~= tonumber(ARGV[2]) then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'd:' .. ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 't:' .. ARGV[1], ARGV[3])
-redis.call('SET', KEYS[2], 1, 'PX', 10000)
-return 1
-"""
-
-_SCRIPTS = {
-    "enqueue": _ENQUEUE,
-    "claim": _CLAIM,
-    "peek": _PEEK,
-    "next_due": _NEXT_DUE,
-    "extend": _EXTEND,
-    "settle": _SETTLE,
-    "cancel": _CANCEL,
-    "stats": _STATS,
-    "purge": _PURGE,
-    "claim_index": _CLAIM_INDEX,
-    "revoke": _REVOKE,
-    "unindex": _UNINDEX,
-    "lock_acquire": _LOCK_ACQUIRE,
-    "lock_extend": _LOCK_EXTEND,
-    "lock_release": _LOCK_RELEASE,
-    "cron_put": _CRON_PUT,
-    "cron_advance": _CRON_ADVANCE,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _QueueKeys:
-    """The keys of one queue (all in one hash slot) and its work channel."""
-
-    task: str
-    ready: str
-    sched: str
-    leases: str
-    seq: str
-    done_s: str
-    done_f: str
-    done_c: str
-    claims: str
-    settles: str
-    ck: str
-    fence: str  # the prefix of the fence keys of explicit ids (Redis Cluster)
-    work: str
-    index: str  # the prefix of the id index keys (shared by every queue)
-    prefix: str  # the backend's key prefix
-
-
-def _parse_entry(entry: str) -> tuple[str, str, int]:
-    """An id index entry's queue, token and claim time in milliseconds: ``<queue> <token>
-    <ms>`` for an explicit id on a Redis Cluster, the bare queue name otherwise (no token,
-    claimed at 0)."""
-    parts = entry.split(" ")
-    if len(parts) == 3 and parts[2].isdigit():
-        return parts[0], parts[1], int(parts[2])
-    return entry, "", 0
-
-
-def _entry_queue(raw: Any) -> str:
-    """The queue an id index entry names."""
-    return bytes(raw).split(b" ", 1)[0].decode()
 
 
 def _opt(value: bytes | str | None) -> bytes:
@@ -826,130 +134,6 @@ def _opt(value: bytes | str | None) -> bytes:
     if isinstance(value, str):
         value = value.encode()
     return b"=" + value
-
-
-@dataclass(frozen=True, slots=True)
-class _Raw:
-    """A command encoded in RESP by ``encode`` (called when it is sent, so that the server can
-    run the previous commands meanwhile); ``sha`` names the script it calls, if any."""
-
-    encode: Callable[[], bytes]
-    sha: str | None = None
-
-
-# The nine arguments of one task for the enqueue script, in RESP.
-_TASK_RESP = (
-    b"$%d\r\n%b\r\n$1\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-)
-
-
-_Command = tuple[Any, ...] | _Raw
-
-
-def _sha_of(command: _Command) -> Any:
-    """The SHA1 of the script an EVALSHA command calls."""
-    return command.sha if isinstance(command, _Raw) else command[1]
-
-
-def _pack(commands: Sequence[_Command]) -> bytes:
-    """Commands in the Redis protocol (RESP). sitq only sends bytes, str, int and float, so
-    this is several times cheaper than redis-py's general encoder."""
-    buf = bytearray()
-    for command in commands:
-        if isinstance(command, _Raw):
-            buf += command.encode()
-            continue
-        buf += b"*%d\r\n" % len(command)
-        for arg in command:
-            kind = type(arg)
-            if kind is bytes:
-                data = arg
-            elif kind is str:
-                data = arg.encode()
-            elif kind is int:
-                data = b"%d" % arg
-            elif kind is float:
-                data = repr(arg).encode()
-            else:  # pragma: no cover - a programming error
-                raise TypeError(f"cannot send {arg!r} to Redis")
-            buf += b"$%d\r\n%b\r\n" % (len(data), data)
-    return bytes(buf)
-
-
-@functools.lru_cache(maxsize=256)
-def _enqueue_head(sha: str, k: _QueueKeys, queue: str) -> tuple[bytes, bytes, bytes]:
-    """The fixed parts of a queue's enqueue script call, in RESP: ``EVALSHA`` and the script,
-    the six queue keys, and the four leading arguments."""
-    return (
-        _pack([("EVALSHA", sha)]).split(b"\r\n", 1)[1],
-        _pack([(k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c)]).split(b"\r\n", 1)[1],
-        _pack([(k.task, k.work, queue, k.prefix)]).split(b"\r\n", 1)[1],
-    )
-
-
-def _encode_enqueue(sha: str, k: _QueueKeys, chunk: Sequence[NewTask]) -> bytes:
-    """The enqueue script call for a chunk of tasks of one queue on a standalone server, in
-    RESP, encoded in one pass (encoding the arguments one by one took most of an enqueue's
-    client time), with each task's id index key for the script to set (or, for an explicit
-    id, to check and set)."""
-    call, keys, argv = _enqueue_head(sha, k, chunk[0].queue)
-    nkeys = 6 + len(chunk)
-    nk = b"%d" % nkeys
-    parts = [b"*%d\r\n" % (2 + 1 + nkeys + 4 + 9 * len(chunk)), call]
-    parts += [b"$%d\r\n%b\r\n" % (len(nk), nk), keys]
-    for t in chunk:
-        key = (k.index + t.id).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
-    parts.append(argv)
-    texts: dict[Any, bytes] = {}
-    for t in chunk:
-        tid = t.id.encode()
-        pri = b"%d" % t.priority
-        eta = b"" if t.eta <= t.enqueued_at else repr(float(t.eta)).encode()
-        options = texts.get(t.options)
-        if options is None:
-            options = texts[t.options] = t.options.encode()
-        ttl = texts.get(t.result_ttl)
-        if ttl is None:
-            ttl = texts[t.result_ttl] = repr(float(t.result_ttl)).encode()
-        ckey = t.concurrency_key.encode() if t.concurrency_key else b""
-        climit = b"" if t.concurrency_limit is None else b"%d" % t.concurrency_limit
-        payload = t.payload
-        parts.append(
-            _TASK_RESP
-            % (
-                len(tid),
-                tid,
-                b"1" if t.fresh_id else b"0",
-                len(pri),
-                pri,
-                len(eta),
-                eta,
-                len(payload),
-                payload,
-                len(options),
-                options,
-                len(ttl),
-                ttl,
-                len(ckey),
-                ckey,
-                len(climit),
-                climit,
-            )
-        )
-    return b"".join(parts)
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Calls that found every connection busy: their commands, sent together in one round
-    trip, and each caller's slice of the replies."""
-
-    commands: list[_Command] = dataclasses.field(default_factory=list)
-    waiters: list[tuple[int, int, asyncio.Future[list[Any]]]] = dataclasses.field(
-        default_factory=list
-    )
 
 
 def _millis(seconds: float) -> int:
@@ -1122,7 +306,7 @@ class RedisBackend(Backend):
             command_timeout = given["command_timeout"]
             connect_timeout = given["connect_timeout"]
             max_connections = given["max_connections"]
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        if not isinstance(prefix, str) or not PREFIX.fullmatch(prefix):
             raise ConfigurationError(
                 f"prefix={prefix!r} is not valid: use 1-64 letters, digits or '_', '.', ':', '-'"
             )
@@ -1167,7 +351,7 @@ class RedisBackend(Backend):
         self.max_connections = max_connections
         # Calls in flight, at most one per connection; the rest wait here (set by connect()).
         self._slots: asyncio.Semaphore | None = None
-        self._batch: _Batch | None = None
+        self._batch: Batch | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._username = username
         self._password = password
@@ -1176,9 +360,7 @@ class RedisBackend(Backend):
         self._pool: Any = None
         self._direct: Any = None
         self._direct_busy = False
-        self._scripts: dict[str, Any] = {}
-        self._by_sha: dict[bytes, Any] = {}
-        self._keys: dict[str, _QueueKeys] = {}
+        self._keys: dict[str, QueueKeys] = {}
         self._registered: set[str] = set()
         self._hints: OrderedDict[str, str] = OrderedDict()
         self._done_prefix = f"{prefix}:done:"
@@ -1287,8 +469,8 @@ class RedisBackend(Backend):
                     await client.initialize()
                 else:
                     await client.ping()
-                for src in _SCRIPTS.values():
-                    await client.script_load(src)
+                for script in SCRIPTS.values():
+                    await client.script_load(script.source)
         except TypeError as exc:  # an unknown URL parameter reaches the connection class
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -1301,8 +483,6 @@ class RedisBackend(Backend):
             raise BackendError(
                 f"cannot connect to Redis at {self.describe()}: {type(exc).__name__}: {exc}"
             ) from exc
-        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
-        self._by_sha = {s.sha.encode(): s for s in self._scripts.values()}
         self._client = client
         self._slots = asyncio.Semaphore(self.max_connections)
         if not self.cluster:
@@ -1351,27 +531,10 @@ class RedisBackend(Backend):
         if self._client is None:
             raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
 
-    def _queue_keys(self, queue: str) -> _QueueKeys:
+    def _queue_keys(self, queue: str) -> QueueKeys:
         keys = self._keys.get(queue)
         if keys is None:
-            base = f"{self.prefix}:{{{self.prefix}:{queue}}}"
-            keys = _QueueKeys(
-                task=f"{base}:t:",
-                ready=f"{base}:ready",
-                sched=f"{base}:sched",
-                leases=f"{base}:leases",
-                seq=f"{base}:seq",
-                done_s=f"{base}:done:s",
-                done_f=f"{base}:done:f",
-                done_c=f"{base}:done:c",
-                claims=f"{base}:claim:",
-                settles=f"{base}:settle:",
-                ck=f"{base}:ck",
-                fence=f"{base}:f:",
-                work=f"{self._work_prefix}{queue}",
-                index=f"{self.prefix}:id:",
-                prefix=self.prefix,
-            )
+            keys = queue_keys(self.prefix, queue, self._work_prefix)
             self._keys[queue] = keys
         return keys
 
@@ -1379,7 +542,7 @@ class RedisBackend(Backend):
         return f"{self.prefix}:id:{task_id}"
 
     def _evalsha(self, name: str, keys: Sequence[str], args: Iterable[Any]) -> tuple[Any, ...]:
-        return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+        return ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
 
     def _remember(self, task_id: str, queue: str) -> None:
         hints = self._hints
@@ -1387,7 +550,7 @@ class RedisBackend(Backend):
         if len(hints) > _HINTS:
             hints.popitem(last=False)
 
-    async def _exec(self, commands: Sequence[_Command], *, retry: bool = True) -> list[Any]:
+    async def _exec(self, commands: Sequence[Command], *, retry: bool = True) -> list[Any]:
         """Run commands in one round trip; return their replies (error replies as exception
         objects). Connection failures are retried (if ``retry``) and then raise BackendError."""
         if self._client is None or self._slots is None:
@@ -1408,7 +571,7 @@ class RedisBackend(Backend):
                 raise BackendError(f"Redis: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _call(self, commands: Sequence[_Command]) -> list[Any]:
+    async def _call(self, commands: Sequence[Command]) -> list[Any]:
         """One attempt of ``_exec``. At most ``max_connections`` round trips are in flight,
         one per connection; a call that finds them all busy joins the open batch, whose
         commands go out together, pipelined on the next connection that frees up (waiting
@@ -1420,8 +583,8 @@ class RedisBackend(Backend):
             async with slots, asyncio.timeout(self.command_timeout):
                 return await self._run(commands)
         batch = self._batch
-        if batch is None or len(batch.commands) >= _BATCH_COMMANDS:
-            batch = self._batch = _Batch()
+        if batch is None or len(batch.commands) >= BATCH_COMMANDS:
+            batch = self._batch = Batch()
             task = asyncio.create_task(self._run_batch(batch), name="sitq-redis-batch")
             self._batch_tasks.add(task)
             task.add_done_callback(self._batch_tasks.discard)
@@ -1431,7 +594,7 @@ class RedisBackend(Backend):
         batch.waiters.append((start, len(batch.commands), future))
         return await future
 
-    async def _run_batch(self, batch: _Batch) -> None:
+    async def _run_batch(self, batch: Batch) -> None:
         """Wait for a connection, close the batch to newcomers, run its commands in one round
         trip and hand each caller its replies (or the error)."""
         outcome: list[Any] | BaseException
@@ -1461,12 +624,12 @@ class RedisBackend(Backend):
             else:
                 future.set_result(outcome[start:end])
 
-    async def _run(self, commands: Sequence[_Command]) -> list[Any]:
+    async def _run(self, commands: Sequence[Command]) -> list[Any]:
         if self.cluster:
             return await self._run_cluster(commands)
         return await self._run_direct(commands)
 
-    async def _run_direct(self, commands: Sequence[_Command]) -> list[Any]:
+    async def _run_direct(self, commands: Sequence[Command]) -> list[Any]:
         pool = self._pool
         if pool is None:
             raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
@@ -1480,17 +643,20 @@ class RedisBackend(Backend):
         try:
             if use_direct:
                 await pool.ensure_connection(conn)
-            replies = await self._roundtrip(conn, commands)
+            replies = await roundtrip(conn, self._exc.ResponseError, commands)
             missing = [i for i, r in enumerate(replies) if isinstance(r, self._exc.NoScriptError)]
             if missing:
                 # The server lost its script cache (SCRIPT FLUSH, restart, failover): load the
                 # scripts and run again what did not run.
-                scripts = {_sha_of(commands[i]) for i in missing}
-                await self._roundtrip(
+                scripts = {sha_of(commands[i]) for i in missing}
+                await roundtrip(
                     conn,
-                    [("SCRIPT", "LOAD", self._script_for(sha).script) for sha in scripts],
+                    self._exc.ResponseError,
+                    [("SCRIPT", "LOAD", script_for(sha).source) for sha in scripts],
                 )
-                again = await self._roundtrip(conn, [commands[i] for i in missing])
+                again = await roundtrip(
+                    conn, self._exc.ResponseError, [commands[i] for i in missing]
+                )
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
             return replies
@@ -1506,46 +672,22 @@ class RedisBackend(Backend):
                 with contextlib.suppress(Exception):
                     await pool.release(conn)
 
-    def _script_for(self, sha: Any) -> Any:
-        key = sha if isinstance(sha, bytes) else str(sha).encode()
-        return self._by_sha[key]
-
-    async def _roundtrip(self, conn: Any, commands: Sequence[_Command]) -> list[Any]:
-        # Sent in pieces of about 16 KiB: the server works on the first while later ones are
-        # encoded.
-        start = 0
-        size = 0
-        for i, command in enumerate(commands):
-            size += 16_384 if isinstance(command, _Raw) else 64
-            if size >= 16_384 and i + 1 < len(commands):
-                await conn.send_packed_command(_pack(commands[start : i + 1]), check_health=False)
-                start, size = i + 1, 0
-        await conn.send_packed_command(_pack(commands[start:]), check_health=False)
-        replies: list[Any] = []
-        response_error = self._exc.ResponseError
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except response_error as exc:
-                replies.append(exc)
-        return replies
-
-    async def _run_cluster(self, commands: Sequence[_Command]) -> list[Any]:
+    async def _run_cluster(self, commands: Sequence[Command]) -> list[Any]:
         client = self._client
         replies = await self._cluster_once(client, commands)
         missing = [i for i, r in enumerate(replies) if isinstance(r, self._exc.NoScriptError)]
         if missing:
-            for sha in {_sha_of(commands[i]) for i in missing}:
-                await client.script_load(self._script_for(sha).script)
+            for sha in {sha_of(commands[i]) for i in missing}:
+                await client.script_load(script_for(sha).source)
             again = await self._cluster_once(client, [commands[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _cluster_once(self, client: Any, commands: Sequence[_Command]) -> list[Any]:
+    async def _cluster_once(self, client: Any, commands: Sequence[Command]) -> list[Any]:
         plain: list[tuple[Any, ...]] = []
         for command in commands:
-            if isinstance(command, _Raw):  # pragma: no cover - a programming error
+            if isinstance(command, Raw):  # pragma: no cover - a programming error
                 raise TypeError("pre-encoded commands are for standalone servers only")
             plain.append(command)
         if len(plain) == 1:
@@ -1579,7 +721,7 @@ class RedisBackend(Backend):
             self._raise_errors(replies)
             for task_id, reply in zip(unknown, replies, strict=True):
                 if reply is not None:
-                    found[task_id] = _entry_queue(reply)
+                    found[task_id] = entry_queue(reply)
         return found
 
     # -- pub/sub ----------------------------------------------------------------------------
@@ -1749,7 +891,7 @@ class RedisBackend(Backend):
             return [await self._enqueue_one(tasks[0])]
         stored = [False] * len(tasks)
         queues = {t.queue for t in tasks}
-        commands: list[_Command] = [
+        commands: list[Command] = [
             ("SADD", f"{self.prefix}:queues", queue) for queue in queues - self._registered
         ]
         if self.cluster:
@@ -1779,7 +921,7 @@ class RedisBackend(Backend):
         self,
         tasks: Sequence[NewTask],
         indices: Sequence[int],
-        commands: list[_Command],
+        commands: list[Command],
         kinds: dict[int, str] | None = None,
     ) -> list[list[int]]:
         """Append the enqueue script calls for ``tasks[i] for i in indices`` (one per queue and
@@ -1819,10 +961,10 @@ class RedisBackend(Backend):
         self, tasks: Sequence[NewTask], pending: list[int], stored: list[bool]
     ) -> None:
         """Enqueue explicit ids on a Redis Cluster, where an id's index entry and its queue are
-        in different slots (see _CLAIM_INDEX): claim each id's entry, then in one round trip
-        store the ids whose entry names their queue and revoke, on the queue the entry names,
-        the claim of the others (the id is known if it is still there). A revoked entry is
-        taken over by compare-and-set in the next round. Sets ``stored[i]``."""
+        in different slots (see scripts/claim_index.lua): claim each id's entry, then in one
+        round trip store the ids whose entry names their queue and revoke, on the queue the
+        entry names, the claim of the others (the id is known if it is still there). A revoked
+        entry is taken over by compare-and-set in the next round. Sets ``stored[i]``."""
         replace: dict[int, str] = {}
         waited: set[int] = set()
         for attempt in range(_CLAIM_TRIES):
@@ -1837,14 +979,14 @@ class RedisBackend(Backend):
                 ]
             )
             self._raise_errors(entries)
-            commands: list[_Command] = []
+            commands: list[Command] = []
             kinds: dict[int, str] = {}
             claims: dict[int, str] = {}
             revoked: list[tuple[int, str, str]] = []
             again: list[int] = []
             for i, (raw, raw_now) in zip(pending, entries, strict=True):
                 entry = bytes(raw).decode()
-                queue, token, claimed = _parse_entry(entry)
+                queue, token, claimed = parse_entry(entry)
                 if queue == tasks[i].queue:
                     kinds[i] = f"{claimed} {token}"
                     claims[i] = entry
@@ -1894,14 +1036,14 @@ class RedisBackend(Backend):
             f"Redis at {self.describe()}: task ids {[tasks[i].id for i in pending][:5]} were "
             f"still contested after {_CLAIM_TRIES} rounds (enqueued on other queues at the "
             "same time again and again, or the cluster nodes' clocks disagree by more than "
-            f"{_CLAIM_WINDOW_MS // 1000} s)"
+            f"{CLAIM_WINDOW_MS // 1000} s)"
         )
 
-    def _packed_enqueue(self, k: _QueueKeys, chunk: Sequence[NewTask]) -> _Raw:
+    def _packed_enqueue(self, k: QueueKeys, chunk: Sequence[NewTask]) -> Raw:
         """The enqueue script call for a chunk of tasks of one standalone server's queue,
         encoded when it is sent."""
-        sha = self._scripts["enqueue"].sha
-        return _Raw(functools.partial(_encode_enqueue, sha, k, chunk), sha)
+        sha = SCRIPTS["enqueue"].sha
+        return Raw(functools.partial(encode_enqueue, sha, k, chunk), sha)
 
     async def _enqueue_one(self, t: NewTask) -> bool:
         # The common case on a standalone server, kept short: one task on a known queue, one
@@ -1960,7 +1102,7 @@ class RedisBackend(Backend):
                     [k.task, n, repr(lease), worker_id, k.work, _MAX_PARK],
                 )
             )
-        # Safe to retry: a retry of a request that ran replays its claims (see _CLAIM).
+        # Safe to retry: a retry of a request that ran replays its claims (see scripts/claim.lua).
         replies = await self._exec(commands)
         self._raise_errors(replies)
         claims: list[Claim] = []
@@ -2178,7 +1320,7 @@ class RedisBackend(Backend):
     async def _locate_index(self, task_id: str) -> str | None:
         (reply,) = await self._exec([("GET", self._index_key(task_id))])
         self._raise_errors([reply])
-        return None if reply is None else _entry_queue(reply)
+        return None if reply is None else entry_queue(reply)
 
     async def _read(self, queue: str, task_id: str) -> TaskSnapshot | None:
         key = self._queue_keys(queue).task + task_id
@@ -2309,19 +1451,19 @@ class RedisBackend(Backend):
 
     async def _unindex_cluster(self, removed: Sequence[tuple[str, str]]) -> None:
         """Drop the index entries of purged ids on a Redis Cluster: an entry that names the
-        purged queue goes once a revoke (see _CLAIM_INDEX) found the id gone there, and only
-        if it is unchanged since it was read."""
+        purged queue goes once a revoke (see scripts/claim_index.lua) found the id gone there,
+        and only if it is unchanged since it was read."""
         entries = await self._exec([("GET", self._index_key(i)) for _, i in removed])
         self._raise_errors(entries)
         owned = []
         for (queue, task_id), raw in zip(removed, entries, strict=True):
-            if raw is not None and _entry_queue(raw) == queue:
+            if raw is not None and entry_queue(raw) == queue:
                 owned.append((queue, task_id, bytes(raw).decode()))
         if not owned:
             return
-        commands: list[_Command] = []
+        commands: list[Command] = []
         for queue, task_id, entry in owned:
-            _, token, claimed = _parse_entry(entry)
+            _, token, claimed = parse_entry(entry)
             k = self._queue_keys(queue)
             commands.append(
                 self._evalsha("revoke", [k.task + task_id, k.fence + task_id], [token, claimed])
