@@ -16,8 +16,9 @@ def _fence(backend: str) -> tuple[str, ...]:
     return (f"{_FENCE_TEST}[{backend}]",)
 
 
-_SQLITE = "src/sitq/backends/sqlite.py"
-_POSTGRES = "src/sitq/backends/postgres.py"
+_SQLITE = "src/sitq/backends/sqlite/backend.py"
+_POSTGRES = "src/sitq/backends/postgres/backend.py"
+_POSTGRES_SQL = "src/sitq/backends/postgres/queries.sql"
 _REDIS = "src/sitq/backends/redis.py"
 _NATS = "src/sitq/backends/nats.py"
 _MEMORY = "src/sitq/backends/memory.py"
@@ -62,46 +63,47 @@ FENCING: list[Mutant] = [
     Mutant(
         "postgres-finish-ignores-token",
         "a stale claim cannot finish a task (PostgreSQL, no key)",
-        _POSTGRES,
-        "WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1\n"
-        "                RETURNING t.id, t.fence,",
-        "WHERE t.id = i.id AND t.state = 1\n                RETURNING t.id, i.fence AS fence,",
+        _POSTGRES_SQL,
+        "WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1\n    RETURNING t.id, t.fence,",
+        "WHERE t.id = i.id AND t.state = 1\n    RETURNING t.id, i.fence AS fence,",
         _fence("postgres"),
     ),
     Mutant(
         "postgres-retry-ignores-token",
         "a stale claim cannot reschedule a task (PostgreSQL, no key)",
-        _POSTGRES,
+        _POSTGRES_SQL,
         "AS r(id, fence, eta, error, traceback)\n"
-        "                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
-        "                RETURNING t.id, t.fence, t.queue",
+        "    WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
+        "    RETURNING t.id, t.fence, t.queue",
         "AS r(id, fence, eta, error, traceback)\n"
-        "                WHERE t.id = r.id AND t.state = 1\n"
-        "                RETURNING t.id, r.fence, t.queue",
+        "    WHERE t.id = r.id AND t.state = 1\n"
+        "    RETURNING t.id, r.fence, t.queue",
         _fence("postgres"),
     ),
     Mutant(
         "postgres-release-ignores-token",
         "a stale claim cannot release a task (PostgreSQL, no key)",
-        _POSTGRES,
+        _POSTGRES_SQL,
         "FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)\n"
-        "                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
-        "                RETURNING t.id, t.fence, t.queue",
+        "    WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
+        "    RETURNING t.id, t.fence, t.queue",
         "FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)\n"
-        "                WHERE t.id = r.id AND t.state = 1\n"
-        "                RETURNING t.id, r.fence, t.queue",
+        "    WHERE t.id = r.id AND t.state = 1\n"
+        "    RETURNING t.id, r.fence, t.queue",
         _fence("postgres"),
     ),
     Mutant(
         "postgres-extend-ignores-token",
         "a stale claim cannot extend its lease (PostgreSQL)",
-        _POSTGRES,
+        _POSTGRES_SQL,
         "WHERE t.id = c.id AND t.fence = c.fence AND t.state = 1\n"
-        "              AND (t.concurrency_key IS NULL OR t.lease_until > {_NOW})\n"
-        "            RETURNING t.id, t.fence, t.cancel_requested",
+        "  AND (t.concurrency_key IS NULL\n"
+        "       OR t.lease_until > (extract(epoch FROM clock_timestamp())::float8))\n"
+        "RETURNING t.id, t.fence, t.cancel_requested",
         "WHERE t.id = c.id AND t.state = 1\n"
-        "              AND (t.concurrency_key IS NULL OR t.lease_until > {_NOW})\n"
-        "            RETURNING t.id, c.fence, t.cancel_requested",
+        "  AND (t.concurrency_key IS NULL\n"
+        "       OR t.lease_until > (extract(epoch FROM clock_timestamp())::float8))\n"
+        "RETURNING t.id, c.fence, t.cancel_requested",
         _fence("postgres"),
     ),
     # Redis: the settle script's check, per kind of entry, and the extend script's.
@@ -198,9 +200,9 @@ CRON: list[Mutant] = [
     Mutant(
         "postgres-cron-cas-always-succeeds",
         "a cron tick is advanced by one worker only (PostgreSQL)",
-        _POSTGRES,
-        "UPDATE {s}.crons SET last_tick = $3 WHERE name = $1 AND last_tick = $2",
-        "UPDATE {s}.crons SET last_tick = $3 WHERE name = $1 AND (last_tick = $2 OR true)",
+        _POSTGRES_SQL,
+        'UPDATE "{schema}".crons SET last_tick = $3 WHERE name = $1 AND last_tick = $2',
+        'UPDATE "{schema}".crons SET last_tick = $3 WHERE name = $1 AND (last_tick = $2 OR true)',
         _cron("postgres"),
     ),
     Mutant(
@@ -296,7 +298,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "pg-listen-off",
         "push wakes idle workers and result waiters (PostgreSQL LISTEN off)",
-        "src/sitq/backends/postgres.py",
+        _POSTGRES,
         "        if self._listener_task is None and not self._closing:\n            self._listening = asyncio.Event()",
         "        if False:\n            self._listening = asyncio.Event()",
         ("tests/conformance/test_push_wakeups.py",),
@@ -305,7 +307,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "pg-listener-no-reconnect",
         "push comes back after the LISTEN connection is cut (PostgreSQL)",
-        "src/sitq/backends/postgres.py",
+        _POSTGRES,
         "            self._signal_all()\n            await asyncio.sleep(delay)\n            delay = min(delay * 2, 5.0)",
         "            self._signal_all()\n            return",
         ("tests/conformance/test_push_wakeups.py",),
@@ -314,7 +316,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "sqlite-inotify-off",
         "push wakes idle workers and result waiters (SQLite inotify off)",
-        "src/sitq/backends/sqlite.py",
+        _SQLITE,
         'self._watch = watch_directory(directory, frozenset({base, base + "-wal"}))',
         "self._watch = None",
         ("tests/conformance/test_push_wakeups.py",),
@@ -406,7 +408,7 @@ IDLE: list[Mutant] = [
     Mutant(
         "sqlite-wait-5ms",
         "an idle worker does not poll (SQLite wait of 5 ms)",
-        "src/sitq/backends/sqlite.py",
+        _SQLITE,
         "        if self._watch is None:\n            timeout = min(timeout, 0.05)",
         "        if True:\n            timeout = min(timeout, 0.005)",
         ("tests/conformance/test_no_busy_waiting.py",),
@@ -424,7 +426,7 @@ IDLE: list[Mutant] = [
     Mutant(
         "postgres-wait-5ms",
         "an idle worker does not poll (PostgreSQL wait of 5 ms)",
-        "src/sitq/backends/postgres.py",
+        _POSTGRES,
         "        return 1.0 if self._listening.is_set() else 0.1",
         "        return 0.005",
         ("tests/conformance/test_no_busy_waiting.py",),

@@ -93,3 +93,24 @@ def with_schema(sql: str, schema: str) -> str:
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
         raise ValueError(f"schema name {schema!r} is not a plain lowercase identifier")
     return sql.replace(SCHEMA_PLACEHOLDER, schema)
+
+
+_QUERY_NAME = re.compile(r"-- name: ([a-z_][a-z0-9_]*)\s*")
+
+
+def load_queries(package: str, file: str) -> dict[str, str]:
+    """The named statements of ``file`` in ``package``: each starts at a ``-- name: <name>``
+    line and runs to the next one (text before the first is the file's own comment). A
+    trailing semicolon is dropped, since drivers take one statement at a time."""
+    text = files(package).joinpath(file).read_text(encoding="utf-8")
+    queries: dict[str, str] = {}
+    # Split before each header; the first part is the file's own comment.
+    for part in re.split(r"^(?=-- name: )", text, flags=re.MULTILINE)[1:]:
+        header, _, body = part.partition("\n")
+        match = _QUERY_NAME.fullmatch(header)
+        if match is None:
+            raise RuntimeError(f"{package}/{file}: bad statement header {header!r}")
+        if match.group(1) in queries:
+            raise RuntimeError(f"{package}/{file}: statement {match.group(1)!r} is defined twice")
+        queries[match.group(1)] = body.strip().removesuffix(";").rstrip()
+    return queries

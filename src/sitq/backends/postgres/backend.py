@@ -11,8 +11,9 @@ Design:
   ``tasks`` to ``results`` only if its fencing token is still current.
 * Tasks with a concurrency key: while any are due on the claimed queues, claims go through the
   ``claim_keyed()`` function (still one round trip), which counts and claims each key under a
-  transaction-level advisory lock of that key; see the comment on migration 2. Settling a
-  keyed task notifies its queue's work channel, so a waiting worker takes the freed slot.
+  transaction-level advisory lock of that key; see migrations/0002_crons_locks_keys.sql.
+  Settling a keyed task notifies its queue's work channel, so a waiting worker takes the freed
+  slot.
 * Cron schedules (``crons``) and locks (``locks``, expiry by the server's ``now()``) are one
   row each, changed by single conditional statements.
 * Leases and ``enqueued_at``/``started_at``/``finished_at`` use the server's clock, so workers on
@@ -23,7 +24,8 @@ Design:
   poll. Notifications are sent at commit, so a task enqueued in the caller's own transaction
   (``queue.options(connection=conn)``) wakes workers only once it exists.
 * The schema is created and migrated on ``connect()`` under a transaction-level advisory lock,
-  so ten workers connecting at once apply each migration exactly once.
+  so ten workers connecting at once apply each migration (``migrations/NNNN_*.sql``) exactly
+  once. The statements are in ``queries.sql``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
-from sitq.backends._migrations import Migration, Migrations, with_schema
+from sitq.backends._migrations import Migration, Migrations, load_queries, with_schema
 from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, ChangeSignal, stats_from_counts
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
@@ -61,7 +63,6 @@ log = logging.getLogger("sitq.postgres")
 T = TypeVar("T")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
-_NOW = "(extract(epoch FROM clock_timestamp())::float8)"
 _COPY_THRESHOLD = 64
 # A cancel runs again only when the task changed state while the statement waited for its row;
 # this bounds the runs for a task that keeps changing (in practice one or two).
@@ -81,6 +82,7 @@ _SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
 # Each migration (migrations/NNNN_*.sql) runs once, in order, inside the advisory-locked
 # transaction of connect(); schema_version lists those applied.
 _MIGRATIONS = Migrations(__package__ or "sitq.backends.postgres", "migrations")
+_QUERIES = load_queries(__package__ or "sitq.backends.postgres", "queries.sql")
 
 
 def _pg_errors() -> tuple[type[BaseException], ...]:
@@ -150,9 +152,7 @@ class PostgresBackend(Backend):
         # Queue sets on which keyed tasks were due at the last claim.
         self._keyed_queues: set[tuple[str, ...]] = set()
         self._closing = False
-        self._sql = _Statements(
-            f'"{schema}"', _literal(self._work_channel), _literal(self._done_channel)
-        )
+        self._sql = _Statements(schema)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -695,269 +695,55 @@ def _set_event(event: asyncio.Event, *_: Any) -> None:
     event.set()
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 class _Statements:
-    """The SQL of one schema, built once."""
+    """The statements of queries.sql for one schema, built once."""
 
-    def __init__(self, s: str, work: str, done: str) -> None:
-        # Notifications are sent by the statements themselves (pg_notify is delivered at
-        # commit, and duplicates within a transaction are sent once).
-        self.enqueue_fresh_one = f"""
-            WITH ins AS (
-                INSERT INTO {s}.tasks (id, queue, priority, eta, payload, options, enqueued_at,
-                                       result_ttl, concurrency_key, concurrency_limit)
-                VALUES ($1, $2, $3, CASE WHEN $10 THEN {_NOW} ELSE $4 END, $5, $6, {_NOW}, $7,
-                        $8, $9)
-                RETURNING id
-            )
-            SELECT id, pg_notify({work}, $2) FROM ins
-        """
-        self.enqueue_fresh = f"""
-            WITH ins AS (
-                INSERT INTO {s}.tasks (id, queue, priority, eta, payload, options, enqueued_at,
-                                       result_ttl, concurrency_key, concurrency_limit)
-                SELECT x.id, x.queue, x.priority,
-                       CASE WHEN x.immediate THEN {_NOW} ELSE x.eta END, x.payload, x.options,
-                       {_NOW}, x.result_ttl, x.ckey, x.climit
-                FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::bytea[],
-                            $6::text[], $7::float8[], $8::text[], $9::int[], $10::bool[])
-                    AS x(id, queue, priority, eta, payload, options, result_ttl, ckey, climit,
-                         immediate)
-                RETURNING id, queue
-            ),
-            notified AS (
-                SELECT pg_notify({work}, q) FROM (SELECT DISTINCT queue AS q FROM ins) d
-            )
-            SELECT id FROM ins UNION ALL SELECT NULL FROM notified
-        """
-        self.enqueue = f"""
-            SELECT * FROM {s}.enqueue_ids($1::text[], $2::text[], $3::int[], $4::float8[],
-                                          $5::bytea[], $6::text[], $7::float8[], $8::text[],
-                                          $9::int[], $10::bool[])
-        """
-        # Claims and lease extensions commit without waiting for the WAL flush: if the server
-        # crashed and lost one, the task would simply be claimable again (and the worker's
-        # fenced outcome refused), which at-least-once already allows. Outcomes do wait.
-        # This statement claims unkeyed tasks only. While keyed tasks are due on these queues
-        # it claims nothing and returns one marker row (id NULL, keyed true): those claims go
-        # through claim_keyed(), which takes a lock per key.
-        claim = """
-            WITH now AS (
-                SELECT {now} AS t, set_config('synchronous_commit', 'off', true) AS cfg
-            ),
-            keyed AS (
-                SELECT EXISTS (
-                    SELECT 1 FROM {s}.tasks t
-                    WHERE t.concurrency_key IS NOT NULL AND {queue_match}
-                      AND (CASE WHEN t.state = 0 THEN t.eta ELSE t.lease_until END)
-                          <= (SELECT now.t FROM now)
-                ) AS found
-            ),
-            expired AS (
-                SELECT t.id FROM {s}.tasks t
-                WHERE NOT (SELECT keyed.found FROM keyed) AND t.state = 1
-                  AND t.concurrency_key IS NULL AND t.lease_until <= (SELECT now.t FROM now)
-                  AND {queue_match}
-                LIMIT $2 FOR UPDATE OF t SKIP LOCKED
-            ),
-            due AS (
-                SELECT t.id FROM {s}.tasks t, now
-                WHERE NOT (SELECT keyed.found FROM keyed) AND t.state = 0
-                  AND t.concurrency_key IS NULL
-                  AND {queue_match} AND t.eta <= now.t
-                ORDER BY t.priority DESC, t.eta, t.seq
-                LIMIT $2 FOR UPDATE OF t SKIP LOCKED
-            ),
-            chosen AS (
-                SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) c LIMIT $2
-            ),
-            claimed AS (
-                UPDATE {s}.tasks t SET state = 1, attempts = t.attempts + 1,
-                    fence = t.fence + 1, lease_until = now.t + $3, worker_id = $4,
-                    started_at = now.t
-                FROM chosen, now WHERE t.id = chosen.id
-                RETURNING t.id, t.queue, t.payload, t.options, t.priority, t.fence, t.attempts,
-                          t.retries, t.enqueued_at, t.result_ttl, t.cancel_requested, t.eta,
-                          t.seq, now.t AS now, false AS keyed
-            )
-            SELECT * FROM claimed
-            UNION ALL
-            SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                   NULL, true FROM keyed WHERE keyed.found
-        """
-        self.claim_one = claim.format(now=_NOW, s=s, queue_match="t.queue = $1::text")
-        self.claim_many = claim.format(now=_NOW, s=s, queue_match="t.queue = ANY($1::text[])")
-        self.claim_keyed = f"SELECT * FROM {s}.claim_keyed($1::text[], $2, $3, $4)"
-        self.extend = f"""
-            UPDATE {s}.tasks t SET lease_until = {_NOW} + $3
-            FROM unnest($1::text[], $2::bigint[]) AS c(id, fence),
-                 (SELECT set_config('synchronous_commit', 'off', true)) AS cfg
-            WHERE t.id = c.id AND t.fence = c.fence AND t.state = 1
-              AND (t.concurrency_key IS NULL OR t.lease_until > {_NOW})
-            RETURNING t.id, t.fence, t.cancel_requested
-        """
-        self.settle = f"""
-            WITH now AS (SELECT {_NOW} AS t),
-            fin_in AS (
-                SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bytea[],
-                                     $5::text[], $6::text[], $7::float8[])
-                    AS x(id, fence, status, value, error, traceback, ttl)
-            ),
-            moved AS (
-                DELETE FROM {s}.tasks t USING fin_in i
-                WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1
-                RETURNING t.id, t.fence, t.queue, t.attempts, t.enqueued_at, t.eta, t.started_at,
-                          t.concurrency_key
-            ),
-            finished AS (
-                INSERT INTO {s}.results (id, queue, status, attempts, enqueued_at, eta,
-                                         started_at, finished_at, expires_at, value, error,
-                                         traceback)
-                SELECT m.id, m.queue, i.status, m.attempts, m.enqueued_at, m.eta, m.started_at,
-                       now.t, now.t + i.ttl, i.value, i.error, i.traceback
-                FROM moved m JOIN fin_in i ON i.id = m.id AND i.fence = m.fence, now
-                ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, status = excluded.status,
-                    attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
-                    eta = excluded.eta, started_at = excluded.started_at,
-                    finished_at = excluded.finished_at, expires_at = excluded.expires_at,
-                    value = excluded.value, error = excluded.error,
-                    traceback = excluded.traceback
-                RETURNING id
-            ),
-            rescheduled AS (
-                UPDATE {s}.tasks t SET state = 0, eta = r.eta, retries = t.retries + 1,
-                    error = r.error, traceback = r.traceback, worker_id = NULL,
-                    lease_until = NULL
-                FROM unnest($8::text[], $9::bigint[], $10::float8[], $11::text[], $12::text[])
-                    AS r(id, fence, eta, error, traceback)
-                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
-                RETURNING t.id, t.fence, t.queue
-            ),
-            released AS (
-                UPDATE {s}.tasks t SET state = 0, attempts = t.attempts - 1, worker_id = NULL,
-                    lease_until = NULL
-                FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)
-                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
-                RETURNING t.id, t.fence, t.queue
-            ),
-            done_note AS (
-                SELECT pg_notify({done}, CASE WHEN length(ids) > 7000 THEN '*' ELSE ids END)
-                FROM (SELECT string_agg(id, ',') AS ids FROM finished) x WHERE ids IS NOT NULL
-            ),
-            work_note AS (
-                SELECT pg_notify({work}, q) FROM (
-                    SELECT queue AS q FROM rescheduled UNION SELECT queue FROM released
-                    UNION SELECT queue FROM moved WHERE concurrency_key IS NOT NULL
-                ) d
-            )
-            SELECT 'f' AS kind, m.id, m.fence FROM moved m JOIN finished f ON f.id = m.id
-            UNION ALL SELECT 's', id, fence FROM rescheduled
-            UNION ALL SELECT 'r', id, fence FROM released
-            UNION ALL SELECT 'n', NULL, NULL FROM done_note
-            UNION ALL SELECT 'n', NULL, NULL FROM work_note
-        """
-        self.cancel = f"""
-            WITH now AS (SELECT {_NOW} AS t),
-            pending AS (
-                DELETE FROM {s}.tasks WHERE id = $1 AND state = 0
-                RETURNING id, queue, attempts, enqueued_at, eta, started_at, result_ttl
-            ),
-            cancelled AS (
-                INSERT INTO {s}.results (id, queue, status, attempts, enqueued_at, eta,
-                                         started_at, finished_at, expires_at, error)
-                SELECT p.id, p.queue, 4, p.attempts, p.enqueued_at, p.eta, p.started_at, now.t,
-                       now.t + p.result_ttl, 'cancelled before it started'
-                FROM pending p, now
-                ON CONFLICT (id) DO UPDATE SET status = 4, queue = excluded.queue,
-                    attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
-                    eta = excluded.eta, started_at = excluded.started_at,
-                    finished_at = excluded.finished_at, expires_at = excluded.expires_at,
-                    value = NULL, error = excluded.error, traceback = NULL
-                RETURNING id
-            ),
-            note AS (SELECT pg_notify({done}, id) FROM cancelled),
-            requested AS (
-                UPDATE {s}.tasks SET cancel_requested = true WHERE id = $1 AND state = 1
-                RETURNING id
-            )
-            SELECT (SELECT count(*) FROM note) AS cancelled,
-                   (SELECT count(*) FROM requested) AS requested,
-                   (SELECT count(*) FROM {s}.results r, now
-                    WHERE r.id = $1 AND r.expires_at > now.t) AS finished,
-                   EXISTS (SELECT FROM {s}.tasks WHERE id = $1) AS live
-        """
-        self.get = f"""
-            SELECT id, queue, state, attempts, enqueued_at, eta, started_at,
-                   NULL::float8 AS finished_at, NULL::bytea AS value, error, traceback
-            FROM {s}.tasks WHERE id = $1
-            UNION ALL
-            SELECT id, queue, status, attempts, enqueued_at, eta, started_at, finished_at,
-                   value, error, traceback
-            FROM {s}.results WHERE id = $1 AND expires_at > {_NOW}
-        """
-        # Keyed tasks already due are left out: they wait for a slot, which a settlement
-        # (notified) or a lease expiry (the last term) frees. The keyed term also covers
-        # keyed leases, through the one index of keyed rows by their next due time.
-        self.next_due = f"""
-            WITH now AS (SELECT {_NOW} AS t)
-            SELECT least(
-                (SELECT min(eta) FROM {s}.tasks
-                 WHERE state = 0 AND concurrency_key IS NULL AND queue = ANY($1::text[])),
-                (SELECT min(CASE WHEN state = 0 THEN eta ELSE lease_until END)
-                 FROM {s}.tasks
-                 WHERE concurrency_key IS NOT NULL AND queue = ANY($1::text[])
-                   AND (CASE WHEN state = 0 THEN eta ELSE lease_until END)
-                       > (SELECT now.t FROM now)),
-                (SELECT min(lease_until) FROM {s}.tasks WHERE state = 1)
-            ) - now.t FROM now
-        """
-        self.purge = f"""
-            WITH stale_locks AS (
-                DELETE FROM {s}.locks WHERE expires_at <= now()
-            )
-            DELETE FROM {s}.results WHERE id IN (
-                SELECT id FROM {s}.results WHERE expires_at <= {_NOW} LIMIT $1
-            )
-        """
-        self.put_cron = f"""
-            INSERT INTO {s}.crons (name, definition, last_tick) VALUES ($1, $2, $3)
-            ON CONFLICT (name) DO UPDATE SET definition = excluded.definition
-        """
-        self.delete_cron = f"DELETE FROM {s}.crons WHERE name = $1 RETURNING true"
-        self.list_crons = f"SELECT name, definition, last_tick FROM {s}.crons"
-        self.advance_cron = f"""
-            UPDATE {s}.crons SET last_tick = $3 WHERE name = $1 AND last_tick = $2
-            RETURNING true
-        """
-        # Lock times are the server's: now() of the statement's own transaction.
-        self.acquire_lock = f"""
-            INSERT INTO {s}.locks AS l (name, token, expires_at)
-            VALUES ($1, $2, now() + $3 * interval '1 second')
-            ON CONFLICT (name) DO UPDATE SET token = excluded.token,
-                expires_at = excluded.expires_at
-            WHERE l.expires_at <= now()
-            RETURNING true
-        """
-        self.extend_lock = f"""
-            UPDATE {s}.locks SET expires_at = now() + $3 * interval '1 second'
-            WHERE name = $1 AND token = $2 AND expires_at > now()
-            RETURNING true
-        """
-        self.release_lock = f"""
-            DELETE FROM {s}.locks WHERE name = $1 AND token = $2
-            RETURNING expires_at > now() AS held
-        """
-        self.stats = f"""
-            WITH now AS (SELECT {_NOW} AS t)
-            SELECT queue, CASE WHEN state = 1 THEN 'running'
-                               WHEN eta > now.t THEN 'scheduled' ELSE 'pending' END AS kind,
-                   count(*)::int AS n
-            FROM {s}.tasks, now GROUP BY 1, 2
-            UNION ALL
-            SELECT queue, CASE status WHEN 2 THEN 'succeeded' WHEN 3 THEN 'failed'
-                                      ELSE 'cancelled' END, count(*)::int
-            FROM {s}.results, now WHERE expires_at > now.t GROUP BY 1, 2
-        """
+    def __init__(self, schema: str) -> None:
+        sql = {name: with_schema(text, schema) for name, text in _QUERIES.items()}
+        missing = set(_NAMES) - set(sql)
+        if missing:
+            raise RuntimeError(f"queries.sql lacks the statements {sorted(missing)}")
+        self.enqueue_fresh_one = sql["enqueue_fresh_one"]
+        self.enqueue_fresh = sql["enqueue_fresh"]
+        self.enqueue = sql["enqueue"]
+        self.claim_one = sql["claim_one"]
+        self.claim_many = sql["claim_many"]
+        self.claim_keyed = sql["claim_keyed"]
+        self.extend = sql["extend"]
+        self.settle = sql["settle"]
+        self.cancel = sql["cancel"]
+        self.get = sql["get"]
+        self.next_due = sql["next_due"]
+        self.purge = sql["purge"]
+        self.put_cron = sql["put_cron"]
+        self.delete_cron = sql["delete_cron"]
+        self.list_crons = sql["list_crons"]
+        self.advance_cron = sql["advance_cron"]
+        self.acquire_lock = sql["acquire_lock"]
+        self.extend_lock = sql["extend_lock"]
+        self.release_lock = sql["release_lock"]
+        self.stats = sql["stats"]
+
+
+_NAMES = (
+    "enqueue_fresh_one",
+    "enqueue_fresh",
+    "enqueue",
+    "claim_one",
+    "claim_many",
+    "claim_keyed",
+    "extend",
+    "settle",
+    "cancel",
+    "get",
+    "next_due",
+    "purge",
+    "put_cron",
+    "delete_cron",
+    "list_crons",
+    "advance_cron",
+    "acquire_lock",
+    "extend_lock",
+    "release_lock",
+    "stats",
+)
