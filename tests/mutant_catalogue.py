@@ -18,6 +18,7 @@ def _fence(backend: str) -> tuple[str, ...]:
 
 _SQLITE = "src/sitq/backends/sqlite/backend.py"
 _POSTGRES = "src/sitq/backends/postgres/backend.py"
+_SQLITE_SQL = "src/sitq/backends/sqlite/queries.sql"
 _POSTGRES_SQL = "src/sitq/backends/postgres/queries.sql"
 _REDIS = "src/sitq/backends/redis.py"
 _NATS = "src/sitq/backends/nats.py"
@@ -28,27 +29,27 @@ FENCING: list[Mutant] = [
     Mutant(
         "sqlite-finish-ignores-token",
         "a stale claim cannot finish a task (SQLite, no key)",
-        _SQLITE,
-        '"expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL" + _FENCE',
-        '"expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL"'
-        ' + _FENCE.replace("fence = ?", "(fence = ? OR 1 = 1)")',
+        _SQLITE_SQL,
+        "lease_until = NULL\nWHERE id = ? AND fence = ? AND state = 1;\n\n-- name: reschedule",
+        "lease_until = NULL\nWHERE id = ? AND (fence = ? OR 1 = 1) AND state = 1;\n\n"
+        "-- name: reschedule",
         _fence("sqlite"),
     ),
     Mutant(
         "sqlite-retry-ignores-token",
         "a stale claim cannot reschedule a task (SQLite, no key)",
-        _SQLITE,
-        '"worker_id = NULL, lease_until = NULL" + _FENCE',
-        '"worker_id = NULL, lease_until = NULL"'
-        ' + _FENCE.replace("fence = ?", "(fence = ? OR 1 = 1)")',
+        _SQLITE_SQL,
+        "lease_until = NULL\nWHERE id = ? AND fence = ? AND state = 1;\n\n-- name: release",
+        "lease_until = NULL\nWHERE id = ? AND (fence = ? OR 1 = 1) AND state = 1;\n\n"
+        "-- name: release",
         _fence("sqlite"),
     ),
     Mutant(
         "sqlite-release-ignores-token",
         "a stale claim cannot release a task (SQLite, no key)",
-        _SQLITE,
-        '    "lease_until = NULL" + _FENCE',
-        '    "lease_until = NULL" + _FENCE.replace("fence = ?", "(fence = ? OR 1 = 1)")',
+        _SQLITE_SQL,
+        "attempts - 1, worker_id = NULL,\nlease_until = NULL\nWHERE id = ? AND fence = ?",
+        "attempts - 1, worker_id = NULL,\nlease_until = NULL\nWHERE id = ? AND (fence = ? OR 1 = 1)",
         _fence("sqlite"),
     ),
     Mutant(

@@ -100,8 +100,8 @@ _QUERY_NAME = re.compile(r"-- name: ([a-z_][a-z0-9_]*)\s*")
 
 def load_queries(package: str, file: str) -> dict[str, str]:
     """The named statements of ``file`` in ``package``: each starts at a ``-- name: <name>``
-    line and runs to the next one (text before the first is the file's own comment). A
-    trailing semicolon is dropped, since drivers take one statement at a time."""
+    line and runs to the next one (text before the first is the file's own comment). Comment
+    lines right under the header and a trailing semicolon are left out of the statement."""
     text = files(package).joinpath(file).read_text(encoding="utf-8")
     queries: dict[str, str] = {}
     # Split before each header; the first part is the file's own comment.
@@ -112,5 +112,9 @@ def load_queries(package: str, file: str) -> dict[str, str]:
             raise RuntimeError(f"{package}/{file}: bad statement header {header!r}")
         if match.group(1) in queries:
             raise RuntimeError(f"{package}/{file}: statement {match.group(1)!r} is defined twice")
-        queries[match.group(1)] = body.strip().removesuffix(";").rstrip()
+        # The comment lines under a header document the statement; they are not sent.
+        lines = body.strip().splitlines()
+        while lines and lines[0].startswith("--"):
+            lines.pop(0)
+        queries[match.group(1)] = "\n".join(lines).strip().removesuffix(";").rstrip()
     return queries

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sitq.backends._inotify import DirectoryWatch, watch_directory
-from sitq.backends._migrations import Migration, Migrations
+from sitq.backends._migrations import Migration, Migrations, load_queries
 from sitq.backends.base import (
     CODE_STATUS,
     STATUS_CODE,
@@ -102,46 +102,16 @@ _CLAIM_RETURNING = """
     RETURNING id, queue, payload, options, priority, fence, attempts, retries, enqueued_at,
               result_ttl, cancel_requested, eta, seq
 """
-_DUE = (
-    "SELECT priority, eta, seq FROM sitq_tasks INDEXED BY sitq_tasks_due "
-    "WHERE state = 0 AND concurrency_key IS NULL AND queue = ? AND eta <= ? "
-    "ORDER BY priority DESC, eta, seq LIMIT ?"
-)
-_KEYED_DUE = (
-    "SELECT priority, eta, seq, concurrency_key, concurrency_limit "
-    "FROM sitq_tasks INDEXED BY sitq_tasks_keyed_due "
-    "WHERE state = 0 AND concurrency_key IS NOT NULL AND parked = 0 AND queue = ? AND eta <= ? "
-    "ORDER BY priority DESC, eta, seq LIMIT ?"
-)
-_KEY_RUNNING = (
-    "SELECT COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_keyed_running "
-    "WHERE state = 1 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ? "
-    "AND lease_until > ?"
-)
-_PARK = (
-    "UPDATE sitq_tasks SET parked = 1 WHERE seq IN (SELECT seq FROM sitq_tasks "
-    "INDEXED BY sitq_tasks_keyed WHERE state = 0 AND concurrency_key IS NOT NULL "
-    "AND queue = ? AND concurrency_key = ? AND parked = 0 AND eta <= ? "
-    "AND concurrency_limit <= ? LIMIT ?)"
-)
-_PARKED = (
-    "SELECT seq, concurrency_limit FROM sitq_tasks INDEXED BY sitq_tasks_keyed "
-    "WHERE state = 0 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ? "
-    "AND parked = 1 ORDER BY priority DESC, eta, seq"
-)
-_FENCE = " WHERE id = ? AND fence = ? AND state = 1"
-_FINISH = (
-    "UPDATE sitq_tasks SET state = ?, value = ?, error = ?, traceback = ?, finished_at = ?, "
-    "expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL" + _FENCE
-)
-_RESCHEDULE = (
-    "UPDATE sitq_tasks SET state = 0, eta = ?, retries = retries + 1, error = ?, traceback = ?, "
-    "worker_id = NULL, lease_until = NULL" + _FENCE
-)
-_RELEASE = (
-    "UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, worker_id = NULL, "
-    "lease_until = NULL" + _FENCE
-)
+_QUERIES = load_queries(__package__ or "sitq.backends.sqlite", "queries.sql")
+_DUE = _QUERIES["due"]
+_KEYED_DUE = _QUERIES["keyed_due"]
+_KEY_RUNNING = _QUERIES["key_running"]
+_PARK = _QUERIES["park"]
+_PARKED = _QUERIES["parked"]
+_FINISH = _QUERIES["finish"]
+_RESCHEDULE = _QUERIES["reschedule"]
+_RELEASE = _QUERIES["release"]
+# Appended to a settlement: most tasks have no key, and only a miss reads the key back.
 _UNKEYED = " AND concurrency_key IS NULL"
 _KEYED = " AND concurrency_key IS NOT NULL RETURNING queue, concurrency_key"
 # Rows one claim may park before it returns what it has: bounds how long a claim holds the
