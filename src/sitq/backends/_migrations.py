@@ -1,11 +1,11 @@
-"""Schema migrations kept as numbered ``.sql`` files inside a backend's package.
+"""The SQL files of a backend's package: schema migrations and named statements.
 
 A backend's migrations are the files ``NNNN_<what>.sql`` of one folder of its package, version
 ``NNNN`` each, numbered from 1 without gaps. :class:`Migrations` lists them, says which a store
 at a given version still needs (refusing a store newer than this code) and applies those in
 order. Reading the store's version, and locking so that one process migrates while the others
 wait, stay with each backend: SQLite does it under its write lock, PostgreSQL under an advisory
-lock in one transaction.
+lock in one transaction. :func:`load_queries` reads a file of named statements.
 """
 
 from __future__ import annotations
