@@ -16,8 +16,10 @@ def _fence(backend: str) -> tuple[str, ...]:
     return (f"{_FENCE_TEST}[{backend}]",)
 
 
-_SQLITE = "src/sitq/backends/sqlite.py"
-_POSTGRES = "src/sitq/backends/postgres.py"
+_SQLITE = "src/sitq/backends/sqlite/backend.py"
+_POSTGRES = "src/sitq/backends/postgres/backend.py"
+_SQLITE_SQL = "src/sitq/backends/sqlite/queries.sql"
+_POSTGRES_SQL = "src/sitq/backends/postgres/queries.sql"
 _REDIS = "src/sitq/backends/redis/backend.py"
 _REDIS_LUA = "src/sitq/backends/redis/scripts"
 _NATS = "src/sitq/backends/nats.py"
@@ -28,27 +30,27 @@ FENCING: list[Mutant] = [
     Mutant(
         "sqlite-finish-ignores-token",
         "a stale claim cannot finish a task (SQLite, no key)",
-        _SQLITE,
-        '"expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL" + _FENCE',
-        '"expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL"'
-        ' + _FENCE.replace("fence = ?", "(fence = ? OR 1 = 1)")',
+        _SQLITE_SQL,
+        "lease_until = NULL\nWHERE id = ? AND fence = ? AND state = 1;\n\n-- name: reschedule",
+        "lease_until = NULL\nWHERE id = ? AND (fence = ? OR 1 = 1) AND state = 1;\n\n"
+        "-- name: reschedule",
         _fence("sqlite"),
     ),
     Mutant(
         "sqlite-retry-ignores-token",
         "a stale claim cannot reschedule a task (SQLite, no key)",
-        _SQLITE,
-        '"worker_id = NULL, lease_until = NULL" + _FENCE',
-        '"worker_id = NULL, lease_until = NULL"'
-        ' + _FENCE.replace("fence = ?", "(fence = ? OR 1 = 1)")',
+        _SQLITE_SQL,
+        "lease_until = NULL\nWHERE id = ? AND fence = ? AND state = 1;\n\n-- name: release",
+        "lease_until = NULL\nWHERE id = ? AND (fence = ? OR 1 = 1) AND state = 1;\n\n"
+        "-- name: release",
         _fence("sqlite"),
     ),
     Mutant(
         "sqlite-release-ignores-token",
         "a stale claim cannot release a task (SQLite, no key)",
-        _SQLITE,
-        '    "lease_until = NULL" + _FENCE',
-        '    "lease_until = NULL" + _FENCE.replace("fence = ?", "(fence = ? OR 1 = 1)")',
+        _SQLITE_SQL,
+        "attempts - 1, worker_id = NULL,\nlease_until = NULL\nWHERE id = ? AND fence = ?",
+        "attempts - 1, worker_id = NULL,\nlease_until = NULL\nWHERE id = ? AND (fence = ? OR 1 = 1)",
         _fence("sqlite"),
     ),
     Mutant(
@@ -63,46 +65,47 @@ FENCING: list[Mutant] = [
     Mutant(
         "postgres-finish-ignores-token",
         "a stale claim cannot finish a task (PostgreSQL, no key)",
-        _POSTGRES,
-        "WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1\n"
-        "                RETURNING t.id, t.fence,",
-        "WHERE t.id = i.id AND t.state = 1\n                RETURNING t.id, i.fence AS fence,",
+        _POSTGRES_SQL,
+        "WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1\n    RETURNING t.id, t.fence,",
+        "WHERE t.id = i.id AND t.state = 1\n    RETURNING t.id, i.fence AS fence,",
         _fence("postgres"),
     ),
     Mutant(
         "postgres-retry-ignores-token",
         "a stale claim cannot reschedule a task (PostgreSQL, no key)",
-        _POSTGRES,
+        _POSTGRES_SQL,
         "AS r(id, fence, eta, error, traceback)\n"
-        "                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
-        "                RETURNING t.id, t.fence, t.queue",
+        "    WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
+        "    RETURNING t.id, t.fence, t.queue",
         "AS r(id, fence, eta, error, traceback)\n"
-        "                WHERE t.id = r.id AND t.state = 1\n"
-        "                RETURNING t.id, r.fence, t.queue",
+        "    WHERE t.id = r.id AND t.state = 1\n"
+        "    RETURNING t.id, r.fence, t.queue",
         _fence("postgres"),
     ),
     Mutant(
         "postgres-release-ignores-token",
         "a stale claim cannot release a task (PostgreSQL, no key)",
-        _POSTGRES,
+        _POSTGRES_SQL,
         "FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)\n"
-        "                WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
-        "                RETURNING t.id, t.fence, t.queue",
+        "    WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
+        "    RETURNING t.id, t.fence, t.queue",
         "FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)\n"
-        "                WHERE t.id = r.id AND t.state = 1\n"
-        "                RETURNING t.id, r.fence, t.queue",
+        "    WHERE t.id = r.id AND t.state = 1\n"
+        "    RETURNING t.id, r.fence, t.queue",
         _fence("postgres"),
     ),
     Mutant(
         "postgres-extend-ignores-token",
         "a stale claim cannot extend its lease (PostgreSQL)",
-        _POSTGRES,
+        _POSTGRES_SQL,
         "WHERE t.id = c.id AND t.fence = c.fence AND t.state = 1\n"
-        "              AND (t.concurrency_key IS NULL OR t.lease_until > {_NOW})\n"
-        "            RETURNING t.id, t.fence, t.cancel_requested",
+        "  AND (t.concurrency_key IS NULL\n"
+        "       OR t.lease_until > (extract(epoch FROM clock_timestamp())::float8))\n"
+        "RETURNING t.id, t.fence, t.cancel_requested",
         "WHERE t.id = c.id AND t.state = 1\n"
-        "              AND (t.concurrency_key IS NULL OR t.lease_until > {_NOW})\n"
-        "            RETURNING t.id, c.fence, t.cancel_requested",
+        "  AND (t.concurrency_key IS NULL\n"
+        "       OR t.lease_until > (extract(epoch FROM clock_timestamp())::float8))\n"
+        "RETURNING t.id, c.fence, t.cancel_requested",
         _fence("postgres"),
     ),
     # Redis: the settle script's check, per kind of entry, and the extend script's.
@@ -199,9 +202,9 @@ CRON: list[Mutant] = [
     Mutant(
         "postgres-cron-cas-always-succeeds",
         "a cron tick is advanced by one worker only (PostgreSQL)",
-        _POSTGRES,
-        "UPDATE {s}.crons SET last_tick = $3 WHERE name = $1 AND last_tick = $2",
-        "UPDATE {s}.crons SET last_tick = $3 WHERE name = $1 AND (last_tick = $2 OR true)",
+        _POSTGRES_SQL,
+        'UPDATE "{schema}".crons SET last_tick = $3 WHERE name = $1 AND last_tick = $2',
+        'UPDATE "{schema}".crons SET last_tick = $3 WHERE name = $1 AND (last_tick = $2 OR true)',
         _cron("postgres"),
     ),
     Mutant(
@@ -297,7 +300,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "pg-listen-off",
         "push wakes idle workers and result waiters (PostgreSQL LISTEN off)",
-        "src/sitq/backends/postgres.py",
+        _POSTGRES,
         "        if self._listener_task is None and not self._closing:\n            self._listening = asyncio.Event()",
         "        if False:\n            self._listening = asyncio.Event()",
         ("tests/conformance/test_push_wakeups.py",),
@@ -306,7 +309,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "pg-listener-no-reconnect",
         "push comes back after the LISTEN connection is cut (PostgreSQL)",
-        "src/sitq/backends/postgres.py",
+        _POSTGRES,
         "            self._signal_all()\n            await asyncio.sleep(delay)\n            delay = min(delay * 2, 5.0)",
         "            self._signal_all()\n            return",
         ("tests/conformance/test_push_wakeups.py",),
@@ -315,7 +318,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "sqlite-inotify-off",
         "push wakes idle workers and result waiters (SQLite inotify off)",
-        "src/sitq/backends/sqlite.py",
+        _SQLITE,
         'self._watch = watch_directory(directory, frozenset({base, base + "-wal"}))',
         "self._watch = None",
         ("tests/conformance/test_push_wakeups.py",),
@@ -407,7 +410,7 @@ IDLE: list[Mutant] = [
     Mutant(
         "sqlite-wait-5ms",
         "an idle worker does not poll (SQLite wait of 5 ms)",
-        "src/sitq/backends/sqlite.py",
+        _SQLITE,
         "        if self._watch is None:\n            timeout = min(timeout, 0.05)",
         "        if True:\n            timeout = min(timeout, 0.005)",
         ("tests/conformance/test_no_busy_waiting.py",),
@@ -425,7 +428,7 @@ IDLE: list[Mutant] = [
     Mutant(
         "postgres-wait-5ms",
         "an idle worker does not poll (PostgreSQL wait of 5 ms)",
-        "src/sitq/backends/postgres.py",
+        _POSTGRES,
         "        return 1.0 if self._listening.is_set() else 0.1",
         "        return 0.005",
         ("tests/conformance/test_no_busy_waiting.py",),

@@ -462,7 +462,8 @@ async def test_schema_version_1_is_migrated_with_its_tasks(pg_url: str) -> None:
     """A schema made by the first release (version 1, with a task in it) gains the cron, lock
     and key tables and indexes on connect, and its task is still claimed."""
     schema = _schema(pg_url)
-    from sitq.backends.postgres import _MIGRATIONS
+    from sitq.backends._migrations import with_schema
+    from sitq.backends.postgres.backend import _MIGRATIONS
 
     async with conn_batch(postgres_dsn()) as conn:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
@@ -470,7 +471,7 @@ async def test_schema_version_1_is_migrated_with_its_tasks(pg_url: str) -> None:
             f'CREATE TABLE "{schema}".schema_version ('
             "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        await conn.execute(_MIGRATIONS[0].format(s=f'"{schema}"', schema=schema))
+        await conn.execute(with_schema(_MIGRATIONS.steps[0].sql, schema))
         await conn.execute(f'INSERT INTO "{schema}".schema_version (version) VALUES (1)')
         await conn.execute(
             f'INSERT INTO "{schema}".tasks (id, queue, priority, payload, options, result_ttl) '
@@ -483,7 +484,7 @@ async def test_schema_version_1_is_migrated_with_its_tasks(pg_url: str) -> None:
         assert await backend.acquire_lock("l", "t", 30)
     async with conn_batch(postgres_dsn()) as conn:
         versions = await conn.fetch(f'SELECT version FROM "{schema}".schema_version')
-    assert sorted(r["version"] for r in versions) == list(range(1, len(_MIGRATIONS) + 1))
+    assert sorted(r["version"] for r in versions) == list(range(1, _MIGRATIONS.latest + 1))
 
 
 async def test_lock_ttl_uses_the_server_clock(pg_url: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sitq import BackendError, SQLiteBackend, TaskQueue
-from sitq.backends import sqlite as sqlite_backend
+from sitq.backends.sqlite import backend as sqlite_backend
 from sitq.models import Claim, Finish, NewTask, TaskStatus
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
@@ -80,7 +80,7 @@ async def backend(tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
 def _version_1_file(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    for statement in sqlite_backend._MIGRATIONS[1].split(";"):
+    for statement in sqlite_backend._MIGRATIONS.steps[0].sql.split(";"):
         if statement.strip():
             conn.execute(statement)
     now = time.time()

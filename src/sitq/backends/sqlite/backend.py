@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sitq.backends._inotify import DirectoryWatch, watch_directory
+from sitq.backends._migrations import Migration, Migrations, load_queries
 from sitq.backends.base import (
     CODE_STATUS,
     STATUS_CODE,
@@ -68,72 +69,9 @@ _RUNNING = STATUS_CODE[TaskStatus.RUNNING]
 # writer descheduled between its two steps is caught by the later ones.
 _ECHO_DELAYS = (0.001, 0.01, 0.1)
 
-SCHEMA_VERSION = 2
-
-_SCHEMA_V1 = """
-CREATE TABLE IF NOT EXISTS sitq_tasks (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    queue TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    priority INTEGER NOT NULL,
-    eta REAL NOT NULL,
-    payload BLOB,
-    options TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    retries INTEGER NOT NULL DEFAULT 0,
-    fence INTEGER NOT NULL DEFAULT 0,
-    lease_until REAL,
-    worker_id TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    enqueued_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    expires_at REAL,
-    result_ttl REAL NOT NULL,
-    value BLOB,
-    error TEXT,
-    traceback TEXT,
-    concurrency_key TEXT,
-    concurrency_limit INTEGER
-);
-CREATE INDEX IF NOT EXISTS sitq_tasks_due
-    ON sitq_tasks (queue, priority DESC, eta, seq) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS sitq_tasks_scheduled ON sitq_tasks (queue, eta) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS sitq_tasks_leases ON sitq_tasks (lease_until) WHERE state = 1;
-CREATE INDEX IF NOT EXISTS sitq_tasks_expiry
-    ON sitq_tasks (expires_at) WHERE expires_at IS NOT NULL;
-"""
-
-# Version 2: cron schedules, locks, and concurrency keys. Tasks with a key leave the unkeyed
-# claim index for indexes of their own; ``parked`` marks pending keyed tasks set aside because
-# their key was full, so that claims never walk over them again until a slot frees.
-_SCHEMA_V2 = """
-CREATE TABLE sitq_crons (
-    name TEXT PRIMARY KEY,
-    definition BLOB NOT NULL,
-    last_tick REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE sitq_locks (
-    name TEXT PRIMARY KEY,
-    token TEXT NOT NULL,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
-ALTER TABLE sitq_tasks ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
-DROP INDEX sitq_tasks_due;
-CREATE INDEX sitq_tasks_due
-    ON sitq_tasks (queue, priority DESC, eta, seq) WHERE state = 0 AND concurrency_key IS NULL;
-CREATE INDEX sitq_tasks_keyed_due
-    ON sitq_tasks (queue, priority DESC, eta, seq, concurrency_key, concurrency_limit)
-    WHERE state = 0 AND concurrency_key IS NOT NULL AND parked = 0;
-CREATE INDEX sitq_tasks_keyed
-    ON sitq_tasks (queue, concurrency_key, parked, priority DESC, eta, seq, concurrency_limit)
-    WHERE state = 0 AND concurrency_key IS NOT NULL;
-CREATE INDEX sitq_tasks_keyed_running
-    ON sitq_tasks (queue, concurrency_key, lease_until)
-    WHERE state = 1 AND concurrency_key IS NOT NULL;
-"""
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+# The schema, one numbered file per version in schema/; PRAGMA user_version is the version.
+_MIGRATIONS = Migrations(__package__ or "sitq.backends.sqlite", "schema")
+SCHEMA_VERSION = _MIGRATIONS.latest
 
 
 def _statements(script: str) -> list[str]:
@@ -150,6 +88,12 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
+def _run_script(conn: sqlite3.Connection, step: Migration) -> None:
+    # One statement at a time: executescript() would commit the migration's transaction.
+    for statement in _statements(step.sql):
+        conn.execute(statement)
+
+
 _CLAIM_SET = """
     state = 1, attempts = attempts + 1, fence = fence + 1, lease_until = :lease_until,
     worker_id = :worker, started_at = :now, parked = 0
@@ -158,46 +102,16 @@ _CLAIM_RETURNING = """
     RETURNING id, queue, payload, options, priority, fence, attempts, retries, enqueued_at,
               result_ttl, cancel_requested, eta, seq
 """
-_DUE = (
-    "SELECT priority, eta, seq FROM sitq_tasks INDEXED BY sitq_tasks_due "
-    "WHERE state = 0 AND concurrency_key IS NULL AND queue = ? AND eta <= ? "
-    "ORDER BY priority DESC, eta, seq LIMIT ?"
-)
-_KEYED_DUE = (
-    "SELECT priority, eta, seq, concurrency_key, concurrency_limit "
-    "FROM sitq_tasks INDEXED BY sitq_tasks_keyed_due "
-    "WHERE state = 0 AND concurrency_key IS NOT NULL AND parked = 0 AND queue = ? AND eta <= ? "
-    "ORDER BY priority DESC, eta, seq LIMIT ?"
-)
-_KEY_RUNNING = (
-    "SELECT COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_keyed_running "
-    "WHERE state = 1 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ? "
-    "AND lease_until > ?"
-)
-_PARK = (
-    "UPDATE sitq_tasks SET parked = 1 WHERE seq IN (SELECT seq FROM sitq_tasks "
-    "INDEXED BY sitq_tasks_keyed WHERE state = 0 AND concurrency_key IS NOT NULL "
-    "AND queue = ? AND concurrency_key = ? AND parked = 0 AND eta <= ? "
-    "AND concurrency_limit <= ? LIMIT ?)"
-)
-_PARKED = (
-    "SELECT seq, concurrency_limit FROM sitq_tasks INDEXED BY sitq_tasks_keyed "
-    "WHERE state = 0 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ? "
-    "AND parked = 1 ORDER BY priority DESC, eta, seq"
-)
-_FENCE = " WHERE id = ? AND fence = ? AND state = 1"
-_FINISH = (
-    "UPDATE sitq_tasks SET state = ?, value = ?, error = ?, traceback = ?, finished_at = ?, "
-    "expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL" + _FENCE
-)
-_RESCHEDULE = (
-    "UPDATE sitq_tasks SET state = 0, eta = ?, retries = retries + 1, error = ?, traceback = ?, "
-    "worker_id = NULL, lease_until = NULL" + _FENCE
-)
-_RELEASE = (
-    "UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, worker_id = NULL, "
-    "lease_until = NULL" + _FENCE
-)
+_QUERIES = load_queries(__package__ or "sitq.backends.sqlite", "queries.sql")
+_DUE = _QUERIES["due"]
+_KEYED_DUE = _QUERIES["keyed_due"]
+_KEY_RUNNING = _QUERIES["key_running"]
+_PARK = _QUERIES["park"]
+_PARKED = _QUERIES["parked"]
+_FINISH = _QUERIES["finish"]
+_RESCHEDULE = _QUERIES["reschedule"]
+_RELEASE = _QUERIES["release"]
+# Appended to a settlement: most tasks have no key, and only a miss reads the key back.
 _UNKEYED = " AND concurrency_key IS NULL"
 _KEYED = " AND concurrency_key IS NOT NULL RETURNING queue, concurrency_key"
 # Rows one claim may park before it returns what it has: bounds how long a claim holds the
@@ -397,13 +311,9 @@ class SQLiteBackend(Backend):
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA temp_store=MEMORY")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
-                version = self._migrate(conn)
-            if version > SCHEMA_VERSION:
-                raise BackendError(
-                    f"SQLite database {self.db_path!r} has schema version {version}, newer than "
-                    f"this sitq understands ({SCHEMA_VERSION}): upgrade sitq"
-                )
+            store = f"SQLite database {self.db_path!r} has schema version"
+            if _MIGRATIONS.pending(version, store):  # raises if the file is newer than sitq
+                self._migrate(conn, store)
         except sqlite3.Error as exc:
             conn.close()
             raise BackendError(f"SQLite {self.db_path!r}: {exc}") from exc
@@ -413,22 +323,19 @@ class SQLiteBackend(Backend):
         return conn
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> int:
+    def _migrate(conn: sqlite3.Connection, store: str) -> None:
         # Under the write lock, so that of several processes opening an old file at once,
         # exactly one upgrades it and the others see the new version.
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version < SCHEMA_VERSION:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _statements(_MIGRATIONS[step]):
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version != _MIGRATIONS.latest:
+                _MIGRATIONS.apply(version, store, lambda step: _run_script(conn, step))
+                conn.execute(f"PRAGMA user_version={_MIGRATIONS.latest}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return version
 
     def _open_fast(self) -> sqlite3.Connection | None:
         # A second connection used straight from the event loop: it never waits for a lock

@@ -1,0 +1,320 @@
+-- The statements of the PostgreSQL backend, one block per statement, each after its
+-- `-- name: <statement>` line. "{schema}" is replaced by the backend's schema name (a checked
+-- lowercase identifier) before use, and by nothing else: this is not a format string.
+-- Times are the server's, in seconds since the epoch, from clock_timestamp().
+-- Notifications are sent by the statements themselves (pg_notify is delivered at commit, and
+-- duplicates within a transaction are sent once): work on sitq_work_<schema> (a queue name),
+-- done on sitq_done_<schema> (finished ids).
+
+-- name: enqueue_fresh_one
+WITH ins AS (
+    INSERT INTO "{schema}".tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                           result_ttl, concurrency_key, concurrency_limit)
+    VALUES ($1, $2, $3,
+            CASE WHEN $10 THEN (extract(epoch FROM clock_timestamp())::float8) ELSE $4 END,
+            $5, $6, (extract(epoch FROM clock_timestamp())::float8), $7, $8, $9)
+    RETURNING id
+)
+SELECT id, pg_notify('sitq_work_{schema}', $2) FROM ins;
+
+-- name: enqueue_fresh
+WITH ins AS (
+    INSERT INTO "{schema}".tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                           result_ttl, concurrency_key, concurrency_limit)
+    SELECT x.id, x.queue, x.priority,
+           CASE WHEN x.immediate THEN (extract(epoch FROM clock_timestamp())::float8)
+                ELSE x.eta END,
+           x.payload, x.options,
+           (extract(epoch FROM clock_timestamp())::float8), x.result_ttl, x.ckey, x.climit
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::bytea[],
+                $6::text[], $7::float8[], $8::text[], $9::int[], $10::bool[])
+        AS x(id, queue, priority, eta, payload, options, result_ttl, ckey, climit,
+             immediate)
+    RETURNING id, queue
+),
+notified AS (
+    SELECT pg_notify('sitq_work_{schema}', q) FROM (SELECT DISTINCT queue AS q FROM ins) d
+)
+SELECT id FROM ins UNION ALL SELECT NULL FROM notified;
+
+-- name: enqueue
+SELECT * FROM "{schema}".enqueue_ids($1::text[], $2::text[], $3::int[], $4::float8[],
+                              $5::bytea[], $6::text[], $7::float8[], $8::text[],
+                              $9::int[], $10::bool[]);
+
+-- name: claim_one
+-- Claims and lease extensions commit without waiting for the WAL flush: if the server
+-- crashed and lost one, the task would simply be claimable again (and the worker's
+-- fenced outcome refused), which at-least-once already allows. Outcomes do wait.
+-- This statement claims unkeyed tasks only. While keyed tasks are due on these queues
+-- it claims nothing and returns one marker row (id NULL, keyed true): those claims go
+-- through claim_keyed(), which takes a lock per key. claim_many is the same statement
+-- over several queues.
+WITH now AS (
+    SELECT (extract(epoch FROM clock_timestamp())::float8) AS t,
+           set_config('synchronous_commit', 'off', true) AS cfg
+),
+keyed AS (
+    SELECT EXISTS (
+        SELECT 1 FROM "{schema}".tasks t
+        WHERE t.concurrency_key IS NOT NULL AND t.queue = $1::text
+          AND (CASE WHEN t.state = 0 THEN t.eta ELSE t.lease_until END)
+              <= (SELECT now.t FROM now)
+    ) AS found
+),
+expired AS (
+    SELECT t.id FROM "{schema}".tasks t
+    WHERE NOT (SELECT keyed.found FROM keyed) AND t.state = 1
+      AND t.concurrency_key IS NULL AND t.lease_until <= (SELECT now.t FROM now)
+      AND t.queue = $1::text
+    LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+),
+due AS (
+    SELECT t.id FROM "{schema}".tasks t, now
+    WHERE NOT (SELECT keyed.found FROM keyed) AND t.state = 0
+      AND t.concurrency_key IS NULL
+      AND t.queue = $1::text AND t.eta <= now.t
+    ORDER BY t.priority DESC, t.eta, t.seq
+    LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+),
+chosen AS (
+    SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) c LIMIT $2
+),
+claimed AS (
+    UPDATE "{schema}".tasks t SET state = 1, attempts = t.attempts + 1,
+        fence = t.fence + 1, lease_until = now.t + $3, worker_id = $4,
+        started_at = now.t
+    FROM chosen, now WHERE t.id = chosen.id
+    RETURNING t.id, t.queue, t.payload, t.options, t.priority, t.fence, t.attempts,
+              t.retries, t.enqueued_at, t.result_ttl, t.cancel_requested, t.eta,
+              t.seq, now.t AS now, false AS keyed
+)
+SELECT * FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, true FROM keyed WHERE keyed.found;
+
+-- name: claim_many
+WITH now AS (
+    SELECT (extract(epoch FROM clock_timestamp())::float8) AS t,
+           set_config('synchronous_commit', 'off', true) AS cfg
+),
+keyed AS (
+    SELECT EXISTS (
+        SELECT 1 FROM "{schema}".tasks t
+        WHERE t.concurrency_key IS NOT NULL AND t.queue = ANY($1::text[])
+          AND (CASE WHEN t.state = 0 THEN t.eta ELSE t.lease_until END)
+              <= (SELECT now.t FROM now)
+    ) AS found
+),
+expired AS (
+    SELECT t.id FROM "{schema}".tasks t
+    WHERE NOT (SELECT keyed.found FROM keyed) AND t.state = 1
+      AND t.concurrency_key IS NULL AND t.lease_until <= (SELECT now.t FROM now)
+      AND t.queue = ANY($1::text[])
+    LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+),
+due AS (
+    SELECT t.id FROM "{schema}".tasks t, now
+    WHERE NOT (SELECT keyed.found FROM keyed) AND t.state = 0
+      AND t.concurrency_key IS NULL
+      AND t.queue = ANY($1::text[]) AND t.eta <= now.t
+    ORDER BY t.priority DESC, t.eta, t.seq
+    LIMIT $2 FOR UPDATE OF t SKIP LOCKED
+),
+chosen AS (
+    SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) c LIMIT $2
+),
+claimed AS (
+    UPDATE "{schema}".tasks t SET state = 1, attempts = t.attempts + 1,
+        fence = t.fence + 1, lease_until = now.t + $3, worker_id = $4,
+        started_at = now.t
+    FROM chosen, now WHERE t.id = chosen.id
+    RETURNING t.id, t.queue, t.payload, t.options, t.priority, t.fence, t.attempts,
+              t.retries, t.enqueued_at, t.result_ttl, t.cancel_requested, t.eta,
+              t.seq, now.t AS now, false AS keyed
+)
+SELECT * FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, true FROM keyed WHERE keyed.found;
+
+-- name: claim_keyed
+SELECT * FROM "{schema}".claim_keyed($1::text[], $2, $3, $4);
+
+-- name: extend
+UPDATE "{schema}".tasks t SET lease_until = (extract(epoch FROM clock_timestamp())::float8) + $3
+FROM unnest($1::text[], $2::bigint[]) AS c(id, fence),
+     (SELECT set_config('synchronous_commit', 'off', true)) AS cfg
+WHERE t.id = c.id AND t.fence = c.fence AND t.state = 1
+  AND (t.concurrency_key IS NULL
+       OR t.lease_until > (extract(epoch FROM clock_timestamp())::float8))
+RETURNING t.id, t.fence, t.cancel_requested;
+
+-- name: settle
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp())::float8) AS t),
+fin_in AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bytea[],
+                         $5::text[], $6::text[], $7::float8[])
+        AS x(id, fence, status, value, error, traceback, ttl)
+),
+moved AS (
+    DELETE FROM "{schema}".tasks t USING fin_in i
+    WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1
+    RETURNING t.id, t.fence, t.queue, t.attempts, t.enqueued_at, t.eta, t.started_at,
+              t.concurrency_key
+),
+finished AS (
+    INSERT INTO "{schema}".results (id, queue, status, attempts, enqueued_at, eta,
+                             started_at, finished_at, expires_at, value, error,
+                             traceback)
+    SELECT m.id, m.queue, i.status, m.attempts, m.enqueued_at, m.eta, m.started_at,
+           now.t, now.t + i.ttl, i.value, i.error, i.traceback
+    FROM moved m JOIN fin_in i ON i.id = m.id AND i.fence = m.fence, now
+    ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, status = excluded.status,
+        attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
+        eta = excluded.eta, started_at = excluded.started_at,
+        finished_at = excluded.finished_at, expires_at = excluded.expires_at,
+        value = excluded.value, error = excluded.error,
+        traceback = excluded.traceback
+    RETURNING id
+),
+rescheduled AS (
+    UPDATE "{schema}".tasks t SET state = 0, eta = r.eta, retries = t.retries + 1,
+        error = r.error, traceback = r.traceback, worker_id = NULL,
+        lease_until = NULL
+    FROM unnest($8::text[], $9::bigint[], $10::float8[], $11::text[], $12::text[])
+        AS r(id, fence, eta, error, traceback)
+    WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
+    RETURNING t.id, t.fence, t.queue
+),
+released AS (
+    UPDATE "{schema}".tasks t SET state = 0, attempts = t.attempts - 1, worker_id = NULL,
+        lease_until = NULL
+    FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)
+    WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
+    RETURNING t.id, t.fence, t.queue
+),
+done_note AS (
+    SELECT pg_notify('sitq_done_{schema}', CASE WHEN length(ids) > 7000 THEN '*' ELSE ids END)
+    FROM (SELECT string_agg(id, ',') AS ids FROM finished) x WHERE ids IS NOT NULL
+),
+work_note AS (
+    SELECT pg_notify('sitq_work_{schema}', q) FROM (
+        SELECT queue AS q FROM rescheduled UNION SELECT queue FROM released
+        UNION SELECT queue FROM moved WHERE concurrency_key IS NOT NULL
+    ) d
+)
+SELECT 'f' AS kind, m.id, m.fence FROM moved m JOIN finished f ON f.id = m.id
+UNION ALL SELECT 's', id, fence FROM rescheduled
+UNION ALL SELECT 'r', id, fence FROM released
+UNION ALL SELECT 'n', NULL, NULL FROM done_note
+UNION ALL SELECT 'n', NULL, NULL FROM work_note;
+
+-- name: cancel
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp())::float8) AS t),
+pending AS (
+    DELETE FROM "{schema}".tasks WHERE id = $1 AND state = 0
+    RETURNING id, queue, attempts, enqueued_at, eta, started_at, result_ttl
+),
+cancelled AS (
+    INSERT INTO "{schema}".results (id, queue, status, attempts, enqueued_at, eta,
+                             started_at, finished_at, expires_at, error)
+    SELECT p.id, p.queue, 4, p.attempts, p.enqueued_at, p.eta, p.started_at, now.t,
+           now.t + p.result_ttl, 'cancelled before it started'
+    FROM pending p, now
+    ON CONFLICT (id) DO UPDATE SET status = 4, queue = excluded.queue,
+        attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
+        eta = excluded.eta, started_at = excluded.started_at,
+        finished_at = excluded.finished_at, expires_at = excluded.expires_at,
+        value = NULL, error = excluded.error, traceback = NULL
+    RETURNING id
+),
+note AS (SELECT pg_notify('sitq_done_{schema}', id) FROM cancelled),
+requested AS (
+    UPDATE "{schema}".tasks SET cancel_requested = true WHERE id = $1 AND state = 1
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM note) AS cancelled,
+       (SELECT count(*) FROM requested) AS requested,
+       (SELECT count(*) FROM "{schema}".results r, now
+        WHERE r.id = $1 AND r.expires_at > now.t) AS finished,
+       EXISTS (SELECT FROM "{schema}".tasks WHERE id = $1) AS live;
+
+-- name: get
+SELECT id, queue, state, attempts, enqueued_at, eta, started_at,
+       NULL::float8 AS finished_at, NULL::bytea AS value, error, traceback
+FROM "{schema}".tasks WHERE id = $1
+UNION ALL
+SELECT id, queue, status, attempts, enqueued_at, eta, started_at, finished_at,
+       value, error, traceback
+FROM "{schema}".results
+WHERE id = $1 AND expires_at > (extract(epoch FROM clock_timestamp())::float8);
+
+-- name: next_due
+-- Keyed tasks already due are left out: they wait for a slot, which a settlement
+-- (notified) or a lease expiry (the last term) frees. The keyed term also covers
+-- keyed leases, through the one index of keyed rows by their next due time.
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp())::float8) AS t)
+SELECT least(
+    (SELECT min(eta) FROM "{schema}".tasks
+     WHERE state = 0 AND concurrency_key IS NULL AND queue = ANY($1::text[])),
+    (SELECT min(CASE WHEN state = 0 THEN eta ELSE lease_until END)
+     FROM "{schema}".tasks
+     WHERE concurrency_key IS NOT NULL AND queue = ANY($1::text[])
+       AND (CASE WHEN state = 0 THEN eta ELSE lease_until END)
+           > (SELECT now.t FROM now)),
+    (SELECT min(lease_until) FROM "{schema}".tasks WHERE state = 1)
+) - now.t FROM now;
+
+-- name: purge
+WITH stale_locks AS (
+    DELETE FROM "{schema}".locks WHERE expires_at <= now()
+)
+DELETE FROM "{schema}".results WHERE id IN (
+    SELECT id FROM "{schema}".results
+    WHERE expires_at <= (extract(epoch FROM clock_timestamp())::float8) LIMIT $1
+);
+
+-- name: put_cron
+INSERT INTO "{schema}".crons (name, definition, last_tick) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET definition = excluded.definition;
+
+-- name: delete_cron
+DELETE FROM "{schema}".crons WHERE name = $1 RETURNING true;
+
+-- name: list_crons
+SELECT name, definition, last_tick FROM "{schema}".crons;
+
+-- name: advance_cron
+UPDATE "{schema}".crons SET last_tick = $3 WHERE name = $1 AND last_tick = $2
+RETURNING true;
+
+-- name: acquire_lock
+-- Lock times are the server's: now() of the statement's own transaction.
+INSERT INTO "{schema}".locks AS l (name, token, expires_at)
+VALUES ($1, $2, now() + $3 * interval '1 second')
+ON CONFLICT (name) DO UPDATE SET token = excluded.token,
+    expires_at = excluded.expires_at
+WHERE l.expires_at <= now()
+RETURNING true;
+
+-- name: extend_lock
+UPDATE "{schema}".locks SET expires_at = now() + $3 * interval '1 second'
+WHERE name = $1 AND token = $2 AND expires_at > now()
+RETURNING true;
+
+-- name: release_lock
+DELETE FROM "{schema}".locks WHERE name = $1 AND token = $2
+RETURNING expires_at > now() AS held;
+
+-- name: stats
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp())::float8) AS t)
+SELECT queue, CASE WHEN state = 1 THEN 'running'
+                   WHEN eta > now.t THEN 'scheduled' ELSE 'pending' END AS kind,
+       count(*)::int AS n
+FROM "{schema}".tasks, now GROUP BY 1, 2
+UNION ALL
+SELECT queue, CASE status WHEN 2 THEN 'succeeded' WHEN 3 THEN 'failed'
+                          ELSE 'cancelled' END, count(*)::int
+FROM "{schema}".results, now WHERE expires_at > now.t GROUP BY 1, 2;

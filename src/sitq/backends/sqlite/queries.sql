@@ -1,0 +1,51 @@
+-- The fixed statements of the SQLite backend, one block per statement, each after its
+-- `-- name: <statement>` line. The claim's UPDATE is built per call (its list of rows) and
+-- the settlements below get their key condition appended (see settle() in backend.py).
+
+-- name: due
+-- Unkeyed due tasks of one queue, in claim order.
+SELECT priority, eta, seq FROM sitq_tasks INDEXED BY sitq_tasks_due
+WHERE state = 0 AND concurrency_key IS NULL AND queue = ? AND eta <= ?
+ORDER BY priority DESC, eta, seq LIMIT ?;
+
+-- name: keyed_due
+-- Keyed due tasks of one queue that are not parked, in claim order.
+SELECT priority, eta, seq, concurrency_key, concurrency_limit
+FROM sitq_tasks INDEXED BY sitq_tasks_keyed_due
+WHERE state = 0 AND concurrency_key IS NOT NULL AND parked = 0 AND queue = ? AND eta <= ?
+ORDER BY priority DESC, eta, seq LIMIT ?;
+
+-- name: key_running
+-- Running tasks of one key whose lease has not expired: the key's slots in use.
+SELECT COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_keyed_running
+WHERE state = 1 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ?
+AND lease_until > ?;
+
+-- name: park
+-- Set aside (up to a budget) the due tasks of a full key whose limit the running count reached.
+UPDATE sitq_tasks SET parked = 1 WHERE seq IN (SELECT seq FROM sitq_tasks
+INDEXED BY sitq_tasks_keyed WHERE state = 0 AND concurrency_key IS NOT NULL
+AND queue = ? AND concurrency_key = ? AND parked = 0 AND eta <= ?
+AND concurrency_limit <= ? LIMIT ?);
+
+-- name: parked
+-- The parked tasks of one key, in claim order.
+SELECT seq, concurrency_limit FROM sitq_tasks INDEXED BY sitq_tasks_keyed
+WHERE state = 0 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_key = ?
+AND parked = 1 ORDER BY priority DESC, eta, seq;
+
+-- name: finish
+-- Settlements apply only to the claim holding the current fencing token.
+UPDATE sitq_tasks SET state = ?, value = ?, error = ?, traceback = ?, finished_at = ?,
+expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL
+WHERE id = ? AND fence = ? AND state = 1;
+
+-- name: reschedule
+UPDATE sitq_tasks SET state = 0, eta = ?, retries = retries + 1, error = ?, traceback = ?,
+worker_id = NULL, lease_until = NULL
+WHERE id = ? AND fence = ? AND state = 1;
+
+-- name: release
+UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, worker_id = NULL,
+lease_until = NULL
+WHERE id = ? AND fence = ? AND state = 1;

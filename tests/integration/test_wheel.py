@@ -1,0 +1,90 @@
+"""The built wheel carries everything the SQL backends load at run time (their ``.sql`` files):
+installed, not editable, into a fresh virtualenv, it runs a task on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+import venv
+from pathlib import Path
+
+from tests.conftest import drop_postgres_schema, with_query
+from tests.services import postgres_dsn, require
+
+REPO = Path(__file__).resolve().parents[2]
+
+_TASKS = """
+def add(x: int, y: int) -> int:
+    return x + y
+"""
+
+_SCRIPT = """
+import asyncio
+import sys
+
+import sitq
+from sitq import AsyncWorker, TaskQueue
+
+import wheel_tasks
+
+assert sitq.__file__.startswith(sys.prefix), sitq.__file__
+
+
+async def main() -> None:
+    for url in sys.argv[1:]:
+        async with TaskQueue(url) as queue:
+            task_id = await queue.enqueue(wheel_tasks.add, 2, 3)
+            async with AsyncWorker(queue.backend, poll_interval=0.2):
+                print(url.split(":")[0], await queue.get_value(task_id, timeout=30))
+
+
+asyncio.run(main())
+"""
+
+
+async def test_the_installed_wheel_runs_a_task_on_sqlite_and_postgres(tmp_path: Path) -> None:
+    dsn = postgres_dsn()
+    require("postgres", dsn)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("sitq-*.whl")
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"{wheel}[postgres]"],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "wheel_tasks.py").write_text(_TASKS)
+    (run_dir / "main.py").write_text(textwrap.dedent(_SCRIPT))
+    schema = "w_" + uuid.uuid4().hex[:16]
+    try:
+        done = subprocess.run(
+            [
+                str(python),
+                "main.py",
+                f"sqlite:///{tmp_path / 'wheel.db'}",
+                with_query(dsn, schema=schema),
+            ],
+            cwd=run_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        await drop_postgres_schema(dsn, schema)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["sqlite", "5", "postgresql", "5"]
