@@ -22,7 +22,7 @@ _SQLITE_SQL = "src/sitq/backends/sqlite/queries.sql"
 _POSTGRES_SQL = "src/sitq/backends/postgres/queries.sql"
 _REDIS = "src/sitq/backends/redis/backend.py"
 _REDIS_LUA = "src/sitq/backends/redis/scripts"
-_NATS = "src/sitq/backends/nats.py"
+_NATS = "src/sitq/backends/nats/backend.py"
 _MEMORY = "src/sitq/backends/memory.py"
 
 FENCING: list[Mutant] = [
@@ -139,8 +139,8 @@ FENCING: list[Mutant] = [
             f"nats-{name}-ignores-token",
             f"a stale claim cannot {verb} a task (NATS, no key)",
             _NATS,
-            'if rec is None or rec["s"] != "running" or rec.get("f") != ref.fencing_token:',
-            'if rec is None or rec["s"] != "running" or (rec.get("f") != ref.fencing_token'
+            'if rec is None or rec[STATE] != "running" or rec.get(FENCE) != ref.fencing_token:',
+            'if rec is None or rec[STATE] != "running" or (rec.get(FENCE) != ref.fencing_token'
             f' and getattr(build[i], "__name__", "") != "{builder}"):',
             _fence("nats"),
         )
@@ -219,7 +219,7 @@ CRON: list[Mutant] = [
         "nats-cron-cas-always-succeeds",
         "a cron tick is advanced by one worker only (NATS)",
         _NATS,
-        'if entry is None or entry.head is None or entry.head.get("t") != expected:',
+        "if entry is None or entry.head is None or entry.head.get(CRON_TICK) != expected:",
         "if entry is None or entry.head is None:",
         _cron("nats"),
     ),
@@ -327,7 +327,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "nats-long-poll-off",
         "push wakes an idle worker (NATS long-polling pull request off)",
-        "src/sitq/backends/nats.py",
+        _NATS,
         "                await nc.publish(consumer.next_subject, body, reply=consumer.poll_inbox)",
         "                pass",
         ("tests/conformance/test_push_wakeups.py",),
@@ -336,7 +336,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "nats-kv-watch-off",
         "push wakes a result waiter (NATS key-value watch off)",
-        "src/sitq/backends/nats.py",
+        _NATS,
         "                event.set()  # finished (or deleted): read it",
         "                pass",
         ("tests/conformance/test_push_wakeups.py",),
@@ -437,7 +437,7 @@ IDLE: list[Mutant] = [
     Mutant(
         "nats-wait-5ms",
         "an idle worker does not poll (NATS wait of 5 ms)",
-        "src/sitq/backends/nats.py",
+        _NATS,
         "await asyncio.wait_for(self._work.wait(), timeout)",
         "await asyncio.wait_for(self._work.wait(), min(timeout, 0.005))",
         ("tests/conformance/test_no_busy_waiting.py",),

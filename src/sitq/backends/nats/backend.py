@@ -63,6 +63,10 @@ Design:
   lease end.
 * Streams and consumers are created on ``connect()`` (and consumers when a queue or priority is
   first seen), idempotently: any number of workers may start at once.
+
+The record format (field names, encoding, the changes each step makes) is in ``_records``, the
+slots records of concurrency keys in ``_slots``, and the JetStream API's replies, ack subjects
+and per-consumer state in ``_jetstream``; this module holds the connection and the steps.
 """
 
 from __future__ import annotations
@@ -79,15 +83,78 @@ import re
 import secrets
 import ssl
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sitq.backends import require
 from sitq.backends.base import Backend
+from sitq.backends.nats._jetstream import (
+    ERR_CONSUMER_NOT_FOUND,
+    ERR_DELETE_NO_MESSAGE,
+    ERR_NO_MESSAGE,
+    ERR_STREAM_NAME_IN_USE,
+    ERR_STREAM_NOT_FOUND,
+    EXPECTED_LAST,
+    NS,
+    Consumer,
+    ack_info,
+    ack_seq,
+    api_result,
+    parse_time,
+    stream_seq,
+)
+from sitq.backends.nats._records import (
+    CANCEL_REQUESTED,
+    CONCURRENCY_KEY,
+    CONCURRENCY_LIMIT,
+    CRON_INDEX,
+    CRON_NAMES,
+    CRON_TICK,
+    ETA,
+    EXPIRES_AT,
+    FENCE,
+    FINAL,
+    GENERATION,
+    INDEX_EXPIRES,
+    INDEX_KEYS,
+    LEASE_UNTIL,
+    LOCK_TOKEN,
+    LOCK_TTL,
+    NAME,
+    OPTIONS,
+    QUEUE,
+    RESULT_TTL,
+    REVISION,
+    STATE,
+    TASK_ID,
+    UNFINISHED,
+    Entry,
+    cancel_flagged,
+    cancelled,
+    checked,
+    claim_of,
+    cron_key,
+    decode,
+    encode,
+    expired,
+    expiry_class,
+    finished,
+    keyed,
+    leased,
+    lock_key,
+    message_body,
+    message_record,
+    new_record,
+    released,
+    rescheduled,
+    running,
+    snapshot_of,
+    split,
+    task_key,
+)
+from sitq.backends.nats._slots import KeySlots, slot_key
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -101,36 +168,23 @@ from sitq.models import (
     Reschedule,
     Settlement,
     TaskSnapshot,
-    TaskStatus,
 )
 
 log = logging.getLogger("sitq.nats")
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
-_ACK_SEQ = re.compile(rb'"seq":\s*(\d+)')
-_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
-_ERR_WRONG_LAST_SEQUENCE = 10071
-_ERR_STREAM_NOT_FOUND = 10059
-_ERR_STREAM_NAME_IN_USE = 10058
-_ERR_NO_MESSAGE = 10037
-_ERR_DELETE_NO_MESSAGE = 10057
-_ERR_CONSUMER_NOT_FOUND = 10014
-_FINAL = {s.value for s in TaskStatus if s.is_final}
 _ORPHAN_GRACE = 30.0
 """Seconds a message may wait for its record (enqueue writes both at once) before it is dropped."""
 _RETURN_AFTER = 0.25
 """Seconds a message a long poll brought in may wait for a claim before it goes back."""
 _PRIORITY_REFRESH = 10.0
 _MAX_FETCH = 256
-_NS = 1_000_000_000
 _MAX_NAK_DELAY = 86_400.0
 """Longest nak delay (seconds): a task due later is handed back once a day and naked again."""
 _CAS_TRIES = 50
 """Attempts at a read-modify-write of one of sitq's own records before giving up."""
 _BLOCKED_MAX = 1.0
 """Longest back-off (seconds) before a task whose concurrency key is full is looked at again."""
-_CRON_INDEX = "_.crons"
 _MAX_PARKED = 1000
 _CLOCK_STEP = 1.0
 """Seconds by which our clock must disagree with the steady clock to count as stepped."""
@@ -140,109 +194,6 @@ _steady = (
     else time.monotonic
 )
 """A clock that no one sets, counting suspended time where the system has one (Linux)."""
-
-
-def _cron_key(name: str) -> str:
-    return "_.cron." + _key(name)
-
-
-def _lock_key(name: str) -> str:
-    return "_.lock." + _key(name)
-
-
-def _slot_key(rec: dict[str, Any]) -> str:
-    """The bucket key of the slots of a keyed task's (queue, concurrency key)."""
-    return f"_.ck.{rec['q']}.{_key(str(rec['ck']))}"
-
-
-def _keyed(rec: dict[str, Any] | None) -> bool:
-    return rec is not None and rec.get("ck") is not None and rec.get("cl") is not None
-
-
-def _key(task_id: str) -> str:
-    """The bucket key of a task id: the id itself, or ``=`` and its base64url form."""
-    if _PLAIN_ID.fullmatch(task_id):
-        return task_id
-    return "=" + base64.urlsafe_b64encode(task_id.encode()).decode().rstrip("=")
-
-
-def _ttl_class(ttl: float) -> str:
-    """The expiry-index class of a ``result_ttl``: milliseconds below 10 s, else 10 s steps."""
-    if ttl < 10:
-        return f"{max(int(ttl * 1000), 0)}ms"
-    if ttl >= 1e12:
-        return "inf"
-    return f"{int(ttl) // 10 * 10}s"
-
-
-def _parse_time(text: str) -> float:
-    """A JetStream RFC 3339 timestamp (nanosecond precision) as POSIX seconds."""
-    text = text.strip().rstrip("Z")
-    whole, _, frac = text.partition(".")
-    base = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
-    return base + (float("0." + frac) if frac else 0.0)
-
-
-def _encode(head: dict[str, Any], tail: bytes | None = None) -> bytes:
-    data = json.dumps(head, separators=(",", ":")).encode()
-    return data + b"\n" + tail if tail is not None else data
-
-
-def _decode(data: bytes) -> tuple[dict[str, Any], bytes]:
-    head, _, tail = bytes(data).partition(b"\n")
-    rec = json.loads(head)
-    if not isinstance(rec, dict):
-        raise ValueError("not a JSON object")
-    return rec, tail
-
-
-def _ack_info(reply: str | None) -> tuple[int, float]:
-    """(delivery count, server timestamp) from a JetStream ack subject; (0, 0.0) if unknown."""
-    if not reply:
-        return 0, 0.0
-    tokens = reply.split(".")
-    try:
-        if len(tokens) == 9:
-            return int(tokens[4]), int(tokens[7]) / _NS
-        if len(tokens) >= 11:
-            return int(tokens[6]), int(tokens[9]) / _NS
-    except ValueError:
-        pass
-    return 0, 0.0
-
-
-def _stream_seq(reply: str | None) -> int:
-    """The stream sequence of a delivered message from its ack subject; 0 if unknown."""
-    if not reply:
-        return 0
-    tokens = reply.split(".")
-    try:
-        if len(tokens) == 9:
-            return int(tokens[5])
-        if len(tokens) >= 11:
-            return int(tokens[7])
-    except ValueError:
-        pass
-    return 0
-
-
-class _Consumer:
-    """One durable pull consumer, and this backend's two inboxes for it (fetches, long polls)."""
-
-    def __init__(self, name: str, subject: str, next_subject: str) -> None:
-        self.name = name
-        self.subject = subject
-        self.next_subject = next_subject
-        self.buffer: deque[tuple[Any, float]] = deque()
-        self.fetch_inbox = ""
-        self.poll_inbox = ""
-        self.subs: list[Any] = []
-        self.fetch_waiter: asyncio.Future[None] | None = None
-        self.fetch_need = 0
-        self.fetch_got = 0
-        self.poll_until = 0.0
-        self.return_scheduled = False
-        self.lock = asyncio.Lock()
 
 
 @dataclass(slots=True)
@@ -270,59 +221,6 @@ class _Delivery:
     tries: int = 0
     problem: str | None = None
     """What was wrong with the record (repaired to be claimed and failed by the worker)."""
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One of sitq's own records (cron, lock, slots) as read: ``head`` is ``None`` for a
-    delete marker; ``stamp`` is the server's time of the write."""
-
-    head: dict[str, Any] | None
-    tail: bytes
-    rev: int
-    stamp: float
-
-
-@dataclass(slots=True)
-class _KeySlots:
-    """The running tasks of one (queue, concurrency key): holders ``[task key, fencing token,
-    lease until, owner]``, as read at revision ``rev`` (0: no record yet)."""
-
-    rev: int
-    holders: list[list[Any]]
-
-    @classmethod
-    def read(cls, entry: _Entry | None) -> _KeySlots:
-        if entry is None or entry.head is None:
-            return cls(entry.rev if entry else 0, [])
-        holders = entry.head.get("h")
-        if not isinstance(holders, list):
-            return cls(entry.rev, [])
-        return cls(entry.rev, [h for h in holders if isinstance(h, list) and len(h) == 4])
-
-    def busy(self, now: float, but: str) -> set[str]:
-        """The tasks (other than ``but``) holding a slot under an unexpired lease."""
-        return {h[0] for h in self.holders if h[2] > now and h[0] != but}
-
-    def admit(
-        self, task: str, fence: int, until: float, owner: str, limit: int, now: float
-    ) -> bool:
-        """Take a slot for ``task`` if fewer than ``limit`` other tasks hold one; expired
-        holders and the task's own older claims are dropped."""
-        if len(self.busy(now, task)) >= limit:
-            return False
-        self.holders = [
-            h for h in self.holders if h[2] > now and not (h[0] == task and h[1] < fence)
-        ]
-        self.holders.append([task, fence, until, owner])
-        return True
-
-    def next_free(self, now: float) -> float:
-        """Seconds until the first unexpired holder's lease runs out (``inf`` if none)."""
-        return min((h[2] for h in self.holders if h[2] > now), default=math.inf) - now
-
-    def encode(self) -> bytes:
-        return _encode({"h": self.holders})
 
 
 class NATSBackend(Backend):
@@ -399,7 +297,7 @@ class NATSBackend(Backend):
         self._offset = 0.0
         self._clock_mark = (time.time(), _steady())
         self._remeasure: asyncio.Future[None] | None = None
-        self._consumers: dict[str, _Consumer] = {}
+        self._consumers: dict[str, Consumer] = {}
         self._priorities: dict[str, set[int]] = {}
         self._refreshed: dict[str, float] = {}
         self._stale_priorities = False
@@ -564,7 +462,7 @@ class NATSBackend(Backend):
                 "max_bytes": -1,
                 "max_age": 0,
                 "max_msg_size": -1,
-                "duplicate_window": 120 * _NS,
+                "duplicate_window": 120 * NS,
             },
         )
         kv = await self._ensure_stream(
@@ -585,7 +483,7 @@ class NATSBackend(Backend):
                 "max_bytes": -1,
                 "max_age": 0,
                 "max_msg_size": -1,
-                "duplicate_window": 120 * _NS,
+                "duplicate_window": 120 * NS,
             },
         )
         subjects = set(work["config"].get("subjects") or ())
@@ -606,10 +504,10 @@ class NATSBackend(Backend):
         await self._measure_clock()
 
     async def _ensure_stream(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
-        info = await self._api(f"STREAM.INFO.{name}", None, ok=(_ERR_STREAM_NOT_FOUND,))
+        info = await self._api(f"STREAM.INFO.{name}", None, ok=(ERR_STREAM_NOT_FOUND,))
         if info is None:
             info = await self._api(
-                f"STREAM.CREATE.{name}", config, ok=(_ERR_STREAM_NAME_IN_USE,)
+                f"STREAM.CREATE.{name}", config, ok=(ERR_STREAM_NAME_IN_USE,)
             ) or await self._api(f"STREAM.INFO.{name}", None)
         assert info is not None
         return info
@@ -619,7 +517,7 @@ class NATSBackend(Backend):
         best: tuple[float, float] | None = None
         for _ in range(3):
             t0 = time.time()
-            rev = self._ack(await self._one(self._kv_prefix + "_.clock", b"", None))
+            rev = ack_seq(await self._one(self._kv_prefix + "_.clock", b"", None))
             t1 = time.time()
             got = await self._get_by_seq(rev)
             if got is None:
@@ -816,27 +714,10 @@ class NATSBackend(Backend):
         """A JetStream API call; ``None`` for the error codes in ``ok``."""
         payload = b"" if body is None else json.dumps(body).encode()
         reply = await self._one(f"$JS.API.{op}", payload, None)
-        return _api_result(reply, ok)
-
-    def _ack(self, reply: Any) -> int:
-        """The sequence of a stored message from its publish ack; 0 if the expected last
-        sequence did not match; raises on any other error."""
-        if b'"error"' not in reply.data:
-            match = _ACK_SEQ.search(reply.data)
-            if match:
-                return int(match.group(1))
-        data = json.loads(reply.data)
-        error = data.get("error")
-        if error:
-            if error.get("err_code") == _ERR_WRONG_LAST_SEQUENCE:
-                return 0
-            raise BackendError(
-                f"NATS JetStream: {error.get('description')} (code {error.get('err_code')})"
-            )
-        return int(data["seq"])
+        return api_result(reply, ok)
 
     def _write(self, key: str, data: bytes, last: int | None) -> tuple[str, bytes, Any]:
-        headers = None if last is None else {_EXPECTED_LAST: str(last)}
+        headers = None if last is None else {EXPECTED_LAST: str(last)}
         return (self._kv_prefix + key, data, headers)
 
     def _get_item(self, key: str) -> tuple[str, bytes, None]:
@@ -858,7 +739,7 @@ class NATSBackend(Backend):
                 return None
             data, rev = reply.data, int(headers["Nats-Sequence"])
         else:
-            result = _api_result(reply, (_ERR_NO_MESSAGE,))
+            result = api_result(reply, (ERR_NO_MESSAGE,))
             if result is None:
                 return None
             message = result["message"]
@@ -868,7 +749,7 @@ class NATSBackend(Backend):
             data = base64.b64decode(message.get("data") or "")
             rev = int(message["seq"])
         try:
-            rec, tail = _decode(data)
+            rec, tail = decode(data)
         except ValueError:
             log.error("record %s in %s is not a sitq record", rev, self._kv_stream)
             return None
@@ -880,12 +761,12 @@ class NATSBackend(Backend):
         replies = await self._many(self._get_item(k) for k in keys)
         return [self._got(r) for r in replies]
 
-    async def _read_meta(self, keys: Sequence[str]) -> list[_Entry | None]:
+    async def _read_meta(self, keys: Sequence[str]) -> list[Entry | None]:
         """Read sitq's own records (cron, lock, slots) with their revisions and server
         timestamps; ``None`` where a key has no record."""
         if not keys:
             return []
-        out: list[_Entry | None] = []
+        out: list[Entry | None] = []
         for reply in await self._many(self._get_item(k) for k in keys):
             if self._direct:
                 headers = reply.headers or {}
@@ -897,9 +778,9 @@ class NATSBackend(Backend):
                     raise BackendError(f"NATS JetStream get failed: status {status}")
                 marker = headers.get("KV-Operation") in ("DEL", "PURGE")
                 data, rev = bytes(reply.data), int(headers["Nats-Sequence"])
-                stamp = _parse_time(headers["Nats-Time-Stamp"])
+                stamp = parse_time(headers["Nats-Time-Stamp"])
             else:
-                result = _api_result(reply, (_ERR_NO_MESSAGE,))
+                result = api_result(reply, (ERR_NO_MESSAGE,))
                 if result is None:
                     out.append(None)
                     continue
@@ -907,15 +788,15 @@ class NATSBackend(Backend):
                 raw = message.get("hdrs")
                 marker = bool(raw and b"KV-Operation" in base64.b64decode(raw))
                 data = base64.b64decode(message.get("data") or "")
-                rev, stamp = int(message["seq"]), _parse_time(message["time"])
+                rev, stamp = int(message["seq"]), parse_time(message["time"])
             head: dict[str, Any] | None = None
             tail = b""
             if not marker:
                 try:
-                    head, tail = _decode(data)
+                    head, tail = decode(data)
                 except ValueError:
                     log.error("record %s in %s is not a sitq record", rev, self._kv_stream)
-            out.append(_Entry(head, tail, rev, stamp))
+            out.append(Entry(head, tail, rev, stamp))
         return out
 
     async def _get_by_seq(self, seq: int) -> float | None:
@@ -924,13 +805,13 @@ class NATSBackend(Backend):
             body = json.dumps({"seq": seq}).encode()
             reply = await self._one(f"$JS.API.DIRECT.GET.{self._kv_stream}", body, None)
             stamp = (reply.headers or {}).get("Nats-Time-Stamp")
-            return _parse_time(stamp) if stamp else None
+            return parse_time(stamp) if stamp else None
         # The message may be gone already (another client wrote the same key meanwhile): the
         # caller measures again, as it does after a direct get that found nothing.
         result = await self._api(
-            f"STREAM.MSG.GET.{self._kv_stream}", {"seq": seq}, ok=(_ERR_NO_MESSAGE,)
+            f"STREAM.MSG.GET.{self._kv_stream}", {"seq": seq}, ok=(ERR_NO_MESSAGE,)
         )
-        return _parse_time(result["message"]["time"]) if result else None
+        return parse_time(result["message"]["time"]) if result else None
 
     # -- consumers and priorities -----------------------------------------------------------
 
@@ -938,7 +819,7 @@ class NATSBackend(Backend):
         sign = "m" if priority < 0 else "p"
         return f"q_{queue}_{sign}{abs(priority)}"
 
-    async def _consumer(self, name: str, subject: str) -> _Consumer:
+    async def _consumer(self, name: str, subject: str) -> Consumer:
         consumer = self._consumers.get(name)
         if consumer is not None:
             return consumer
@@ -946,7 +827,7 @@ class NATSBackend(Backend):
             "durable_name": name,
             "deliver_policy": "all",
             "ack_policy": "explicit",
-            "ack_wait": int(self.ack_wait * _NS),
+            "ack_wait": int(self.ack_wait * NS),
             "max_deliver": -1,
             "filter_subject": subject,
             "replay_policy": "instant",
@@ -959,7 +840,7 @@ class NATSBackend(Backend):
             # Created meanwhile with other settings (another sitq version): use it as it is.
             if (
                 await self._api(
-                    f"CONSUMER.INFO.{self.stream}.{name}", None, ok=(_ERR_CONSUMER_NOT_FOUND,)
+                    f"CONSUMER.INFO.{self.stream}.{name}", None, ok=(ERR_CONSUMER_NOT_FOUND,)
                 )
                 is None
             ):
@@ -968,7 +849,7 @@ class NATSBackend(Backend):
         if consumer is not None:  # created concurrently by another call
             return consumer
         nc = self._client()
-        consumer = _Consumer(name, subject, f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{name}")
+        consumer = Consumer(name, subject, f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{name}")
         consumer.fetch_inbox = nc.new_inbox()
         consumer.poll_inbox = nc.new_inbox()
 
@@ -985,7 +866,7 @@ class NATSBackend(Backend):
         self._consumers[name] = consumer
         return consumer
 
-    def _on_delivery(self, consumer: _Consumer, msg: Any, *, poll: bool) -> None:
+    def _on_delivery(self, consumer: Consumer, msg: Any, *, poll: bool) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if poll:
             consumer.poll_until = 0.0
@@ -1011,14 +892,14 @@ class NATSBackend(Backend):
             ):
                 waiter.set_result(None)
 
-    def _buffer(self, consumer: _Consumer, msg: Any) -> None:
+    def _buffer(self, consumer: Consumer, msg: Any) -> None:
         """Keep a message for the next claim; it goes back if no claim takes it soon."""
         consumer.buffer.append((msg, time.monotonic()))
         if not consumer.return_scheduled:
             consumer.return_scheduled = True
             asyncio.get_running_loop().call_later(_RETURN_AFTER * 1.5, self._return_stale, consumer)
 
-    def _return_stale(self, consumer: _Consumer) -> None:
+    def _return_stale(self, consumer: Consumer) -> None:
         """Give back messages a long poll brought in that no claim took: another worker may
         be free while this one is busy."""
         consumer.return_scheduled = False
@@ -1053,7 +934,7 @@ class NATSBackend(Backend):
 
     async def _queue_consumers(
         self, queues: Sequence[str], *, refresh_after: float
-    ) -> list[tuple[int, int, _Consumer]]:
+    ) -> list[tuple[int, int, Consumer]]:
         """The consumers of ``queues`` as (priority, queue index, consumer), best first."""
         now = time.monotonic()
         stale = [
@@ -1096,23 +977,7 @@ class NATSBackend(Backend):
         """The first record of a task, encoded."""
         enqueued = now if self._offset else task.enqueued_at
         eta = enqueued if task.eta <= task.enqueued_at else task.eta
-        rec: dict[str, Any] = {
-            "s": "pending",
-            "id": task.id,
-            "q": task.queue,
-            "p": task.priority,
-            "g": self._generation(),
-            "eta": eta,
-            "enq": enqueued,
-            "ttl": task.result_ttl,
-            "a": 0,
-            "r": 0,
-            "f": 0,
-        }
-        if task.concurrency_key is not None:
-            rec["ck"] = task.concurrency_key
-            rec["cl"] = task.concurrency_limit
-        return _encode(rec)
+        return encode(new_record(task, enqueued, eta, self._generation()))
 
     def _generation(self) -> str:
         """A token unique to one life of a task id (its record and its message share it)."""
@@ -1122,11 +987,8 @@ class NATSBackend(Backend):
     def _message(self, task: NewTask, record: bytes, rev: int) -> tuple[str, bytes, None]:
         """The work message of a task: its first record, its options (and the record's
         revision when known), then the payload."""
-        extra = b',"o":' + json.dumps(task.options).encode()
-        if rev:
-            extra += b',"rev":%d' % rev
         subject = f"{self._subject_prefix}.q.{task.queue}.{task.priority}"
-        return (subject, record[:-1] + extra + b"}\n" + task.payload, None)
+        return (subject, message_body(task, record, rev), None)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Store records and publish messages; an id still known is left alone.
@@ -1165,11 +1027,11 @@ class NATSBackend(Backend):
         """Record and message in one round trip. A message that arrives before its record
         waits for it (see ``_decide``); a record whose message failed is removed again."""
         write, publish = await self._many(
-            [self._write(_key(task.id), record, 0), self._message(task, record, 0)]
+            [self._write(task_key(task.id), record, 0), self._message(task, record, 0)]
         )
-        rev = self._ack(write)
+        rev = ack_seq(write)
         try:
-            self._ack(publish)
+            ack_seq(publish)
         except BackendError:
             if rev:
                 await self._delete_seq(rev)
@@ -1183,13 +1045,13 @@ class NATSBackend(Backend):
         """Records first, then the messages, which carry each record's revision so that a
         worker claims without reading the record first. (A generated id is new: its record
         needs no check that the key is free.)"""
-        acks = await self._many(self._write(_key(tasks[i].id), built[i], None) for i in indexes)
-        revs = [self._ack(a) for a in acks]
+        acks = await self._many(self._write(task_key(tasks[i].id), built[i], None) for i in indexes)
+        revs = [ack_seq(a) for a in acks]
         ok = [(i, rev) for i, rev in zip(indexes, revs, strict=True) if rev]
         try:
             published = await self._many(self._message(tasks[i], built[i], rev) for i, rev in ok)
             for reply in published:
-                self._ack(reply)
+                ack_seq(reply)
         except BackendError:
             await asyncio.gather(*(self._delete_seq(rev) for _, rev in ok), return_exceptions=True)
             raise
@@ -1207,21 +1069,21 @@ class NATSBackend(Backend):
         """Ids the caller chose: skip those still known; publish the messages, then create
         (or replace an expired) record. A message whose record lost a race is dropped."""
         targets: list[tuple[int, int]] = []  # (task index, revision the write expects)
-        found = await self._get_many([_key(tasks[i].id) for i in indexes])
+        found = await self._get_many([task_key(tasks[i].id) for i in indexes])
         for i, got in zip(indexes, found, strict=True):
             if got is None:
                 targets.append((i, 0))
-            elif _expired(got[0], now):
+            elif expired(got[0], now):
                 targets.append((i, got[2]))
         if not targets:
             return
         for reply in await self._many(self._message(tasks[i], built[i], 0) for i, _ in targets):
-            self._ack(reply)
+            ack_seq(reply)
         acks = await self._many(
-            self._write(_key(tasks[i].id), built[i], last) for i, last in targets
+            self._write(task_key(tasks[i].id), built[i], last) for i, last in targets
         )
         for (i, _), ack in zip(targets, acks, strict=True):
-            stored[i] = bool(self._ack(ack))
+            stored[i] = bool(ack_seq(ack))
 
     async def _announce(self, tasks: Sequence[NewTask]) -> None:
         """Tell workers (at most once a second per queue and priority) that a priority is in use."""
@@ -1236,7 +1098,7 @@ class NATSBackend(Backend):
         result = await self._api(
             f"STREAM.MSG.DELETE.{self._kv_stream}",
             {"seq": seq, "no_erase": True},
-            ok=(_ERR_DELETE_NO_MESSAGE,),
+            ok=(ERR_DELETE_NO_MESSAGE,),
         )
         return bool(result and result.get("success"))
 
@@ -1275,7 +1137,7 @@ class NATSBackend(Backend):
                 break
         return claims
 
-    async def _take(self, consumer: _Consumer, want: int) -> tuple[list[Any], bool | None]:
+    async def _take(self, consumer: Consumer, want: int) -> tuple[list[Any], bool | None]:
         """Up to ``want`` messages, and whether the consumer may have more to deliver now
         (``None``: taken from what a long poll brought in, nothing was fetched).
 
@@ -1318,12 +1180,12 @@ class NATSBackend(Backend):
 
     def _parse(self, msg: Any) -> _Delivery | None:
         try:
-            head, payload = _decode(msg.data)
-            key = _key(str(head["id"]))
+            head, payload = decode(msg.data)
+            key = task_key(str(head[TASK_ID]))
         except (ValueError, KeyError, TypeError):
             log.error("dropping a message on %s that is not a sitq task", msg.subject)
             return None
-        delivered, stamp = _ack_info(msg.reply)
+        delivered, stamp = ack_info(msg.reply)
         return _Delivery(msg, head, payload, key, delivered, stamp)
 
     async def _claim_messages(
@@ -1339,7 +1201,7 @@ class NATSBackend(Backend):
             handed = {c.task_id for c in claims}
             for msg in msgs:
                 d = self._parse(msg)
-                if d is None or str(d.head.get("id")) not in handed:
+                if d is None or str(d.head.get(TASK_ID)) not in handed:
                     await self._publish(msg.reply, b"-NAK")
             raise
 
@@ -1366,7 +1228,7 @@ class NATSBackend(Backend):
                 d
                 for d in todo
                 if not d.known
-                and not (d.delivered == 1 and type(d.head.get("rev")) is int and d.tries == 0)
+                and not (d.delivered == 1 and type(d.head.get(REVISION)) is int and d.tries == 0)
             ]
             if unknown:
                 for d, got in zip(
@@ -1377,10 +1239,9 @@ class NATSBackend(Backend):
             due: list[_Delivery] = []
             for d in todo:
                 if not d.known:
-                    rec = {k: v for k, v in d.head.items() if k not in ("o", "rev")}
-                    d.rec, d.rev = rec, int(d.head["rev"])
+                    d.rec, d.rev = message_record(d.head), int(d.head[REVISION])
                 if d.rec is not None:
-                    d.rec, d.problem = _checked(d.rec, d.head, now)
+                    d.rec, d.problem = checked(d.rec, d.head, now)
                     if d.rec is None:
                         log.error("task record %s cannot be read (%s); skipped", d.key, d.problem)
                         await self._publish(d.msg.reply, b"+TERM")
@@ -1400,10 +1261,10 @@ class NATSBackend(Backend):
                 # that then fails sets the message's timer again below.
                 for d, _ in writes:
                     await self._nak(d.msg.reply, lease)
-            acks = await self._many(self._write(d.key, _encode(rec), d.rev) for d, rec in writes)
+            acks = await self._many(self._write(d.key, encode(rec), d.rev) for d, rec in writes)
             todo = []
             for (d, rec), ack in zip(writes, acks, strict=True):
-                rev = self._ack(ack)
+                rev = ack_seq(ack)
                 if not rev:
                     d.known = False
                     d.tries += 1
@@ -1414,7 +1275,7 @@ class NATSBackend(Backend):
             await self._publish(d.msg.reply, b"-NAK")
         if admitted:
             # Slots taken for tasks that another worker claimed first go back at once.
-            claimed = {(_key(c.task_id), c.fencing_token) for c in claims}
+            claimed = {(task_key(c.task_id), c.fencing_token) for c in claims}
             await self._free_slots({k: v - claimed for k, v in admitted.items()}, own=True)
         return claims
 
@@ -1429,13 +1290,13 @@ class NATSBackend(Backend):
         """The due deliveries to claim, in order: at most ``room``, and a task with a
         concurrency key only if it got a slot (taken here, before its claim is written). The
         others go back: those beyond ``room`` at once, those whose key is full after a delay."""
-        if not any(_keyed(d.rec) for d in due):
+        if not any(keyed(d.rec) for d in due):
             for d in due[room:]:
                 await self._publish(d.msg.reply, b"-NAK")
             return due[:room]
-        keys = list(dict.fromkeys(_slot_key(d.rec) for d in due if d.rec and _keyed(d.rec)))
+        keys = list(dict.fromkeys(slot_key(d.rec) for d in due if d.rec and keyed(d.rec)))
         slots = {
-            k: _KeySlots.read(e) for k, e in zip(keys, await self._read_meta(keys), strict=True)
+            k: KeySlots.read(e) for k, e in zip(keys, await self._read_meta(keys), strict=True)
         }
         chosen: list[_Delivery] = []
         groups: dict[str, list[_Delivery]] = {}
@@ -1444,8 +1305,8 @@ class NATSBackend(Backend):
             if len(chosen) >= room:
                 await self._publish(d.msg.reply, b"-NAK")
                 continue
-            if _keyed(d.rec):
-                key = _slot_key(d.rec)
+            if keyed(d.rec):
+                key = slot_key(d.rec)
                 if not self._admit(slots[key], d, now, lease):
                     await self._block(d, slots[key], now)
                     continue
@@ -1457,16 +1318,18 @@ class NATSBackend(Backend):
         for key, ds in kept.items():
             admitted.setdefault(key, set()).update((d.key, d.rev) for d in ds)
         taken = {id(d) for ds in kept.values() for d in ds}
-        return [d for d in chosen if not _keyed(d.rec) or id(d) in taken]
+        return [d for d in chosen if not keyed(d.rec) or id(d) in taken]
 
-    def _admit(self, slots: _KeySlots, d: _Delivery, now: float, lease: float) -> bool:
+    def _admit(self, slots: KeySlots, d: _Delivery, now: float, lease: float) -> bool:
         assert d.rec is not None
-        return slots.admit(d.key, d.rev, now + lease, self._owner, int(d.rec["cl"]), now)
+        return slots.admit(
+            d.key, d.rev, now + lease, self._owner, int(d.rec[CONCURRENCY_LIMIT]), now
+        )
 
     async def _take_slots(
         self,
         groups: dict[str, list[_Delivery]],
-        slots: dict[str, _KeySlots],
+        slots: dict[str, KeySlots],
         now: float,
         lease: float,
     ) -> dict[str, list[_Delivery]]:
@@ -1478,7 +1341,7 @@ class NATSBackend(Backend):
             acks = await self._many(self._write(k, slots[k].encode(), slots[k].rev) for k in keys)
             failed = []
             for key, ack in zip(keys, acks, strict=True):
-                rev = self._ack(ack)
+                rev = ack_seq(ack)
                 if rev:
                     slots[key].rev = rev
                     kept[key] = groups[key]
@@ -1489,7 +1352,7 @@ class NATSBackend(Backend):
             fresh = await self._read_meta(failed)
             retry: dict[str, list[_Delivery]] = {}
             for key, entry in zip(failed, fresh, strict=True):
-                slots[key] = _KeySlots.read(entry)
+                slots[key] = KeySlots.read(entry)
                 for d in groups[key]:
                     if self._admit(slots[key], d, now, lease):
                         retry.setdefault(key, []).append(d)
@@ -1503,7 +1366,7 @@ class NATSBackend(Backend):
                 await self._block(d, None, now)
         return kept
 
-    async def _block(self, d: _Delivery, slots: _KeySlots | None, now: float) -> None:
+    async def _block(self, d: _Delivery, slots: KeySlots | None, now: float) -> None:
         """Put back a task whose concurrency key is full: naked with a growing delay (never
         past the moment the first holder's lease ends), and parked here so that a slot freed
         before then brings it back at once."""
@@ -1513,7 +1376,7 @@ class NATSBackend(Backend):
             delay = min(delay, slots.next_free(now) + 0.005)
         delay = max(delay, 0.005)
         await self._nak(d.msg.reply, delay)
-        self._park(d.msg, str(d.rec["q"]), str(d.rec["ck"]), delay)
+        self._park(d.msg, str(d.rec[QUEUE]), str(d.rec[CONCURRENCY_KEY]), delay)
 
     async def _drop_slots(self, drops: dict[str, set[tuple[str, int]]], *, own: bool) -> None:
         """Remove holders from slot records: per (task key, fencing token), the claims of the
@@ -1523,28 +1386,16 @@ class NATSBackend(Backend):
             if not todo:
                 return
             keys = list(todo)
-            writes: list[tuple[str, _KeySlots]] = []
+            writes: list[tuple[str, KeySlots]] = []
             for key, entry in zip(keys, await self._read_meta(keys), strict=True):
-                slots = _KeySlots.read(entry)
-                gone = todo[key]
-                if own:
-                    kept = [
-                        h for h in slots.holders if h[3] != self._owner or (h[0], h[1]) not in gone
-                    ]
-                else:
-                    kept = [
-                        h
-                        for h in slots.holders
-                        if not any(h[0] == t and h[1] <= f for t, f in gone)
-                    ]
-                if len(kept) < len(slots.holders):
-                    slots.holders = kept
+                slots = KeySlots.read(entry)
+                if slots.drop(todo[key], self._owner if own else None):
                     writes.append((key, slots))
             if not writes:
                 return
             acks = await self._many(self._write(k, s.encode(), s.rev) for k, s in writes)
             todo = {
-                k: todo[k] for (k, _), ack in zip(writes, acks, strict=True) if not self._ack(ack)
+                k: todo[k] for (k, _), ack in zip(writes, acks, strict=True) if not ack_seq(ack)
             }
         raise BackendError("could not free concurrency slots: their records kept changing")
 
@@ -1567,24 +1418,19 @@ class NATSBackend(Backend):
             groups.setdefault(key, []).append(i)
         for _ in range(_CAS_TRIES):
             keys = list(groups)
-            writes: list[tuple[str, _KeySlots]] = []
+            writes: list[tuple[str, KeySlots]] = []
             for key, entry in zip(keys, await self._read_meta(keys), strict=True):
-                slots = _KeySlots.read(entry)
+                slots = KeySlots.read(entry)
                 for i in groups[key]:
                     _, task, fence = items[i]
-                    mine = [
-                        h for h in slots.holders if h[0] == task and h[1] == fence and h[2] > now
-                    ]
-                    held[i] = bool(mine)
-                    for h in mine:
-                        h[2] = max(h[2], until)
+                    held[i] = slots.extend(task, fence, until, now)
                 if any(held[i] for i in groups[key]):
                     writes.append((key, slots))
             if not writes:
                 return held
             acks = await self._many(self._write(k, s.encode(), s.rev) for k, s in writes)
             groups = {
-                k: groups[k] for (k, _), ack in zip(writes, acks, strict=True) if not self._ack(ack)
+                k: groups[k] for (k, _), ack in zip(writes, acks, strict=True) if not ack_seq(ack)
             }
             if not groups:
                 return held
@@ -1601,15 +1447,15 @@ class NATSBackend(Backend):
             else:
                 await self._publish(reply, b"+ACK")  # its record expired or was never stored
             return False
-        if rec.get("g") != d.head.get("g") or rec["s"] in _FINAL:
+        if rec.get(GENERATION) != d.head.get(GENERATION) or rec[STATE] in FINAL:
             await self._publish(reply, b"+ACK")  # an older life of the id, or finished
             return False
-        if rec["s"] == "pending":
-            if rec["eta"] > now:
-                await self._nak(reply, rec["eta"] - now)
+        if rec[STATE] == "pending":
+            if rec[ETA] > now:
+                await self._nak(reply, rec[ETA] - now)
                 return False
             return True
-        lease_until = rec.get("lu", 0)
+        lease_until = rec.get(LEASE_UNTIL, 0)
         if lease_until > now:
             await self._nak(reply, lease_until - now)
             return False
@@ -1617,32 +1463,16 @@ class NATSBackend(Backend):
 
     def _running(self, d: _Delivery, now: float, worker_id: str, lease: float) -> dict[str, Any]:
         assert d.rec is not None
-        rec = dict(d.rec)
-        rec.update(s="running", a=rec["a"] + 1, f=d.rev, lu=now + lease, w=worker_id, st=now)
-        return rec
+        return running(d.rec, d.rev, now, worker_id, lease)
 
     def _hand_out(self, d: _Delivery, rec: dict[str, Any], rev: int) -> Claim:
-        task_id = rec["id"]
+        task_id, fence = rec[TASK_ID], rec[FENCE]
         previous = self._held_fence.pop(task_id, None)
         if previous is not None:
             self._held.pop((task_id, previous), None)
-        self._held[(task_id, rec["f"])] = _Held(d.msg.reply, rev, rec)
-        self._held_fence[task_id] = rec["f"]
-        return Claim(
-            task_id=task_id,
-            queue=rec["q"],
-            payload=d.payload,
-            options=str(d.head.get("o", "")),
-            priority=rec["p"],
-            fencing_token=rec["f"],
-            attempts=rec["a"],
-            retries=rec["r"],
-            enqueued_at=rec["enq"],
-            started_at=rec["st"],
-            result_ttl=rec["ttl"],
-            cancel_requested=bool(rec.get("c")),
-            corrupt=d.problem,
-        )
+        self._held[(task_id, fence)] = _Held(d.msg.reply, rev, rec)
+        self._held_fence[task_id] = fence
+        return claim_of(rec, d.payload, str(d.head.get(OPTIONS, "")), d.problem)
 
     def _forget(self, key: tuple[str, int]) -> _Held | None:
         held = self._held.pop(key, None)
@@ -1653,7 +1483,7 @@ class NATSBackend(Backend):
     def _park(self, msg: Any, queue: str, ck: str, delay: float) -> None:
         """Remember a message whose concurrency key was full (it was naked with ``delay``), so
         that a slot freed before then brings it back at once."""
-        seq = _stream_seq(msg.reply)
+        seq = stream_seq(msg.reply)
         if not seq:
             return
         parked = self._parked.setdefault((queue, ck), {})
@@ -1680,7 +1510,7 @@ class NATSBackend(Backend):
         if not parked:
             return
         now = time.monotonic()
-        ready: list[tuple[int, int, Any, _Consumer]] = []
+        ready: list[tuple[int, int, Any, Consumer]] = []
         for seq, (msg, until) in list(parked.items()):
             if until <= now:
                 del parked[seq]  # its timer gave it back already
@@ -1705,7 +1535,7 @@ class NATSBackend(Backend):
             # the record: the server's delay is an int64 of nanoseconds (292 years at most),
             # and one it cannot hold would redeliver at once, over and over.
             delay = delay if delay < _MAX_NAK_DELAY else _MAX_NAK_DELAY
-            await self._publish(reply, b'-NAK {"delay": %d}' % max(int(delay * _NS), 1_000_000))
+            await self._publish(reply, b'-NAK {"delay": %d}' % max(int(delay * NS), 1_000_000))
 
     # -- leases and settlements -------------------------------------------------------------
 
@@ -1722,7 +1552,7 @@ class NATSBackend(Backend):
             if held is None:
                 unknown.append(i)
         if unknown:
-            found = await self._get_many([_key(refs[i].task_id) for i in unknown])
+            found = await self._get_many([task_key(refs[i].task_id) for i in unknown])
             for i, got in zip(unknown, found, strict=True):
                 if got is not None:
                     out[i] = (None, got[0], got[2])
@@ -1746,7 +1576,7 @@ class NATSBackend(Backend):
             for i in todo:
                 _, rec, rev = state[i]
                 ref = refs[i]
-                if rec is None or rec["s"] != "running" or rec.get("f") != ref.fencing_token:
+                if rec is None or rec[STATE] != "running" or rec.get(FENCE) != ref.fencing_token:
                     results[i] = (0, rec)
                     continue
                 new = build[i](rec)
@@ -1754,19 +1584,19 @@ class NATSBackend(Backend):
             if not writes:
                 break
             acks = await self._many(
-                self._write(_key(refs[i].task_id), _encode(*_split(new)), rev)
+                self._write(task_key(refs[i].task_id), encode(*split(new)), rev)
                 for i, new, rev in writes
             )
             retry = []
             for (i, new, _), ack in zip(writes, acks, strict=True):
-                rev = self._ack(ack)
+                rev = ack_seq(ack)
                 if rev:
                     results[i] = (rev, new)
                 else:
                     retry.append(i)
             if not retry:
                 break
-            found = await self._get_many([_key(refs[i].task_id) for i in retry])
+            found = await self._get_many([task_key(refs[i].task_id) for i in retry])
             for i, got in zip(retry, found, strict=True):
                 held = state[i][0]
                 state[i] = (held, got[0], got[2]) if got is not None else (held, None, 0)
@@ -1779,25 +1609,27 @@ class NATSBackend(Backend):
         now = self._now()
 
         def extend(rec: dict[str, Any]) -> dict[str, Any]:
-            return {**rec, "lu": now + lease}
+            return leased(rec, now + lease)
 
         state = await self._current(claims)
         # A task with a concurrency key keeps its slot first: a claim whose slot lapsed (its
         # lease ran out and another task may hold the slot now) is lost.
-        keyed = [
+        slotted = [
             i
             for i, (_, rec, _) in enumerate(state)
             if rec is not None
-            and _keyed(rec)
-            and rec["s"] == "running"
-            and rec.get("f") == claims[i].fencing_token
+            and keyed(rec)
+            and rec[STATE] == "running"
+            and rec.get(FENCE) == claims[i].fencing_token
         ]
-        slot_of = {i: _slot_key(rec) for i in keyed if (rec := state[i][1]) is not None}
+        slot_of = {i: slot_key(rec) for i in slotted if (rec := state[i][1]) is not None}
         lapsed: set[int] = set()
-        if keyed:
-            items = [(slot_of[i], _key(claims[i].task_id), claims[i].fencing_token) for i in keyed]
+        if slotted:
+            items = [
+                (slot_of[i], task_key(claims[i].task_id), claims[i].fencing_token) for i in slotted
+            ]
             extended = await self._extend_slots(items, now + lease, now)
-            lapsed = {i for i, ok in zip(keyed, extended, strict=True) if not ok}
+            lapsed = {i for i, ok in zip(slotted, extended, strict=True) if not ok}
             for i in lapsed:
                 state[i] = (state[i][0], None, 0)
         results = await self._fenced_writes(claims, [extend] * len(claims), state)
@@ -1809,13 +1641,17 @@ class NATSBackend(Backend):
                 self._forget(key)
                 states.append(LeaseState.LOST)
                 if i in slot_of and i not in lapsed:
-                    drops.setdefault(slot_of[i], set()).add((_key(ref.task_id), ref.fencing_token))
+                    drops.setdefault(slot_of[i], set()).add(
+                        (task_key(ref.task_id), ref.fencing_token)
+                    )
                 continue
             held = self._held.get(key)
             if held is not None:  # (not settled meanwhile)
                 held.rev, held.rec = rev, rec
                 await self._nak(held.reply, lease)
-            states.append(LeaseState.CANCEL_REQUESTED if rec.get("c") else LeaseState.HELD)
+            states.append(
+                LeaseState.CANCEL_REQUESTED if rec.get(CANCEL_REQUESTED) else LeaseState.HELD
+            )
         if drops:
             await self._free_slots(drops)
         return states
@@ -1837,11 +1673,11 @@ class NATSBackend(Backend):
             key = (item.claim.task_id, item.claim.fencing_token)
             held = self._forget(key)
             known = rec if rec is not None else (held.rec if held else None)
-            if known is not None and _keyed(known):
+            if known is not None and keyed(known):
                 # Whether applied or refused, claims of the task up to this one are over.
-                drops.setdefault(_slot_key(known), set()).add((_key(known["id"]), key[1]))
+                drops.setdefault(slot_key(known), set()).add((task_key(known[TASK_ID]), key[1]))
                 if rev:
-                    slot = (str(known["q"]), str(known["ck"]))
+                    slot = (str(known[QUEUE]), str(known[CONCURRENCY_KEY]))
                     freed[slot] = freed.get(slot, 0) + 1
             if not rev:
                 applied.append(False)
@@ -1852,8 +1688,8 @@ class NATSBackend(Backend):
             if isinstance(item, Finish):
                 if reply:
                     await self._publish(reply, b"+ACK")
-                expiring.setdefault(_ttl_class(rec["ttl"]), []).append(
-                    [_key(rec["id"]), rev, rec["exp"]]
+                expiring.setdefault(expiry_class(rec[RESULT_TTL]), []).append(
+                    [task_key(rec[TASK_ID]), rev, rec[EXPIRES_AT]]
                 )
             elif isinstance(item, Reschedule):
                 await self._nak(reply, max(item.eta - now, 0.0))
@@ -1873,23 +1709,14 @@ class NATSBackend(Backend):
     def _settler(self, item: Settlement, now: float) -> Any:
         def finish(rec: dict[str, Any]) -> dict[str, Any]:
             assert isinstance(item, Finish)
-            ttl = max(item.expires_at - item.finished_at, 0.0)
-            new = _settled(rec)
-            new.update(s=item.status.value, fin=now, exp=now + ttl, e=item.error, tb=item.traceback)
-            if item.value is not None and item.status is TaskStatus.SUCCESS:
-                new["_value"] = item.value
-            return new
+            return finished(rec, item, now)
 
         def reschedule(rec: dict[str, Any]) -> dict[str, Any]:
             assert isinstance(item, Reschedule)
-            new = _settled(rec)
-            new.update(s="pending", eta=item.eta, r=rec["r"] + 1, e=item.error, tb=item.traceback)
-            return new
+            return rescheduled(rec, item)
 
         def release(rec: dict[str, Any]) -> dict[str, Any]:
-            new = _settled(rec)
-            new.update(s="pending", a=max(rec["a"] - 1, 0))
-            return new
+            return released(rec)
 
         if isinstance(item, Finish):
             return finish
@@ -1908,11 +1735,13 @@ class NATSBackend(Backend):
         self._unindexed = {}
         items = []
         for ttl_class, entries in expiring.items():
-            body = json.dumps({"exp": max(e[2] for e in entries), "keys": entries}).encode()
+            body = json.dumps(
+                {INDEX_EXPIRES: max(e[2] for e in entries), INDEX_KEYS: entries}
+            ).encode()
             items.append((f"{self._subject_prefix}.x.{ttl_class}", body, None))
         try:
             for reply in await self._many(items):
-                self._ack(reply)
+                ack_seq(reply)
         except BackendError as exc:
             log.warning(
                 "adding %d results to the expiry index failed (%s); retrying later",
@@ -1926,71 +1755,53 @@ class NATSBackend(Backend):
 
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
         """Finish a pending task as cancelled, or flag a running one; conditioned writes."""
-        key = _key(task_id)
+        key = task_key(task_id)
         for _ in range(20):
             (got,) = await self._get_many([key])
             now = self._now()
-            if got is None or _expired(got[0], now):
+            if got is None or expired(got[0], now):
                 return CancelOutcome.NOT_FOUND
             rec, _, rev = got
-            if rec["s"] in _FINAL:
+            if rec[STATE] in FINAL:
                 return CancelOutcome.ALREADY_FINISHED
-            if rec["s"] == "running":
-                if rec.get("c"):
+            if rec[STATE] == "running":
+                if rec.get(CANCEL_REQUESTED):
                     return CancelOutcome.REQUESTED
-                new = {**rec, "c": True}
-                if self._ack(await self._one(*self._write(key, _encode(new), rev))):
+                new = cancel_flagged(rec)
+                if ack_seq(await self._one(*self._write(key, encode(new), rev))):
                     return CancelOutcome.REQUESTED
                 continue
-            new = _settled(rec)
-            new.update(
-                s="cancelled",
-                e="cancelled before it started",
-                tb=None,
-                fin=now,
-                exp=now + rec["ttl"],
-            )
-            new_rev = self._ack(await self._one(*self._write(key, _encode(new), rev)))
+            new = cancelled(rec, now)
+            new_rev = ack_seq(await self._one(*self._write(key, encode(new), rev)))
             if new_rev:
-                await self._index({_ttl_class(rec["ttl"]): [[key, new_rev, new["exp"]]]})
+                await self._index(
+                    {expiry_class(rec[RESULT_TTL]): [[key, new_rev, new[EXPIRES_AT]]]}
+                )
                 return CancelOutcome.CANCELLED
         raise BackendError(f"could not cancel task {task_id!r}: its record kept changing")
 
     async def get_task(self, task_id: str) -> TaskSnapshot | None:
         """Read the task's record (``None`` if unknown or its result expired)."""
-        (got,) = await self._get_many([_key(task_id)])
+        (got,) = await self._get_many([task_key(task_id)])
         return self._snapshot(got)
 
     def _snapshot(self, got: tuple[dict[str, Any], bytes, int] | None) -> TaskSnapshot | None:
         if got is None:
             return None
         rec, tail, _ = got
-        if _expired(rec, self._now()):
+        if expired(rec, self._now()):
             return None
-        status = TaskStatus(rec["s"])
-        return TaskSnapshot(
-            task_id=rec["id"],
-            queue=rec["q"],
-            status=status,
-            attempts=rec["a"],
-            enqueued_at=rec["enq"],
-            eta=rec["eta"],
-            started_at=rec.get("st"),
-            finished_at=rec.get("fin"),
-            value=tail if rec.get("hv") and status.is_final else None,
-            error=rec.get("e"),
-            traceback=rec.get("tb"),
-        )
+        return snapshot_of(rec, tail)
 
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
         """Watch the record's subject (every write to the key is published there) and re-read
         it when a write looks final; a growing re-read interval covers missed notices."""
         nc = self._client()
-        key = _key(task_id)
+        key = task_key(task_id)
         event = asyncio.Event()
 
         async def on_write(msg: Any) -> None:
-            if not msg.data.startswith((b'{"s":"pending"', b'{"s":"running"')):
+            if not msg.data.startswith(UNFINISHED):
                 event.set()  # finished (or deleted): read it
 
         try:
@@ -2029,7 +1840,7 @@ class NATSBackend(Backend):
             if consumer.poll_until > now:
                 continue  # the last long poll is still out there
             consumer.poll_until = now + expires
-            body = json.dumps({"batch": 1, "expires": int(expires * _NS)}).encode()
+            body = json.dumps({"batch": 1, "expires": int(expires * NS)}).encode()
             try:
                 await nc.publish(consumer.next_subject, body, reply=consumer.poll_inbox)
             except Exception as exc:
@@ -2045,15 +1856,15 @@ class NATSBackend(Backend):
     async def put_cron(self, name: str, definition: bytes, start: float) -> None:
         """Create the schedule's record (``last_tick = start``) or replace its definition and
         keep its ``last_tick`` (a conditioned write), then list its name in the index."""
-        key = _cron_key(name)
+        key = cron_key(name)
         for _ in range(_CAS_TRIES):
             (entry,) = await self._read_meta([key])
             tick = start
             if entry is not None and entry.head is not None:
                 with contextlib.suppress(KeyError, TypeError, ValueError):
-                    tick = float(entry.head["t"])
-            data = _encode({"n": name, "t": tick}, definition)
-            if self._ack(await self._one(*self._write(key, data, entry.rev if entry else 0))):
+                    tick = float(entry.head[CRON_TICK])
+            data = encode({NAME: name, CRON_TICK: tick}, definition)
+            if ack_seq(await self._one(*self._write(key, data, entry.rev if entry else 0))):
                 break
         else:
             raise BackendError(f"could not store cron {name!r}: its record kept changing")
@@ -2061,7 +1872,7 @@ class NATSBackend(Backend):
 
     async def delete_cron(self, name: str) -> bool:
         """Delete the schedule's record by its revision, then take its name off the index."""
-        key = _cron_key(name)
+        key = cron_key(name)
         for _ in range(_CAS_TRIES):
             (entry,) = await self._read_meta([key])
             if entry is None or entry.head is None:
@@ -2078,45 +1889,45 @@ class NATSBackend(Backend):
 
     async def list_crons(self) -> list[CronRecord]:
         """Read the index of names, then every schedule's record (two round trips)."""
-        (index,) = await self._read_meta([_CRON_INDEX])
-        names = index.head.get("names", []) if index is not None and index.head else []
-        found = await self._read_meta([_cron_key(n) for n in names])
+        (index,) = await self._read_meta([CRON_INDEX])
+        names = index.head.get(CRON_NAMES, []) if index is not None and index.head else []
+        found = await self._read_meta([cron_key(n) for n in names])
         out = []
         for entry in found:
             if entry is None or entry.head is None:
                 continue  # listed by a put or delete that was interrupted
             with contextlib.suppress(KeyError, TypeError, ValueError):
-                out.append(CronRecord(str(entry.head["n"]), entry.tail, float(entry.head["t"])))
+                out.append(
+                    CronRecord(str(entry.head[NAME]), entry.tail, float(entry.head[CRON_TICK]))
+                )
         out.sort(key=lambda r: r.name)
         return out
 
     async def advance_cron(self, name: str, expected: float, tick: float) -> bool:
         """Compare-and-set of ``last_tick``: a write conditioned on the revision that showed
         ``expected``; a lost race reads again only to see whether ``expected`` still holds."""
-        key = _cron_key(name)
+        key = cron_key(name)
         for _ in range(_CAS_TRIES):
             (entry,) = await self._read_meta([key])
-            if entry is None or entry.head is None or entry.head.get("t") != expected:
+            if entry is None or entry.head is None or entry.head.get(CRON_TICK) != expected:
                 return False
-            data = _encode({**entry.head, "t": tick}, entry.tail)
-            if self._ack(await self._one(*self._write(key, data, entry.rev))):
+            data = encode({**entry.head, CRON_TICK: tick}, entry.tail)
+            if ack_seq(await self._one(*self._write(key, data, entry.rev))):
                 return True
         raise BackendError(f"could not advance cron {name!r}: its record kept changing")
 
     async def _cron_index(self, name: str, *, add: bool) -> None:
         """Add a name to (or remove it from) the index of schedules, a conditioned write."""
         for _ in range(_CAS_TRIES):
-            (entry,) = await self._read_meta([_CRON_INDEX])
+            (entry,) = await self._read_meta([CRON_INDEX])
             names: list[str] = []
             if entry is not None and entry.head is not None:
-                names = list(entry.head.get("names") or [])
+                names = list(entry.head.get(CRON_NAMES) or [])
             if (name in names) == add:
                 return
             names = sorted({*names, name}) if add else [n for n in names if n != name]
-            data = _encode({"names": names})
-            if self._ack(
-                await self._one(*self._write(_CRON_INDEX, data, entry.rev if entry else 0))
-            ):
+            data = encode({CRON_NAMES: names})
+            if ack_seq(await self._one(*self._write(CRON_INDEX, data, entry.rev if entry else 0))):
                 return
         raise BackendError("could not update the index of cron schedules: it kept changing")
 
@@ -2125,59 +1936,59 @@ class NATSBackend(Backend):
         result = await self._api(
             f"STREAM.MSG.DELETE.{self._kv_stream}",
             {"seq": rev, "no_erase": True},
-            ok=(_ERR_DELETE_NO_MESSAGE, _ERR_NO_MESSAGE),
+            ok=(ERR_DELETE_NO_MESSAGE, ERR_NO_MESSAGE),
         )
         return bool(result and result.get("success"))
 
     # -- locks ------------------------------------------------------------------------------
 
-    def _lock_held(self, entry: _Entry | None, now: float) -> bool:
+    def _lock_held(self, entry: Entry | None, now: float) -> bool:
         """Whether a lock record is held: its TTL counts from the server's timestamp of the
         write that took or last extended it."""
         if entry is None or entry.head is None:
             return False
         try:
-            return entry.stamp + float(entry.head["ttl"]) > now
+            return entry.stamp + float(entry.head[LOCK_TTL]) > now
         except (KeyError, TypeError, ValueError):
             return False
 
     async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
         """Create the lock's record, or replace one whose TTL ran out, by a write conditioned
         on the revision read; of racing clients exactly one write succeeds."""
-        key = _lock_key(name)
-        data = _encode({"n": name, "tok": token, "ttl": ttl})
+        key = lock_key(name)
+        data = encode({NAME: name, LOCK_TOKEN: token, LOCK_TTL: ttl})
         for _ in range(_CAS_TRIES):
             (entry,) = await self._read_meta([key])
             if self._lock_held(entry, self._now()):
                 return False
-            if self._ack(await self._one(*self._write(key, data, entry.rev if entry else 0))):
+            if ack_seq(await self._one(*self._write(key, data, entry.rev if entry else 0))):
                 return True
         return False
 
     async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Rewrite the record (restarting its TTL) if ``token`` holds the lock."""
-        key = _lock_key(name)
-        data = _encode({"n": name, "tok": token, "ttl": ttl})
+        key = lock_key(name)
+        data = encode({NAME: name, LOCK_TOKEN: token, LOCK_TTL: ttl})
         for _ in range(_CAS_TRIES):
             (entry,) = await self._read_meta([key])
             if (
                 entry is None
                 or entry.head is None
-                or entry.head.get("tok") != token
+                or entry.head.get(LOCK_TOKEN) != token
                 or not self._lock_held(entry, self._now())
             ):
                 return False
-            if self._ack(await self._one(*self._write(key, data, entry.rev))):
+            if ack_seq(await self._one(*self._write(key, data, entry.rev))):
                 return True
         return False
 
     async def release_lock(self, name: str, token: str) -> bool:
         """Delete the record by its revision if ``token`` holds the lock (a record of this
         token whose TTL ran out is deleted too, but reported as not held)."""
-        key = _lock_key(name)
+        key = lock_key(name)
         for _ in range(_CAS_TRIES):
             (entry,) = await self._read_meta([key])
-            if entry is None or entry.head is None or entry.head.get("tok") != token:
+            if entry is None or entry.head is None or entry.head.get(LOCK_TOKEN) != token:
                 return False
             held = self._lock_held(entry, self._now())
             if await self._delete_rev(entry.rev):
@@ -2213,7 +2024,7 @@ class NATSBackend(Backend):
                         continue
                     try:
                         body = json.loads(msg.data)
-                        exp, keys = float(body["exp"]), list(body["keys"])
+                        exp, keys = float(body[INDEX_EXPIRES]), list(body[INDEX_KEYS])
                     except (ValueError, KeyError, TypeError):
                         await self._publish(msg.reply, b"+TERM")
                         continue
@@ -2243,7 +2054,7 @@ class NATSBackend(Backend):
         )
         count = 0
         for reply in replies:
-            result = _api_result(reply, (_ERR_DELETE_NO_MESSAGE, _ERR_NO_MESSAGE))
+            result = api_result(reply, (ERR_DELETE_NO_MESSAGE, ERR_NO_MESSAGE))
             count += bool(result and result.get("success"))
         return count
 
@@ -2260,7 +2071,7 @@ class NATSBackend(Backend):
             "filter_subject": f"{self._kv_prefix}>",
             "mem_storage": True,
             "num_replicas": 1,
-            "inactive_threshold": 60 * _NS,
+            "inactive_threshold": 60 * NS,
         }
         created = await self._api(
             f"CONSUMER.CREATE.{self._kv_stream}", {"stream_name": self._kv_stream, "config": config}
@@ -2315,14 +2126,14 @@ class NATSBackend(Backend):
                 await self._api(f"CONSUMER.DELETE.{self._kv_stream}.{name}", None)
         for data in records:
             try:
-                rec, _ = _decode(data)
-                status, queue = rec["s"], rec["q"]
+                rec, _ = decode(data)
+                status, queue = rec[STATE], rec[QUEUE]
             except (ValueError, KeyError, TypeError):
                 continue
-            if _expired(rec, now):
+            if expired(rec, now):
                 continue
             kind = {
-                "pending": "scheduled" if rec.get("eta", 0) > now else "pending",
+                "pending": "scheduled" if rec.get(ETA, 0) > now else "pending",
                 "running": "running",
                 "success": "succeeded",
                 "failed": "failed",
@@ -2333,89 +2144,6 @@ class NATSBackend(Backend):
             c = counts.setdefault(queue, {})
             c[kind] = c.get(kind, 0) + 1
         return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
-
-
-_STATES = {s.value for s in TaskStatus}
-
-
-def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
-
-
-def _checked(
-    rec: dict[str, Any], head: dict[str, Any], now: float
-) -> tuple[dict[str, Any] | None, str | None]:
-    """A task record with every field a claim reads of the right type: ``(rec, None)`` as it
-    is, ``(repaired copy, what was wrong)`` for a damaged one (claimed, then failed by the
-    worker with that), or ``(None, why)`` when not even its state can be read."""
-    if rec.get("s") not in _STATES:
-        return None, f"its state is {rec.get('s')!r}"
-    head_id = str(head.get("id"))
-    checks: list[tuple[str, str, bool, Any]] = [
-        ("id", "id", rec.get("id") == head_id, head_id),
-        ("q", "queue", type(rec.get("q")) is str, str(head.get("q", "default"))),
-        ("p", "priority", type(rec.get("p")) is int, 0),
-        ("eta", "eta", _number(rec.get("eta")), now),
-        ("enq", "enqueued_at", _number(rec.get("enq")), now),
-        ("ttl", "result_ttl", _number(rec.get("ttl")) and rec.get("ttl", 0) > 0, 86_400.0),
-        ("a", "attempts", type(rec.get("a")) is int and rec.get("a", -1) >= 0, 0),
-        ("r", "retries", type(rec.get("r")) is int and rec.get("r", -1) >= 0, 0),
-        ("f", "fencing token", type(rec.get("f")) is int, 0),
-        ("lu", "lease", "lu" not in rec or _number(rec["lu"]), 0.0),
-        ("ck", "concurrency_key", rec.get("ck") is None or type(rec["ck"]) is str, None),
-        (
-            "cl",
-            "concurrency_limit",
-            rec.get("ck") is None or (type(rec.get("cl")) is int and rec.get("cl", 0) >= 1),
-            None,
-        ),
-    ]
-    problems = [f"{name} is {rec.get(field)!r}"[:80] for field, name, ok, _ in checks if not ok]
-    if not problems:
-        return rec, None
-    fixed = dict(rec)
-    fixed.update({field: default for field, _, ok, default in checks if not ok})
-    return fixed, "; ".join(problems)
-
-
-def _expired(rec: dict[str, Any], now: float) -> bool:
-    exp = rec.get("exp")
-    return exp is not None and exp <= now
-
-
-def _settled(rec: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a record without the fields of a running claim."""
-    new = dict(rec)
-    for field_name in ("lu", "w", "c", "hv"):
-        new.pop(field_name, None)
-    return new
-
-
-def _split(rec: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-    """A record to write as (JSON head, value tail)."""
-    if "_value" in rec:
-        head = {k: v for k, v in rec.items() if k != "_value"}
-        head["hv"] = True
-        value: bytes = rec["_value"]
-        return head, value
-    return rec, None
-
-
-def _api_result(reply: Any, ok: tuple[int, ...]) -> dict[str, Any] | None:
-    if reply.headers and reply.headers.get("Status"):
-        raise BackendError(
-            f"NATS JetStream: status {reply.headers.get('Status')} "
-            f"{reply.headers.get('Description', '')}".rstrip()
-        )
-    data = json.loads(reply.data)
-    error = data.get("error")
-    if error:
-        if error.get("err_code") in ok:
-            return None
-        raise BackendError(
-            f"NATS JetStream: {error.get('description')} (code {error.get('err_code')})"
-        )
-    return data  # type: ignore[no-any-return]
 
 
 def _redact(url: str) -> str:
