@@ -9,7 +9,7 @@ import pytest
 
 from sitq import AsyncWorker, ConfigurationError, FixedBackoff, RetryPolicy, TaskQueue, TaskStatus
 from tests.conformance import tasks
-from tests.conftest import BackendFactory, WorkerProcesses
+from tests.conftest import BackendFactory, WorkerProcesses, wait_until
 
 
 def _max_overlap(runs: list[dict[str, float]]) -> int:
@@ -29,11 +29,20 @@ async def test_three_workers_never_run_more_than_the_limit(
 ) -> None:
     assert shared_backends.url is not None
     keyed = shared_queue.options(concurrency_key="tenant-7", concurrency_limit=3)
+    # Every worker is up before the tasks come, so that all three compete for the key's slots
+    # (a worker that started 2 s after the others would find the work done).
+    procs = [
+        worker_processes.start(shared_backends.url, concurrency=4, extra=("--log-level", "INFO"))
+        for _ in range(3)
+    ]
+    await wait_until(
+        lambda: all(" started on " in worker_processes.output(p) for p in procs),
+        timeout=60,
+        message="the three workers to start",
+    )
     ids = await keyed.enqueue_many(
         [(tasks.record, (str(tmp_path), "keyed", 0.2)) for _ in range(30)]
     )
-    for _ in range(3):
-        worker_processes.start(shared_backends.url, concurrency=4)
     for task_id in ids:
         result = await shared_queue.get_result(task_id, timeout=120)
         assert result is not None and result.status is TaskStatus.SUCCESS
