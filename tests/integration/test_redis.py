@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -40,7 +38,7 @@ from sitq.models import (
 )
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
-from tests.servers import RedisProcess, free_port, redis_server
+from tests.servers import RedisCluster, RedisProcess, free_port, redis_server
 from tests.services import require_module
 
 redis = require_module("redis")
@@ -205,70 +203,9 @@ async def test_script_flush_mid_run_breaks_nothing(
 
 
 @pytest.fixture
-async def cluster_url(servers: list[RedisProcess], tmp_path: Path) -> str:
-    """A three-node Redis Cluster (no replicas) from the redis-server binary."""
-    nodes = [
-        await _start(
-            servers,
-            tmp_path / f"node{i}",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "5000",
-            "--appendonly",
-            "no",
-        )
-        for i in range(3)
-    ]
-    cli = shutil.which("redis-cli")
-    if cli is not None:
-        done = subprocess.run(
-            [
-                cli,
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{n.port}" for n in nodes),
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-    else:
-        await _create_cluster_by_hand(nodes)
-
-    async def cluster_ok() -> bool:
-        for node in nodes:
-            client = node.admin()
-            try:
-                info = await client.execute_command("CLUSTER", "INFO")
-            finally:
-                await client.aclose()
-            text = info.decode() if isinstance(info, bytes) else str(info)
-            if "cluster_state:ok" not in text or "cluster_known_nodes:3" not in text:
-                return False
-        return True
-
-    await wait_until(cluster_ok, timeout=30, message="the cluster to be ready")
-    return f"redis://127.0.0.1:{nodes[0].port}/0?cluster=true&prefix=c{uuid.uuid4().hex[:8]}"
-
-
-async def _create_cluster_by_hand(nodes: list[RedisProcess]) -> None:
-    bounds = [0, 5461, 10923, 16384]
-    for i, node in enumerate(nodes):
-        client = node.admin()
-        try:
-            await client.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
-            if i:
-                await client.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
-        finally:
-            await client.aclose()
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """The session's three-node Redis Cluster, under a key prefix of this test's own."""
+    return redis_cluster.url(f"c{uuid.uuid4().hex[:8]}")
 
 
 def _slot(key: str) -> int:
@@ -706,7 +643,7 @@ async def test_locks_and_crons_keep_to_the_server_and_survive_script_flush(
 
 
 async def test_keys_crons_and_locks_on_a_redis_cluster(
-    cluster_url: str, servers: list[RedisProcess]
+    cluster_url: str, redis_cluster: RedisCluster
 ) -> None:
     prefix = cluster_url.rsplit("prefix=", 1)[1]
     first, second = _queues_on_different_nodes(prefix)
@@ -741,8 +678,8 @@ async def test_keys_crons_and_locks_on_a_redis_cluster(
         assert grabs.count(True) == 1
         winner = f"t{grabs.index(True)}"
 
-        for server in servers:
-            admin = server.admin()
+        for node in redis_cluster.nodes:
+            admin = node.admin()
             try:
                 assert await admin.script_flush()
             finally:
