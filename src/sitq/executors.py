@@ -106,27 +106,31 @@ class _ThreadPoolMixin(Executor):
         ctx = contextvars.copy_context()
 
         def begin() -> Outcome:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, started, time.monotonic())
+            # Only a timeout needs the loop told when the thread starts: without one the task
+            # pays no cross-thread wake-up for it.
+            if timeout is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, started, time.monotonic())
             return ctx.run(fn)
 
         work = self._pool().submit(begin)
         done = asyncio.wrap_future(work, loop=loop)
         how = "was stopped"
         try:
+            if timeout is None:
+                await asyncio.wait({done})
+                return done.result()
             # The timeout counts from the moment the thread starts the task, never while the
             # task waits for a thread.
             either: set[asyncio.Future[Any]] = {done, started}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if timeout is not None and not done.done():
+            if not done.done():
                 left = started.result() + timeout - time.monotonic()
                 if left > 0:
                     await asyncio.wait({done}, timeout=left)
                 if not done.done():
                     how = f"timed out after {timeout:g} s"
                     return timed_out(timeout)
-            else:
-                await asyncio.wait({done})
             return done.result()
         finally:
             if not done.done():
