@@ -258,7 +258,7 @@ def test_url_options_and_several_servers() -> None:
         "nats://h1:4222",
         "nats://h2:4223",
     ]
-    with pytest.raises(Exception, match="unknown option 'colour'"):
+    with pytest.raises(Exception, match="unknown NATS URL option 'colour'"):
         NATSBackend.from_url("nats://h1:4222?colour=red")
     with pytest.raises(Exception, match="stream="):
         NATSBackend(stream="has.dot")

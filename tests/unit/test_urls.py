@@ -105,9 +105,9 @@ def test_unknown_scheme_lists_known_schemes(url: str) -> None:
     scheme = url.split("://")[0]
     with pytest.raises(ConfigurationError, match=f"unknown backend scheme '{scheme}'") as info:
         backend_from_url(url)
-    from sitq.backends import _SCHEMES
+    from sitq.backends import url_schemes
 
-    assert f"known schemes are {', '.join(sorted(_SCHEMES))}" in str(info.value)
+    assert f"known schemes are {', '.join(sorted(url_schemes()))}" in str(info.value)
     assert "sqlite" in str(info.value)
 
 

@@ -1,12 +1,13 @@
-"""Backends, and ``backend_from_url``: a URL scheme picks the backend module, imported lazily
-so that the core install needs no server driver."""
+"""Backends, and ``backend_from_url``: a URL's scheme picks the backend whose ``scheme``
+names it, and that backend's ``from_url`` reads the rest of the URL."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sitq.backends.base import Backend
 from sitq.errors import ConfigurationError, MissingDependencyError
@@ -17,16 +18,26 @@ __all__ = [
     "resolve_backend",
 ]
 
-_SCHEMES: dict[str, tuple[str, str]] = {
-    "memory": ("sitq.backends.memory", "MemoryBackend"),
-    "sqlite": ("sitq.backends.sqlite", "SQLiteBackend"),
-    "postgresql": ("sitq.backends.postgres", "PostgresBackend"),
-    "postgres": ("sitq.backends.postgres", "PostgresBackend"),
-    "redis": ("sitq.backends.redis", "RedisBackend"),
-    "rediss": ("sitq.backends.redis", "RedisBackend"),
-    "nats": ("sitq.backends.nats", "NATSBackend"),
-    "tls": ("sitq.backends.nats", "NATSBackend"),
-}
+_BACKENDS = (
+    "sitq.backends.memory:MemoryBackend",
+    "sitq.backends.sqlite:SQLiteBackend",
+    "sitq.backends.postgres:PostgresBackend",
+    "sitq.backends.redis:RedisBackend",
+    "sitq.backends.nats:NATSBackend",
+)
+"""The built-in backends (module:class); each names its URL schemes in ``scheme``."""
+
+
+@functools.cache
+def url_schemes() -> dict[str, type[Backend]]:
+    """Every URL scheme ``backend_from_url`` knows, and the backend class it names."""
+    registry: dict[str, type[Backend]] = {}
+    for path in _BACKENDS:
+        module, _, name = path.partition(":")
+        cls = _load(module, name)
+        for scheme in cls.scheme:
+            registry[scheme] = cls
+    return registry
 
 
 def _load(module: str, name: str) -> Any:
@@ -62,31 +73,13 @@ def backend_from_url(url: str) -> Backend:
     except ValueError as exc:
         raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
     scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
+    schemes = url_schemes()
+    if scheme not in schemes:
         raise ConfigurationError(
             f"unknown backend scheme {scheme!r} in {redact_url(url)}: "
-            f"known schemes are {', '.join(sorted(_SCHEMES))}"
+            f"known schemes are {', '.join(sorted(schemes))}"
         )
-    params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if scheme == "memory":
-        if params:
-            raise ConfigurationError(f"memory:// takes no options, got {sorted(params)}")
-        return _load(*_SCHEMES["memory"])()  # type: ignore[no-any-return]
-    if scheme == "sqlite":
-        path = unquote(parts.path)
-        if parts.netloc:
-            raise ConfigurationError(
-                f"{url!r}: a sqlite URL has no host; use sqlite:///relative.db or "
-                "sqlite:////absolute/path.db"
-            )
-        if path.startswith("/"):
-            path = path[1:]
-        if not path:
-            raise ConfigurationError(f"{url!r} names no database file")
-        cls = _load(*_SCHEMES["sqlite"])
-        return cls(path, **cls.options_from_query(params))  # type: ignore[no-any-return]
-    # Every server backend class builds itself from its URL: ``Class.from_url(url)``.
-    return _load(*_SCHEMES[scheme]).from_url(url)  # type: ignore[no-any-return]
+    return schemes[scheme].from_url(url)
 
 
 _SECRET_PARAM = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
@@ -123,7 +116,9 @@ def _redact_param(param: str) -> str:
 def resolve_backend(backend: Backend | str | None) -> Backend:
     """A backend object from an object, a URL, or ``None`` (``SQLiteBackend("sitq.db")``)."""
     if backend is None:
-        return _load(*_SCHEMES["sqlite"])("sitq.db")  # type: ignore[no-any-return]
+        from sitq.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend("sitq.db")
     if isinstance(backend, str):
         return backend_from_url(backend)
     if isinstance(backend, Backend):

@@ -11,12 +11,10 @@ a server backend), so workers on machines with skewed clocks still agree on who 
 from __future__ import annotations
 
 import abc
-import asyncio
-import contextlib
-import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar, Self
 
+from sitq.backends._waiting import Polls, wait_for_final
 from sitq.errors import ConfigurationError
 from sitq.models import (
     CancelOutcome,
@@ -34,6 +32,15 @@ from sitq.models import (
 
 class Backend(abc.ABC):
     """Stores tasks and hands them out. Subclass it to add a store; see the module docstring."""
+
+    scheme: ClassVar[tuple[str, ...]] = ()
+    """The URL schemes that name this backend; ``backend_from_url`` finds a backend by them."""
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend a URL of one of its ``scheme`` names; options travel as query
+        parameters. A backend without a URL form refuses."""
+        raise ConfigurationError(f"{cls.__name__} cannot be made from a URL ({url!r})")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -124,17 +131,9 @@ class Backend(abc.ABC):
         ``None`` at once. Backends that can push override this; the default polls with a
         growing interval, never a busy loop.
         """
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            snap = await self.get_task(task_id)
-            if snap is None or snap.status.is_final:
-                return snap
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return snap
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.5)
+        return await wait_for_final(
+            lambda: self.get_task(task_id), timeout, polls=Polls.growing(0.005, 0.5)
+        )
 
     @abc.abstractmethod
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -194,43 +193,6 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """Where this backend points, for logs and ``sitq info``, never with a password."""
         return type(self).__name__
-
-
-class ChangeSignal:
-    """Wakes waiters when the store may have changed: every ``signal()`` ends all the waits on
-    the event that was current before it (a generation, so no wake-up is lost between a check
-    and the wait that follows it)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._at_claim: asyncio.Event | None = None
-
-    @property
-    def current(self) -> asyncio.Event:
-        """The event the next ``signal()`` sets; take it *before* checking the store."""
-        return self._event
-
-    def signal(self) -> None:
-        """Wake everyone waiting on the current generation."""
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-    def mark_claim(self) -> None:
-        """Remember the generation at the start of a claim, for the wait that may follow it."""
-        self._at_claim = self._event
-
-    def since_claim(self) -> asyncio.Event:
-        """The generation of the last claim (or the current one): a change seen after that claim
-        began ends a wait for work at once."""
-        event, self._at_claim = self._at_claim or self._event, None
-        return event
-
-    @staticmethod
-    async def wait(event: asyncio.Event, timeout: float) -> None:
-        """Wait for ``event`` at most ``timeout`` seconds."""
-        if timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
 
 
 STATUS_CODE: dict[TaskStatus, int] = {

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from sitq.backends._options import UrlOptions
+from sitq.backends._waiting import Polls, ResultWaiters, wait_for_final
 from sitq.backends.base import Backend, stats_from_counts, stats_kind
-from sitq.errors import BackendError
+from sitq.errors import BackendError, ConfigurationError
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -82,6 +85,18 @@ class _KeySlots:
 class MemoryBackend(Backend):
     """Tasks in a dict, due tasks in heaps; nothing survives the process."""
 
+    scheme = ("memory",)
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBackend:
+        """A new, empty backend from ``memory://`` (which takes no options)."""
+        options = UrlOptions(url, {}, backend="memory")
+        if options.others:
+            raise ConfigurationError(
+                f"memory:// takes no options, got {sorted(name for name, _ in options.others)}"
+            )
+        return cls()
+
     def __init__(self) -> None:
         self._tasks: dict[str, _Record] = {}
         self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
@@ -90,7 +105,7 @@ class MemoryBackend(Backend):
         self._seq = itertools.count()
         self._connected = False
         self._work: asyncio.Event | None = None
-        self._finished: asyncio.Condition | None = None
+        self._waiters = ResultWaiters()
         self._crons: dict[str, CronRecord] = {}
         self._locks: dict[str, tuple[str, float]] = {}
 
@@ -98,7 +113,6 @@ class MemoryBackend(Backend):
         """Mark the backend usable (there is nothing to open)."""
         if not self._connected:
             self._work = asyncio.Event()
-            self._finished = asyncio.Condition()
             self._connected = True
 
     async def close(self) -> None:
@@ -106,10 +120,8 @@ class MemoryBackend(Backend):
         if self._connected:
             self._connected = False
             assert self._work is not None
-            assert self._finished is not None
             self._work.set()
-            async with self._finished:
-                self._finished.notify_all()
+            self._waiters.wake_all()
 
     @property
     def connected(self) -> bool:
@@ -268,7 +280,6 @@ class MemoryBackend(Backend):
         self._check()
         now = time.time()
         applied = []
-        finished_any = False
         for item in settlements:
             rec = self._current(item.claim)
             if rec is None:
@@ -287,7 +298,7 @@ class MemoryBackend(Backend):
                 rec.finished_at = item.finished_at
                 rec.expires_at = item.expires_at
                 rec.payload = None
-                finished_any = True
+                self._waiters.finished([rec.task.id])
             elif isinstance(item, Reschedule):
                 rec.status = TaskStatus.PENDING
                 rec.retries += 1
@@ -302,14 +313,7 @@ class MemoryBackend(Backend):
                 rec.seq = next(self._seq)
                 self._schedule(rec, now)
             applied.append(True)
-        if finished_any:
-            await self._notify_finished()
         return applied
-
-    async def _notify_finished(self) -> None:
-        assert self._finished is not None
-        async with self._finished:
-            self._finished.notify_all()
 
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
         """Cancel a pending task or flag a running one."""
@@ -327,7 +331,7 @@ class MemoryBackend(Backend):
         rec.finished_at = now
         rec.expires_at = now + rec.task.result_ttl
         rec.payload = None
-        await self._notify_finished()
+        self._waiters.finished([task_id])
         return CancelOutcome.CANCELLED
 
     async def get_task(self, task_id: str) -> TaskSnapshot | None:
@@ -351,18 +355,16 @@ class MemoryBackend(Backend):
         )
 
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
-        """Wait on the finish condition, woken by every settle that finishes a task."""
+        """Wait for the task to finish, woken by the settle or cancel that finishes it."""
         self._check()
-        assert self._finished is not None
-        deadline = time.monotonic() + timeout
-        async with self._finished:
-            while True:
-                snap = await self.get_task(task_id)
-                remaining = deadline - time.monotonic()
-                if snap is None or snap.status.is_final or remaining <= 0 or not self._connected:
-                    return snap
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._finished.wait(), remaining)
+        with self._waiters.watch(task_id) as arm:
+            return await wait_for_final(
+                lambda: self.get_task(task_id),
+                timeout,
+                arm=arm,
+                polls=Polls.every(lambda: math.inf),
+                is_open=lambda: self._connected,
+            )
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Wait for an enqueue or reschedule, or for the earliest scheduled ETA."""

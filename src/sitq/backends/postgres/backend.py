@@ -35,14 +35,14 @@ import contextlib
 import functools
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sitq.backends import redact_url, require
 from sitq.backends._migrations import Migration, Migrations, load_queries, with_schema
-from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, ChangeSignal, stats_from_counts
+from sitq.backends._options import UrlOptions, as_int, as_seconds, as_str
+from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
+from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, stats_from_counts
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -90,6 +90,15 @@ def _pg_errors() -> tuple[type[BaseException], ...]:
     return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
+_URL_OPTIONS = {
+    "schema": as_str,
+    "synchronous_commit": as_str,
+    "min_pool_size": as_int,
+    "max_pool_size": as_int,
+    "connect_timeout": as_seconds,
+}
+
+
 class PostgresBackend(Backend):
     """Tasks in PostgreSQL, in the schema ``schema`` (created on ``connect()``).
 
@@ -101,6 +110,8 @@ class PostgresBackend(Backend):
     ``min_pool_size``/``max_pool_size`` size the connection pool; a listening connection for
     notifications comes on top, opened on first wait.
     """
+
+    scheme = ("postgresql", "postgres")
 
     def __init__(
         self,
@@ -148,7 +159,7 @@ class PostgresBackend(Backend):
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._changes = ChangeSignal()
-        self._done_waiters: dict[str, list[asyncio.Event]] = {}
+        self._waiters = ResultWaiters()
         # Queue sets on which keyed tasks were due at the last claim.
         self._keyed_queues: set[tuple[str, ...]] = set()
         self._closing = False
@@ -158,25 +169,8 @@ class PostgresBackend(Backend):
     def from_url(cls, url: str) -> PostgresBackend:
         """A backend from ``postgresql://...?schema=jobs&max_pool_size=20``; other query
         parameters (``sslmode``, ...) go to the driver."""
-        parts = urlsplit(url)
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        options: dict[str, Any] = {}
-        for key in ("schema", "synchronous_commit"):
-            if key in params:
-                options[key] = params.pop(key)
-        for key in ("min_pool_size", "max_pool_size"):
-            if key in params:
-                try:
-                    options[key] = int(params.pop(key))
-                except ValueError:
-                    raise ConfigurationError(f"{key} must be an integer in {url!r}") from None
-        if "connect_timeout" in params:
-            try:
-                options["connect_timeout"] = float(params.pop("connect_timeout"))
-            except ValueError:
-                raise ConfigurationError("connect_timeout must be a number") from None
-        dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(params)))
-        return cls(dsn, **options)
+        options = UrlOptions(url, _URL_OPTIONS, backend="PostgreSQL")
+        return cls(options.url_without_options(scheme="postgresql"), **options.options)
 
     def describe(self) -> str:
         """The server and schema, without a password."""
@@ -324,22 +318,16 @@ class PostgresBackend(Backend):
 
     def _signal_all(self) -> None:
         self._changes.signal()
-        for events in self._done_waiters.values():
-            for e in events:
-                e.set()
+        self._waiters.wake_all()
 
     def _on_work(self, *_: Any) -> None:
         self._changes.signal()
 
     def _on_done(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if payload == "*":
-            for events in self._done_waiters.values():
-                for e in events:
-                    e.set()
-            return
-        for task_id in payload.split(","):
-            for e in self._done_waiters.get(task_id, ()):
-                e.set()
+            self._waiters.wake_all()
+        else:
+            self._waiters.finished(payload.split(","))
 
     async def _ensure_listener(self) -> None:
         if self._listener_task is None and not self._closing:
@@ -604,24 +592,14 @@ class PostgresBackend(Backend):
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
         """Wait for the done notification of this task (bounded polls as a fallback)."""
         await self._ensure_listener()
-        event = asyncio.Event()
-        self._done_waiters.setdefault(task_id, []).append(event)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                event.clear()
-                snap = await self.get_task(task_id)
-                remaining = deadline - time.monotonic()
-                if snap is None or snap.status.is_final or remaining <= 0 or self._pool is None:
-                    return snap
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, self._poll_cap()))
-        finally:
-            waiters = self._done_waiters.get(task_id, [])
-            if event in waiters:
-                waiters.remove(event)
-            if not waiters:
-                self._done_waiters.pop(task_id, None)
+        with self._waiters.watch(task_id) as arm:
+            return await wait_for_final(
+                lambda: self.get_task(task_id),
+                timeout,
+                arm=arm,
+                polls=Polls.every(self._poll_cap),
+                is_open=lambda: self._pool is not None,
+            )
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Wait for a work notification, the next ETA or lease expiry, or ``timeout``."""
@@ -633,7 +611,7 @@ class PostgresBackend(Backend):
         timeout = min(timeout, self._poll_cap())
         if timeout <= 0:
             return
-        await ChangeSignal.wait(changed, timeout)
+        await wait_on(changed, timeout)
 
     async def purge_expired(self, now: float, limit: int = 10_000) -> int:
         """Delete up to ``limit`` expired results."""

@@ -32,17 +32,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from sitq.backends._inotify import DirectoryWatch, watch_directory
 from sitq.backends._migrations import Migration, Migrations, load_queries
-from sitq.backends.base import (
-    CODE_STATUS,
-    STATUS_CODE,
-    Backend,
-    ChangeSignal,
-    stats_from_counts,
-    stats_kind,
-)
+from sitq.backends._options import UrlOptions, as_seconds, as_str
+from sitq.backends._waiting import ChangeSignal, Polls, wait_for_final, wait_on
+from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, stats_from_counts, stats_kind
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -212,6 +208,8 @@ class SQLiteBackend(Backend):
     waits for another process's write lock before failing with :class:`BackendError`.
     """
 
+    scheme = ("sqlite",)
+
     def __init__(
         self,
         db_path: str | os.PathLike[str] = "sitq.db",
@@ -244,22 +242,22 @@ class SQLiteBackend(Backend):
         self._claimed_all_at: dict[tuple[str, ...], float] = {}
 
     @classmethod
-    def options_from_query(cls, params: dict[str, str]) -> dict[str, Any]:
-        """Constructor options from URL query parameters (``?synchronous=full``)."""
-        options: dict[str, Any] = {}
-        for key, value in params.items():
-            if key == "synchronous":
-                options["synchronous"] = value
-            elif key == "busy_timeout":
-                try:
-                    options["busy_timeout"] = float(value)
-                except ValueError:
-                    raise ConfigurationError(f"busy_timeout={value!r} is not a number") from None
-            else:
-                raise ConfigurationError(
-                    f"unknown sqlite URL option {key!r}: known are synchronous, busy_timeout"
-                )
-        return options
+    def from_url(cls, url: str) -> SQLiteBackend:
+        """A backend from ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``, with the
+        options ``synchronous`` and ``busy_timeout`` as query parameters."""
+        options = UrlOptions(
+            url, {"synchronous": as_str, "busy_timeout": as_seconds}, backend="sqlite"
+        )
+        options.refuse_others()
+        if options.parts.netloc:
+            raise ConfigurationError(
+                f"{url!r}: a sqlite URL has no host; use sqlite:///relative.db or "
+                "sqlite:////absolute/path.db"
+            )
+        path = unquote(options.parts.path).removeprefix("/")
+        if not path:
+            raise ConfigurationError(f"{url!r} names no database file")
+        return cls(path, **options.options)
 
     def describe(self) -> str:
         """The database file."""
@@ -717,16 +715,13 @@ class SQLiteBackend(Backend):
 
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
         """Wait for the task to finish, woken by commits (inotify) or a growing poll."""
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            changed = self._changes.current
-            snap = await self.get_task(task_id)
-            remaining = deadline - time.monotonic()
-            if snap is None or snap.status.is_final or remaining <= 0 or self._conn is None:
-                return snap
-            await ChangeSignal.wait(changed, min(delay, remaining))
-            delay = min(delay * 2, self._poll_cap())
+        return await wait_for_final(
+            lambda: self.get_task(task_id),
+            timeout,
+            arm=lambda: self._changes.current,
+            polls=Polls.growing(0.005, self._poll_cap),
+            is_open=lambda: self._conn is not None,
+        )
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Wait for a commit, the next scheduled ETA or lease expiry, or ``timeout``."""
@@ -756,7 +751,7 @@ class SQLiteBackend(Backend):
             timeout = min(timeout, 0.05)
         if timeout <= 0:
             return
-        await ChangeSignal.wait(changed, timeout)
+        await wait_on(changed, timeout)
 
     async def purge_expired(self, now: float, limit: int = 10_000) -> int:
         """Delete expired results (and locks whose TTL ran out) in one transaction."""
