@@ -239,6 +239,8 @@ class NATSBackend(Backend):
     refused instead of being used in plain text.
     """
 
+    scheme = ("nats", "tls")
+
     def __init__(
         self,
         servers: str | Sequence[str] = ("nats://localhost:4222",),

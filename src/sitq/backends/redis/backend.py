@@ -265,6 +265,8 @@ class RedisBackend(Backend):
     run it with ``appendonly yes`` (and ``appendfsync always`` for no loss on a crash).
     """
 
+    scheme = ("redis", "rediss")
+
     def __init__(
         self,
         host: str = "localhost",
