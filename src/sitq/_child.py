@@ -5,29 +5,57 @@ stderr. Every message is a frame: a 4-byte big-endian length, then that many byt
 
 1. The parent sends an init frame, ``pickle((sys.path, PYTHONPATH, cloudpickle(serializer)))``.
 2. The child answers ``b"ok"`` once it is ready, or ``b"error:"`` and a traceback, and exits 1.
-3. Then, for each task, the parent sends a payload and the child answers ``pickle(Outcome)``.
+3. Then, for each task, the parent sends a context frame (JSON: the task's id, queue, attempt,
+   function and worker id; empty for none) and a payload frame. The child answers with any
+   number of progress frames, ``b"progress:"`` and JSON ``[task_id, value, message]``, as the task
+   reports them, then ``pickle(Outcome)``.
 
 The child exits when the request pipe reaches end of file: the parent closed it, or died.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
 import struct
 import sys
+import threading
 import traceback
 from contextlib import suppress
 from typing import BinaryIO
 
 from sitq._task import Outcome, failure, run_payload
+from sitq.context import TaskContext, running
 from sitq.serializers import Serializer
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 2**32 - 1
 READY = b"ok"
 INIT_ERROR = b"error:"
+PROGRESS = b"progress:"
+_CONTEXT_FIELDS = ("task_id", "queue", "attempt", "function", "worker_id")
+
+
+def encode_context(context: TaskContext | None) -> bytes:
+    """The context frame for a task (empty for none)."""
+    if context is None:
+        return b""
+    return json.dumps([getattr(context, name) for name in _CONTEXT_FIELDS]).encode()
+
+
+def _decode_context(data: bytes, responses: BinaryIO, lock: threading.Lock) -> TaskContext | None:
+    if not data:
+        return None
+    fields = dict(zip(_CONTEXT_FIELDS, json.loads(data), strict=True))
+
+    def report(value: float, message: str | None) -> None:
+        frame = PROGRESS + json.dumps([fields["task_id"], value, message]).encode()
+        with lock:  # the task may report from several threads
+            write_frame(responses, frame)
+
+    return TaskContext(_report=report, **fields)
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:
@@ -66,9 +94,10 @@ def _initialize(init: bytes) -> Serializer:
     return serializer
 
 
-def _run(serializer: Serializer, payload: bytes) -> Outcome:
+def _run(serializer: Serializer, payload: bytes, context: TaskContext | None) -> Outcome:
     try:
-        return run_payload(serializer, payload)
+        with running(context):
+            return run_payload(serializer, payload)
     except BaseException as exc:  # e.g. KeyboardInterrupt raised by the task itself
         return failure(exc)
     finally:
@@ -111,8 +140,15 @@ def _serve(requests: BinaryIO, responses: BinaryIO, err_fd: int) -> int:
     os.dup2(err_fd, 2)
     os.close(err_fd)
     write_frame(responses, READY)
-    while (payload := read_frame(requests)) is not None:
-        write_frame(responses, encode_outcome(_run(serializer, payload)))
+    lock = threading.Lock()
+    while (header := read_frame(requests)) is not None:
+        payload = read_frame(requests)
+        if payload is None:
+            break
+        context = _decode_context(header, responses, lock)
+        outcome = encode_outcome(_run(serializer, payload, context))
+        with lock:
+            write_frame(responses, outcome)
     return 0
 
 

@@ -12,6 +12,7 @@ background; the pool keeps working.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pickle
 import signal
@@ -21,8 +22,9 @@ from contextlib import suppress
 
 import cloudpickle
 
-from sitq._child import HEADER, INIT_ERROR, MAX_FRAME, READY
+from sitq._child import HEADER, INIT_ERROR, MAX_FRAME, PROGRESS, READY, encode_context
 from sitq._task import Outcome, exception_names, one_line, timed_out
+from sitq.context import TaskContext
 from sitq.errors import ConfigurationError
 from sitq.serializers import Serializer
 
@@ -83,6 +85,27 @@ async def _exchange(
     writer.write(_frame(data))
     await writer.drain()
     return await _read_frame(reader)
+
+
+async def _task_exchange(
+    writer: asyncio.StreamWriter,
+    reader: asyncio.StreamReader,
+    payload: bytes,
+    context: TaskContext | None,
+) -> bytes:
+    """Send a task (its context, then its payload); pass its progress reports to
+    ``context`` and return its outcome frame."""
+    writer.write(_frame(encode_context(context)) + _frame(payload))
+    await writer.drain()
+    while True:
+        reply = await _read_frame(reader)
+        if not reply.startswith(PROGRESS):
+            return reply
+        with suppress(Exception):  # a garbled or stray report is dropped, never the task
+            task_id, value, message = json.loads(reply[len(PROGRESS) :])
+            # A thread the previous task left running may still report: only this task counts.
+            if context is not None and task_id == context.task_id:
+                context.set_progress(value, message)
 
 
 def _settle(task: asyncio.Task[bytes]) -> None:
@@ -257,13 +280,16 @@ class ProcessPool:
                 f"{len(errors)} of {len(tasks)} worker processes failed to start: {reason}"
             )
 
-    async def run(self, payload: bytes, timeout: float | None) -> Outcome:
+    async def run(
+        self, payload: bytes, timeout: float | None, context: TaskContext | None = None
+    ) -> Outcome:
         """Run one payload in a free child and return its outcome.
 
         Waits for a free child first. ``timeout`` is in seconds (``None``: no limit); past it
         the child is killed and a timed-out outcome returned. A child that dies gives a
         ``ChildProcessError`` outcome. If the caller is cancelled, the child is killed and
-        ``CancelledError`` propagates.
+        ``CancelledError`` propagates. ``context`` becomes the task's ``current_task()`` in
+        the child, and its progress reports come back to it.
         """
         if len(payload) > MAX_FRAME:
             return Outcome(
@@ -284,7 +310,7 @@ class ProcessPool:
                 break
             self._discard(child)  # died between being handed over and now: take another
         try:
-            outcome = await self._call(child, payload, timeout)
+            outcome = await self._call(child, payload, timeout, context)
         except _TimedOut:
             await self._kill_and_reap(child)
             assert timeout is not None
@@ -414,8 +440,12 @@ class ProcessPool:
 
     # -- one task ----------------------------------------------------------------------------
 
-    async def _call(self, child: _Child, payload: bytes, timeout: float | None) -> Outcome:
-        exchange = asyncio.ensure_future(_exchange(child.writer, child.reader, payload))
+    async def _call(
+        self, child: _Child, payload: bytes, timeout: float | None, context: TaskContext | None
+    ) -> Outcome:
+        exchange = asyncio.ensure_future(
+            _task_exchange(child.writer, child.reader, payload, context)
+        )
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.wait({exchange, child.exited}, return_when=asyncio.FIRST_COMPLETED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import traceback as tb_module
 from collections.abc import Callable
@@ -31,6 +32,20 @@ class Outcome:
     retry_delay: float | None = None
     permanent: bool = False
     timed_out: bool = False
+
+
+def function_name(func: Any) -> str:
+    """``module.qualname`` of a task's callable, for listings: a ``functools.partial`` names
+    the function it wraps, a bound method its class and name, a callable object its class."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    target = func.__func__ if inspect.ismethod(func) else func
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not isinstance(qualname, str):
+        cls = type(target)
+        module, qualname = cls.__module__, cls.__qualname__
+    return f"{module}.{qualname}" if module else qualname
 
 
 def exception_names(exc_type: type[BaseException]) -> tuple[str, ...]:

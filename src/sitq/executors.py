@@ -31,6 +31,7 @@ from sitq._task import (
     succeeded,
     timed_out,
 )
+from sitq.context import TaskContext
 from sitq.serializers import Serializer
 
 log = logging.getLogger("sitq.worker")
@@ -55,9 +56,19 @@ class Executor(abc.ABC):
         """Prepare threads or processes before the first task."""
 
     @abc.abstractmethod
-    async def run(self, payload: bytes, timeout: float | None, *, task_id: str = "") -> Outcome:
+    async def run(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        *,
+        task_id: str = "",
+        context: TaskContext | None = None,
+    ) -> Outcome:
         """Run one task to its outcome; a timeout, counted from the moment the task starts
-        running, becomes a timed-out outcome. ``task_id`` names the task in log messages."""
+        running, becomes a timed-out outcome. ``task_id`` names the task in log messages.
+        ``context`` is the task's :class:`TaskContext`: the caller has made it current for
+        code on this loop and its threads; an executor that runs the task elsewhere (another
+        process) makes it current there and carries its progress reports back."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release threads or processes."""
@@ -193,7 +204,14 @@ class AsyncExecutor(_ThreadPoolMixin):
 
     _thread_name = "sitq-task"
 
-    async def run(self, payload: bytes, timeout: float | None, *, task_id: str = "") -> Outcome:
+    async def run(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        *,
+        task_id: str = "",
+        context: TaskContext | None = None,
+    ) -> Outcome:
         """Await a coroutine function here, or hand a sync one to a thread."""
         call = load_call(self.serializer, payload)
         if isinstance(call, Outcome):
@@ -229,7 +247,14 @@ class ThreadExecutor(_ThreadPoolMixin):
 
     _thread_name = "sitq-thread"
 
-    async def run(self, payload: bytes, timeout: float | None, *, task_id: str = "") -> Outcome:
+    async def run(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        *,
+        task_id: str = "",
+        context: TaskContext | None = None,
+    ) -> Outcome:
         """Load and run the payload in a pool thread."""
         return await self._in_thread(
             task_id, functools.partial(run_payload, self.serializer, payload), timeout
@@ -254,11 +279,18 @@ class ProcessExecutor(Executor):
         """Start the child processes."""
         await self._pool.start()
 
-    async def run(self, payload: bytes, timeout: float | None, *, task_id: str = "") -> Outcome:
+    async def run(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        *,
+        task_id: str = "",
+        context: TaskContext | None = None,
+    ) -> Outcome:
         """Send the payload to a free child and wait for its outcome (the timeout counts from
         the moment a child has it; a task past it has its process killed, which frees the
         slot)."""
-        outcome: Outcome = await self._pool.run(payload, timeout)
+        outcome: Outcome = await self._pool.run(payload, timeout, context)
         return outcome
 
     async def close(self) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from typing import Any
 
 MAX_ETA = datetime.max.replace(tzinfo=UTC)
 """The latest ETA a task can have, 9999-12-31 23:59:59.999999 UTC: the last moment a Python
@@ -72,6 +73,8 @@ class NewTask:
     fresh_id: bool = False
     """True when sitq generated the id just now, so it cannot exist yet: a backend may skip
     the lookups that make enqueueing an explicit id idempotent."""
+    function: str = ""
+    """The callable's ``module.qualname``, recorded for listings (never used to run it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,8 @@ class Claim:
     corrupt: str | None = None
     """Set by a backend that claimed a record it cannot read (fields missing or of the wrong
     type): what is wrong with it. The engine fails such a task with this, without running it."""
+    function: str = ""
+    """The ``function`` stored at enqueue (for logs and the task's context)."""
 
     @property
     def ref(self) -> ClaimRef:
@@ -191,6 +196,50 @@ class TaskSnapshot:
     value: bytes | None
     error: str | None
     traceback: str | None
+    function: str = ""
+    priority: int = 0
+    progress: float | None = None
+    progress_message: str | None = None
+    worker_id: str | None = None
+
+
+class RequeueOutcome(enum.Enum):
+    """What ``Backend.requeue`` did with one task."""
+
+    REQUEUED = "requeued"
+    """The task was failed or cancelled and is pending again, due now, attempts from 0."""
+    REFUSED = "refused"
+    """The task is pending, running or succeeded (or its payload is gone); nothing changed."""
+    NOT_FOUND = "not_found"
+    """No task with this id (or its record has expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A running task's latest progress, saved with its worker's heartbeat."""
+
+    claim: ClaimRef
+    value: float
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPage:
+    """One page of ``Backend.list_tasks``: snapshots in listing order (without values), and
+    the backend's position after the last of them (``None``: nothing follows)."""
+
+    tasks: list[TaskSnapshot]
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """A worker's record as a backend stores it: ``data`` is the engine's JSON, which the
+    backend never reads; the record is gone once ``expires_at`` has passed."""
+
+    worker_id: str
+    data: bytes
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,3 +303,95 @@ class CronRecord:
     name: str
     definition: bytes
     last_tick: float
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """What an operator sees of one task: never its arguments or return value (inspection
+    never unpickles). Times are aware UTC datetimes.
+
+    ``function`` is the callable's ``module.qualname`` as recorded at enqueue; ``progress``
+    (0 to 1) and ``progress_message`` are what the task last reported with
+    ``current_task().set_progress``; ``worker_id`` names the worker running it.
+    """
+
+    task_id: str
+    queue: str
+    status: TaskStatus
+    function: str
+    attempts: int
+    priority: int
+    enqueued_at: datetime | None
+    eta: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    traceback: str | None
+    progress: float | None
+    progress_message: str | None
+    worker_id: str | None
+
+    @classmethod
+    def from_snapshot(cls, snap: TaskSnapshot) -> TaskInfo:
+        """The operator's view of a backend snapshot."""
+        return cls(
+            task_id=snap.task_id,
+            queue=snap.queue,
+            status=snap.status,
+            function=snap.function,
+            attempts=snap.attempts,
+            priority=snap.priority,
+            enqueued_at=to_datetime(snap.enqueued_at),
+            eta=to_datetime(snap.eta),
+            started_at=to_datetime(snap.started_at),
+            finished_at=to_datetime(snap.finished_at),
+            error=snap.error,
+            traceback=snap.traceback,
+            progress=snap.progress if snap.status is TaskStatus.RUNNING else None,
+            progress_message=snap.progress_message if snap.status is TaskStatus.RUNNING else None,
+            worker_id=snap.worker_id if snap.status is TaskStatus.RUNNING else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name, ready for ``json.dumps`` (times as ISO 8601 text)."""
+        return {f.name: _json_ready(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of ``TaskQueue.list_tasks``: ``next_cursor`` is ``None`` on the last page,
+    otherwise pass it back as ``cursor=`` for the next one."""
+
+    tasks: list[TaskInfo]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker as it last reported itself (with its heartbeat)."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    kind: str
+    queues: tuple[str, ...]
+    concurrency: int
+    running: int
+    processed: int
+    failed: int
+    started_at: datetime | None
+    last_seen: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name, ready for ``json.dumps`` (times as ISO 8601 text)."""
+        return {f.name: _json_ready(getattr(self, f.name)) for f in fields(self)}

@@ -18,6 +18,7 @@ from sitq.models import MAX_ETA_TEXT, MAX_ETA_TIMESTAMP
 from sitq.retry import NO_RETRY, FixedBackoff, RetryPolicy
 
 DEFAULT_RESULT_TTL = 86_400.0
+DEFAULT_FAILURE_TTL = 7 * 86_400.0
 DEFAULT_MAX_DELIVERIES = 5
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
@@ -29,6 +30,7 @@ OPTION_NAMES = frozenset(
         "priority",
         "task_id",
         "result_ttl",
+        "failure_ttl",
         "max_deliveries",
         "concurrency_key",
         "concurrency_limit",
@@ -76,6 +78,7 @@ class TaskOptions:
     priority: int = 0
     task_id: str | None = None
     result_ttl: float = DEFAULT_RESULT_TTL
+    failure_ttl: float | None = DEFAULT_FAILURE_TTL
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
@@ -100,17 +103,20 @@ class TaskOptions:
 
     def engine_options(self) -> str:
         """The options the engine needs at run time, as the JSON text stored with the task."""
-        return _engine_options_text(self.timeout, self.retry, self.max_deliveries)
+        return _engine_options_text(self.timeout, self.retry, self.max_deliveries, self.failure_ttl)
 
 
 @functools.lru_cache(maxsize=256)
-def _engine_options_text(timeout: float | None, retry: RetryPolicy, max_deliveries: int) -> str:
+def _engine_options_text(
+    timeout: float | None, retry: RetryPolicy, max_deliveries: int, failure_ttl: float | None
+) -> str:
     return json.dumps(
         {
             "v": 1,
             "timeout": timeout,
             "retry": None if retry == NO_RETRY else retry.to_dict(),
             "max_deliveries": max_deliveries,
+            "failure_ttl": failure_ttl,
         },
         separators=(",", ":"),
     )
@@ -129,6 +135,8 @@ def _check(name: str, value: Any) -> Any:
         return check_seconds("timeout", value, allow_none=True)
     if name == "result_ttl":
         return check_seconds("result_ttl", value)
+    if name == "failure_ttl":
+        return check_seconds("failure_ttl", value, allow_none=True)
     if name == "priority":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigurationError(f"priority must be an int, not {value!r}")
@@ -197,6 +205,8 @@ class EngineOptions:
     timeout: float | None
     retry: RetryPolicy
     max_deliveries: int
+    failure_ttl: float | None = DEFAULT_FAILURE_TTL
+    """Seconds a failed task is kept (``None``: until requeued or purged)."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -231,8 +241,14 @@ def _parse_engine_options(text: str) -> EngineOptions:
         raise ValueError(
             f"task options: max_deliveries must be an int >= 1, not {max_deliveries!r}"
         )
+    failure_ttl = data.get("failure_ttl", DEFAULT_FAILURE_TTL)
+    try:
+        failure_ttl = check_seconds("failure_ttl", failure_ttl, allow_none=True)
+    except ConfigurationError as exc:
+        raise ValueError(f"task options: {exc}") from None
     return EngineOptions(
         timeout=None if timeout is None else float(timeout),
         retry=NO_RETRY if retry is None else RetryPolicy.from_dict(retry),
         max_deliveries=max_deliveries,
+        failure_ttl=None if failure_ttl is None else float(failure_ttl),
     )

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from sitq._task import check_signature
+from sitq import _operate
+from sitq._task import check_signature, function_name
 from sitq.backends import resolve_backend
 from sitq.backends.base import Backend
 from sitq.cron import MISFIRE_POLICIES, CronDefinition, CronExpression, CronInfo, check_cron_name
@@ -31,9 +32,13 @@ from sitq.models import (
     CancelOutcome,
     NewTask,
     QueueStats,
+    RequeueOutcome,
     Result,
+    TaskInfo,
+    TaskPage,
     TaskSnapshot,
     TaskStatus,
+    WorkerInfo,
 )
 from sitq.options import TaskOptions
 from sitq.serializers import PickleSerializer, Serializer
@@ -285,6 +290,7 @@ class TaskQueue(TaskOptionsView):
             concurrency_key=opts.concurrency_key,
             concurrency_limit=opts.concurrency_limit,
             fresh_id=opts.task_id is None,
+            function=function_name(func),
         )
 
     async def _add_cron(
@@ -434,6 +440,82 @@ class TaskQueue(TaskOptionsView):
         if outcome is CancelOutcome.NOT_FOUND:
             raise TaskNotFound(task_id)
         return outcome is not CancelOutcome.ALREADY_FINISHED
+
+    # -- operating ------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> TaskInfo | None:
+        """What an operator sees of a task (:class:`TaskInfo`: status, function, attempts,
+        times, error and traceback, progress, worker), or ``None`` for an unknown or expired
+        id. Never reads the task's arguments or result."""
+        await self.connect()
+        snap = await self._read(task_id, 0.0)
+        return None if snap is None else TaskInfo.from_snapshot(snap)
+
+    async def list_tasks(
+        self,
+        status: str | TaskStatus | Iterable[str | TaskStatus] | None = None,
+        queue: str | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """One page of tasks: of one status, several or all (``None``), of one queue or all.
+
+        Order: running tasks longest-running first, then pending ones as workers would take
+        them, then failed, cancelled and successful ones, most recently finished first.
+        ``limit`` is 1 to 1000; pass ``page.next_cursor`` back as ``cursor`` for the next page
+        (``None`` on the last). A task that stays in its state is listed at most once across
+        the pages, and not missed.
+        """
+        statuses = _operate.parse_statuses(status)
+        name = _operate.check_queue_name(queue, required=False)
+        size = _operate.check_limit(limit)
+        if cursor is not None and not isinstance(cursor, str):
+            raise ConfigurationError(f"cursor must be a string from next_cursor, not {cursor!r}")
+        await self.connect()
+        return await _operate.list_page(self.backend, statuses, name, size, cursor)
+
+    async def requeue(self, task_id: str) -> bool:
+        """Run a failed or cancelled task again: ``True`` if it is pending again (same id,
+        payload and options, attempts from 0, due now); ``False`` if it is pending, running or
+        succeeded. Raises :class:`TaskNotFound` for an unknown or expired id."""
+        await self.connect()
+        (outcome,) = await self.backend.requeue([task_id], time.time())
+        if outcome is RequeueOutcome.NOT_FOUND:
+            raise TaskNotFound(task_id)
+        return outcome is RequeueOutcome.REQUEUED
+
+    async def requeue_many(self, status: str = "failed", queue: str | None = None) -> int:
+        """Requeue every ``failed`` (or ``cancelled``) task, of one queue or all; the count.
+        Pages through the tasks, so memory stays bounded however many there are."""
+        if status not in ("failed", "cancelled"):
+            raise ConfigurationError(
+                f"requeue_many(status={status!r}): only failed or cancelled tasks can be requeued"
+            )
+        name = _operate.check_queue_name(queue, required=False)
+        await self.connect()
+        return await _operate.requeue_all(self.backend, TaskStatus(status), name)
+
+    async def purge(self, queue: str, status: str = "pending") -> int:
+        """Remove the tasks of ``queue`` in one state: ``pending`` (scheduled included),
+        ``failed``, ``cancelled``, ``success``, or ``finished`` (those three); the count.
+        Running tasks are never purged (cancel them). A purged task's id is unknown after."""
+        name = _operate.check_queue_name(queue, required=True)
+        assert name is not None
+        states = _operate.PURGE_STATES.get(status) if isinstance(status, str) else None
+        if states is None:
+            raise ConfigurationError(
+                f"purge(status={status!r}): use one of {', '.join(_operate.PURGE_STATES)} "
+                "(running tasks are never purged: cancel them)"
+            )
+        await self.connect()
+        return await _operate.purge_all(self.backend, name, states)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers alive now, as each last reported itself, sorted by worker id."""
+        await self.connect()
+        records = await self.backend.list_workers(time.time())
+        return [info for r in records if (info := _operate.worker_info(r)) is not None]
 
     async def stats(self) -> list[QueueStats]:
         """Per-queue counts of pending, scheduled, running, succeeded and failed tasks."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import math
 import os
@@ -19,13 +20,15 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from sitq import _logs
 from sitq._task import Outcome
 from sitq.backends import redact_url, resolve_backend
 from sitq.backends.base import Backend
+from sitq.context import TaskContext, running
 from sitq.cron import CronDriver
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
@@ -35,12 +38,19 @@ from sitq.models import (
     ClaimRef,
     Finish,
     LeaseState,
+    Progress,
     Release,
     Reschedule,
     Settlement,
     TaskStatus,
+    WorkerRecord,
 )
-from sitq.options import DEFAULT_RESULT_TTL, check_queue_name, parse_engine_options
+from sitq.options import (
+    DEFAULT_FAILURE_TTL,
+    DEFAULT_RESULT_TTL,
+    check_queue_name,
+    parse_engine_options,
+)
 from sitq.serializers import PickleSerializer, Serializer
 
 log = logging.getLogger("sitq.worker")
@@ -73,6 +83,15 @@ class _Held:
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     settling: bool = False
+    started: float = field(default_factory=time.monotonic)
+    timed_out: bool = False
+    progress: tuple[float, str | None] | None = None
+    """The task's latest ``set_progress`` (written from its thread or process reader)."""
+    saved_progress: tuple[float, str | None] | None = None
+
+    def report(self, value: float, message: str | None) -> None:
+        """Keep the latest progress for the next heartbeat (one assignment: thread-safe)."""
+        self.progress = (value, message)
 
 
 class Worker:
@@ -88,6 +107,8 @@ class Worker:
     """
 
     executor_class: type[Executor] = AsyncExecutor
+    kind = "async"
+    """The worker kind its record shows (``async``, ``thread`` or ``process``)."""
 
     def __init__(
         self,
@@ -123,7 +144,9 @@ class Worker:
         self.heartbeat_interval = min(self.lease / 3, 2.0)
         self.cron = bool(cron)
         self._cron_driver = CronDriver(self.backend)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._hostname = socket.gethostname()
+        self.worker_id = f"{self._hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._started_at = 0.0
         self.executor: Executor = self.executor_class(self.serializer, concurrency)
         self.executor.on_slot_freed = self._on_slot_freed
         self._all_slots_abandoned = False
@@ -176,6 +199,8 @@ class Worker:
                 self._owns_connection = False
                 await self.backend.close()
             raise
+        self._started_at = time.time()
+        await self._put_record()
         self._claim_task = asyncio.create_task(self._claim_loop(), name="sitq-claim")
         self._background = [
             asyncio.create_task(self._heartbeat_loop(), name="sitq-heartbeat"),
@@ -228,6 +253,10 @@ class Worker:
             )
             self._background = []
             await self.executor.close()
+            try:
+                await asyncio.wait_for(self.backend.remove_worker(self.worker_id), 5.0)
+            except Exception as exc:
+                log.warning("removing this worker's record failed (it expires): %s", exc)
             if self._owns_connection:
                 await self.backend.close()
                 self._owns_connection = False
@@ -465,6 +494,13 @@ class Worker:
         finally:
             self._executing -= 1
             self._slot_freed.set()
+        _logs.outcome(
+            held.claim,
+            settlement,
+            held.stop_reason,
+            time.monotonic() - held.started,
+            timed_out=held.timed_out,
+        )
         if settlement is None:
             self._forget(held)
         else:
@@ -498,7 +534,20 @@ class Worker:
             )
         if claim.cancel_requested:
             return self._finish(held, TaskStatus.CANCELLED, None, "cancelled while running", None)
-        outcome = await self.executor.run(claim.payload, opts.timeout, task_id=claim.task_id)
+        context = TaskContext(
+            task_id=claim.task_id,
+            queue=claim.queue,
+            attempt=claim.attempts,
+            function=claim.function,
+            worker_id=self.worker_id,
+            _report=held.report,
+        )
+        _logs.started(claim)
+        with running(context):
+            outcome = await self.executor.run(
+                claim.payload, opts.timeout, task_id=claim.task_id, context=context
+            )
+        held.timed_out = outcome.timed_out
         if outcome.ok:
             self.counters["succeeded"] += 1
             return self._finish(held, TaskStatus.SUCCESS, outcome.value, None, None)
@@ -533,6 +582,10 @@ class Worker:
         traceback: str | None,
     ) -> Finish:
         now = time.time()
+        if status is TaskStatus.FAILED:
+            kept = _failure_ttl(held.claim)
+            expires = MAX_ETA_TIMESTAMP if kept is None else min(now + kept, MAX_ETA_TIMESTAMP)
+            return Finish(held.ref, status, value, error, traceback, now, expires)
         ttl = held.claim.result_ttl
         if _unreadable_ttl(ttl):
             ttl = DEFAULT_RESULT_TTL
@@ -577,9 +630,7 @@ class Worker:
         for (held, _), ok in zip(batch, applied, strict=True):
             if not ok:
                 self.counters["refused"] += 1
-                log.warning(
-                    "outcome of task %s refused: its claim is no longer current", held.claim.task_id
-                )
+                _logs.refused(held.claim, time.monotonic() - held.started)
             self._forget(held)
         self._settle_progress.set()
         return True
@@ -589,6 +640,8 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            await self._save_progress()
+            await self._put_record()
             held = list(self._held.values())
             if not held:
                 continue
@@ -604,12 +657,53 @@ class Worker:
                     continue
                 if state is LeaseState.LOST:
                     self.counters["lost"] += 1
-                    log.warning("lease on task %s lost; stopping it", item.claim.task_id)
+                    _logs.lost(item.claim, time.monotonic() - item.started)
                     item.stop_reason = StopReason.LOST
                     item.task.cancel()
                 elif state is LeaseState.CANCEL_REQUESTED and item.stop_reason is None:
                     item.stop_reason = StopReason.CANCELLED
                     item.task.cancel()
+
+    async def _save_progress(self) -> None:
+        updates = []
+        for held in self._held.values():
+            latest = held.progress
+            if latest is not None and latest != held.saved_progress and not held.settling:
+                updates.append((held, latest))
+        if not updates:
+            return
+        try:
+            await self.backend.save_progress(
+                [Progress(h.ref, value, message) for h, (value, message) in updates]
+            )
+        except Exception as exc:
+            log.warning("saving the progress of %d tasks failed: %s", len(updates), exc)
+            return
+        for held, latest in updates:
+            held.saved_progress = latest
+
+    def _record(self) -> WorkerRecord:
+        now = time.time()
+        data = {
+            "hostname": self._hostname,
+            "pid": os.getpid(),
+            "kind": self.kind,
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+            "running": self._executing,
+            "processed": self.counters["succeeded"] + self.counters["failed"],
+            "failed": self.counters["failed"],
+            "started_at": self._started_at,
+            "last_seen": now,
+        }
+        expires = now + (self.lease if math.isfinite(self.lease) else 86_400.0)
+        return WorkerRecord(self.worker_id, json.dumps(data).encode(), expires)
+
+    async def _put_record(self) -> None:
+        try:
+            await self.backend.put_worker(self._record())
+        except Exception as exc:
+            log.warning("refreshing this worker's record failed: %s", exc)
 
     async def _purge_loop(self) -> None:
         while True:
@@ -621,6 +715,15 @@ class Worker:
             except Exception as exc:
                 log.warning("purging expired results failed: %s", exc)
             await asyncio.sleep(self.purge_interval)
+
+
+def _failure_ttl(claim: Claim) -> float | None:
+    """How long the claim's task is kept once failed (its own option; the default when its
+    options cannot be read)."""
+    try:
+        return parse_engine_options(claim.options).failure_ttl
+    except Exception:
+        return DEFAULT_FAILURE_TTL
 
 
 def _unreadable_ttl(ttl: object) -> bool:
@@ -668,12 +771,14 @@ class ThreadWorker(Worker):
     """Runs every task in its own pool of ``concurrency`` threads."""
 
     executor_class = ThreadExecutor
+    kind = "thread"
 
 
 class ProcessWorker(Worker):
     """Runs every task in a pool of ``concurrency`` child processes (default: one per CPU)."""
 
     executor_class = ProcessExecutor
+    kind = "process"
 
     def __init__(
         self,

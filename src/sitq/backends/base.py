@@ -23,10 +23,14 @@ from sitq.models import (
     CronRecord,
     LeaseState,
     NewTask,
+    Progress,
     QueueStats,
+    RequeueOutcome,
     Settlement,
+    SnapshotPage,
     TaskSnapshot,
     TaskStatus,
+    WorkerRecord,
 )
 
 
@@ -61,7 +65,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
-        """Store tasks as pending, all in one step where the store allows.
+        """Store tasks as pending, all in one step where the store allows (with each task's
+        ``function``, for listings).
 
         Guarantee: when this returns, the tasks are durable. A task whose id the backend still
         knows (pending, running, or finished with an unexpired result) is left as it is; the
@@ -110,19 +115,23 @@ class Backend(abc.ABC):
 
         Each settlement applies only if its fencing token is the task's current claim and the
         task is running; the returned list says which applied. A finished task keeps its result
-        until ``expires_at``; a finished task's payload may be dropped. One call never holds two
+        until ``expires_at``; a succeeded task's payload may be dropped, a failed or cancelled
+        one's is kept (``requeue`` runs it again). One call never holds two
         settlements of the same task. Settling a task that has
         a concurrency key frees its slot: workers waiting for work on its queue are woken.
         """
 
     @abc.abstractmethod
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
-        """Cancel a pending task (it finishes as ``cancelled``, its result kept for its
-        ``result_ttl``), or flag a running one so its worker stops it."""
+        """Cancel a pending task (it finishes as ``cancelled``, its result and payload kept for
+        its ``result_ttl``), or flag a running one so its worker stops it."""
 
     @abc.abstractmethod
     async def get_task(self, task_id: str) -> TaskSnapshot | None:
-        """The task's current state, or ``None`` if unknown or its result has expired."""
+        """The task's current state, or ``None`` if unknown or its result has expired.
+
+        The snapshot carries the ``function`` and ``priority`` stored at enqueue and, while the
+        task runs, the ``worker_id`` that claimed it and its last saved progress."""
 
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
         """Wait up to ``timeout`` seconds for the task to finish; return its final snapshot.
@@ -150,6 +159,61 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def stats(self, now: float) -> list[QueueStats]:
         """Per-queue counts of tasks by state, sorted by queue name."""
+
+    # -- inspection and operator actions -----------------------------------------------------
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, status: TaskStatus, queue: str | None, limit: int, after: str | None, now: float
+    ) -> SnapshotPage:
+        """Up to ``limit`` tasks in ``status`` (of ``queue``, or of every queue), after the
+        position ``after`` a previous page returned (``None``: from the start).
+
+        Order: pending tasks (scheduled ones included) as workers would take them: priority
+        high to low, then due time, then enqueue order; running tasks by ``started_at``,
+        longest running first; finished tasks by ``finished_at``, most recent first. Results
+        whose ``expires_at`` has passed are left out. Snapshots carry no ``value``.
+
+        Guarantees: a page is read through an index, at a cost that does not grow with the
+        number of tasks stored; following the positions lists a task that stays in ``status``
+        throughout at most once, and does not miss it. Never reads a payload.
+        """
+
+    @abc.abstractmethod
+    async def requeue(self, task_ids: Sequence[str], now: float) -> list[RequeueOutcome]:
+        """Make each failed or cancelled task pending again, due ``now``: same id, payload and
+        options; attempts and retries from 0; error, result, progress and expiry cleared.
+
+        Guarantee: atomic per task against a worker, a cancel or another requeue (a task is
+        requeued once however many callers race). Pending, running and succeeded tasks are
+        refused; so is one whose payload is gone.
+        """
+
+    @abc.abstractmethod
+    async def purge_tasks(self, queue: str, status: TaskStatus, limit: int) -> int:
+        """Remove up to ``limit`` tasks of ``queue`` in ``status``; the count removed.
+
+        Pending includes scheduled tasks. ``status`` is never ``running``: a running task is
+        never purged. A purged task is gone (``get_task`` returns ``None``); the caller repeats
+        until the count is 0.
+        """
+
+    @abc.abstractmethod
+    async def save_progress(self, updates: Sequence[Progress]) -> None:
+        """Store each running task's latest progress, if its claim is still current (a stale
+        claim's progress is dropped)."""
+
+    @abc.abstractmethod
+    async def put_worker(self, record: WorkerRecord) -> None:
+        """Create or replace a worker's record (its heartbeat)."""
+
+    @abc.abstractmethod
+    async def remove_worker(self, worker_id: str) -> None:
+        """Remove a worker's record (it stopped)."""
+
+    @abc.abstractmethod
+    async def list_workers(self, now: float) -> list[WorkerRecord]:
+        """The worker records that have not expired by ``now``, sorted by worker id."""
 
     # -- cron -----------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -28,12 +29,16 @@ from sitq.models import (
     Finish,
     LeaseState,
     NewTask,
+    Progress,
     QueueStats,
     Release,
+    RequeueOutcome,
     Reschedule,
     Settlement,
+    SnapshotPage,
     TaskSnapshot,
     TaskStatus,
+    WorkerRecord,
 )
 
 
@@ -56,6 +61,8 @@ class _Record:
     error: str | None = None
     traceback: str | None = None
     payload: bytes | None = field(default=None)
+    progress: float | None = None
+    progress_message: str | None = None
 
 
 class _KeySlots:
@@ -108,6 +115,7 @@ class MemoryBackend(Backend):
         self._waiters = ResultWaiters()
         self._crons: dict[str, CronRecord] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        self._workers: dict[str, WorkerRecord] = {}
 
     async def connect(self) -> None:
         """Mark the backend usable (there is nothing to open)."""
@@ -234,6 +242,7 @@ class MemoryBackend(Backend):
             rec.lease_until = now + lease
             rec.worker_id = worker_id
             rec.started_at = now
+            rec.progress = rec.progress_message = None
             self._running[rec.task.id] = rec
             assert rec.payload is not None
             claims.append(
@@ -250,6 +259,7 @@ class MemoryBackend(Backend):
                     started_at=now,
                     result_ttl=rec.task.result_ttl,
                     cancel_requested=rec.cancel_requested,
+                    function=rec.task.function,
                 )
             )
         return claims
@@ -297,7 +307,8 @@ class MemoryBackend(Backend):
                 rec.traceback = item.traceback
                 rec.finished_at = item.finished_at
                 rec.expires_at = item.expires_at
-                rec.payload = None
+                if item.status is TaskStatus.SUCCESS:
+                    rec.payload = None
                 self._waiters.finished([rec.task.id])
             elif isinstance(item, Reschedule):
                 rec.status = TaskStatus.PENDING
@@ -330,7 +341,6 @@ class MemoryBackend(Backend):
         rec.error = "cancelled before it started"
         rec.finished_at = now
         rec.expires_at = now + rec.task.result_ttl
-        rec.payload = None
         self._waiters.finished([task_id])
         return CancelOutcome.CANCELLED
 
@@ -338,21 +348,7 @@ class MemoryBackend(Backend):
         """The task's current state."""
         self._check()
         rec = self._live(task_id, time.time())
-        if rec is None:
-            return None
-        return TaskSnapshot(
-            task_id=rec.task.id,
-            queue=rec.task.queue,
-            status=rec.status,
-            attempts=rec.attempts,
-            enqueued_at=rec.task.enqueued_at,
-            eta=rec.eta,
-            started_at=rec.started_at,
-            finished_at=rec.finished_at,
-            value=rec.value,
-            error=rec.error,
-            traceback=rec.traceback,
-        )
+        return None if rec is None else _snapshot(rec, rec.value)
 
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
         """Wait for the task to finish, woken by the settle or cancel that finishes it."""
@@ -400,6 +396,94 @@ class MemoryBackend(Backend):
             for rec in self._tasks.values()
             if rec.expires_at is None or rec.expires_at > now
         )
+
+    # -- inspection and operator actions -------------------------------------------------
+
+    async def list_tasks(
+        self, status: TaskStatus, queue: str | None, limit: int, after: str | None, now: float
+    ) -> SnapshotPage:
+        """Sort the matching records (a memory store is small: no index is kept)."""
+        self._check()
+        start = None if after is None else tuple(json.loads(after))
+        rows = []
+        for rec in self._tasks.values():
+            if rec.status is not status or (queue is not None and rec.task.queue != queue):
+                continue
+            if rec.expires_at is not None and rec.expires_at <= now:
+                continue
+            key = _list_key(rec)
+            if start is None or key > start:
+                rows.append((key, rec))
+        rows.sort(key=lambda row: row[0])
+        page = rows[:limit]
+        more = len(rows) > limit
+        return SnapshotPage(
+            tasks=[_snapshot(rec, None) for _, rec in page],
+            after=json.dumps(page[-1][0]) if more else None,
+        )
+
+    async def requeue(self, task_ids: Sequence[str], now: float) -> list[RequeueOutcome]:
+        """Make failed and cancelled records pending again."""
+        self._check()
+        outcomes = []
+        for task_id in task_ids:
+            rec = self._live(task_id, now)
+            if rec is None:
+                outcomes.append(RequeueOutcome.NOT_FOUND)
+                continue
+            if rec.status not in _REQUEUABLE or rec.payload is None:
+                outcomes.append(RequeueOutcome.REFUSED)
+                continue
+            rec.status = TaskStatus.PENDING
+            rec.attempts = rec.retries = 0
+            rec.eta = now
+            rec.cancel_requested = False
+            rec.started_at = rec.finished_at = rec.expires_at = None
+            rec.value = rec.error = rec.traceback = None
+            rec.progress = rec.progress_message = None
+            rec.seq = next(self._seq)
+            self._schedule(rec, now)
+            outcomes.append(RequeueOutcome.REQUEUED)
+        return outcomes
+
+    async def purge_tasks(self, queue: str, status: TaskStatus, limit: int) -> int:
+        """Delete up to ``limit`` records of the queue in that state (never running ones)."""
+        self._check()
+        if status is TaskStatus.RUNNING:
+            return 0
+        doomed = [
+            task_id
+            for task_id, rec in self._tasks.items()
+            if rec.status is status and rec.task.queue == queue
+        ][:limit]
+        for task_id in doomed:
+            del self._tasks[task_id]
+        return len(doomed)
+
+    async def save_progress(self, updates: Sequence[Progress]) -> None:
+        """Store progress on records whose claim is current."""
+        self._check()
+        for update in updates:
+            rec = self._current(update.claim)
+            if rec is not None:
+                rec.progress, rec.progress_message = update.value, update.message
+
+    async def put_worker(self, record: WorkerRecord) -> None:
+        """Keep the record."""
+        self._check()
+        self._workers[record.worker_id] = record
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget the record."""
+        self._check()
+        self._workers.pop(worker_id, None)
+
+    async def list_workers(self, now: float) -> list[WorkerRecord]:
+        """The records not yet expired."""
+        self._check()
+        for worker_id in [w for w, r in self._workers.items() if r.expires_at <= now]:
+            del self._workers[worker_id]
+        return sorted(self._workers.values(), key=lambda r: r.worker_id)
 
     # -- cron -----------------------------------------------------------------------------
 
@@ -459,3 +543,37 @@ class MemoryBackend(Backend):
             return False
         del self._locks[name]
         return held[1] > time.time()
+
+
+_REQUEUABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def _list_key(rec: _Record) -> tuple[float, ...]:
+    """Where a record stands in the listing order of its status (see ``Backend.list_tasks``)."""
+    if rec.status is TaskStatus.PENDING:
+        return (-rec.task.priority, rec.eta, rec.seq)
+    if rec.status is TaskStatus.RUNNING:
+        return (rec.started_at or 0.0, rec.seq)
+    return (-(rec.finished_at or 0.0), -rec.seq)
+
+
+def _snapshot(rec: _Record, value: bytes | None) -> TaskSnapshot:
+    running = rec.status is TaskStatus.RUNNING
+    return TaskSnapshot(
+        task_id=rec.task.id,
+        queue=rec.task.queue,
+        status=rec.status,
+        attempts=rec.attempts,
+        enqueued_at=rec.task.enqueued_at,
+        eta=rec.eta,
+        started_at=rec.started_at,
+        finished_at=rec.finished_at,
+        value=value,
+        error=rec.error,
+        traceback=rec.traceback,
+        function=rec.task.function,
+        priority=rec.task.priority,
+        progress=rec.progress if running else None,
+        progress_message=rec.progress_message if running else None,
+        worker_id=rec.worker_id if running else None,
+    )
