@@ -13,6 +13,7 @@ from sitq.backends.nats import NATSBackend
 from sitq.backends.postgres import PostgresBackend
 from sitq.backends.redis import RedisBackend
 from sitq.backends.sqlite import SQLiteBackend
+from sitq.context import TaskContext, current_task
 from sitq.cron import CronInfo
 from sitq.errors import (
     BackendError,
@@ -26,7 +27,7 @@ from sitq.errors import (
     TaskNotFound,
 )
 from sitq.locks import Lock
-from sitq.models import QueueStats, Result, TaskStatus
+from sitq.models import QueueStats, Result, TaskInfo, TaskPage, TaskStatus, WorkerInfo
 from sitq.queue import TaskOptionsView, TaskQueue
 from sitq.retry import ExponentialBackoff, FixedBackoff, RetryPolicy
 from sitq.serializers import JsonSerializer, PickleSerializer, Serializer
@@ -62,13 +63,18 @@ __all__ = [
     "Serializer",
     "SitqError",
     "SyncTaskQueue",
+    "TaskContext",
     "TaskFailedError",
+    "TaskInfo",
     "TaskNotFound",
     "TaskOptionsView",
+    "TaskPage",
     "TaskQueue",
     "TaskStatus",
     "ThreadWorker",
     "Worker",
+    "WorkerInfo",
     "__version__",
     "backend_from_url",
+    "current_task",
 ]

@@ -207,3 +207,70 @@ def record_item_after(log_dir: str, label: str, item: int, seconds: float) -> in
     to take its share."""
     time.sleep(seconds)
     return record_item(log_dir, label, item)
+
+
+def _wait_for_file(path: str, seconds: float = 60.0) -> None:
+    """Block until ``path`` exists (the test's signal to go on), at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {seconds} s")
+        time.sleep(0.01)
+
+
+def report_progress(release: str) -> dict[str, object]:
+    """Report progress from a plain function, wait for ``release`` to exist, return the
+    context it saw."""
+    ctx = sitq.current_task()
+    ctx.set_progress(0.25, "a quarter")
+    ctx.set_progress(0.4, "resized 40 of 100 images")
+    _wait_for_file(release)
+    return {
+        "task_id": ctx.task_id,
+        "queue": ctx.queue,
+        "attempt": ctx.attempt,
+        "function": ctx.function,
+        "worker_id": ctx.worker_id,
+    }
+
+
+async def async_report_progress(release: str) -> dict[str, object]:
+    """``report_progress`` as a coroutine that waits without blocking the loop."""
+    ctx = sitq.current_task()
+    ctx.set_progress(0.4, "resized 40 of 100 images")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return {
+        "task_id": ctx.task_id,
+        "queue": ctx.queue,
+        "attempt": ctx.attempt,
+        "function": ctx.function,
+        "worker_id": ctx.worker_id,
+    }
+
+
+def wait_for_file(path: str) -> str:
+    """Run until ``path`` exists."""
+    _wait_for_file(path)
+    return "released"
+
+
+class Greeter:
+    """A class whose bound method is enqueued."""
+
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    def greet(self, name: str) -> str:
+        return f"{self.greeting}, {name}"
+
+
+class RunsCodeWhenUnpickled:
+    """A payload that runs code if anything unpickles it: it writes ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, ...]]:
+        return (Path.touch, (Path(self.marker),))
