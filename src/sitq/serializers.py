@@ -192,6 +192,10 @@ class _SigningSerializer(Serializer):
         )
 
 
+_PICKLE_START = b"\x80"  # the PROTO opcode every pickle of protocol 2 or later begins with
+_JSON_STARTS = frozenset({b"{", b"["})  # how the json serializer's calls and values begin
+
+
 class PickleSerializer(_SigningSerializer):
     """cloudpickle: carries closures, lambdas and functions defined in ``__main__`` by value.
 
@@ -227,6 +231,12 @@ class PickleSerializer(_SigningSerializer):
     def loads(self, data: bytes) -> Any:
         """Unpickle bytes made by ``dumps`` (after checking the signature, with a secret)."""
         body = self._open(data)
+        if body[:1] in _JSON_STARTS:
+            raise SerializationError(
+                "payload is JSON, written by the json serializer, and this worker reads pickle: "
+                "run the worker with --serializer json (JsonSerializer() in code), the "
+                "serializer of the side that enqueues"
+            )
         try:
             return pickle.loads(body)
         except Exception as exc:
@@ -368,6 +378,12 @@ class JsonSerializer(_SigningSerializer):
     def loads(self, data: bytes) -> Any:
         """Decode JSON bytes (after checking the signature, with a secret)."""
         body = self._open(data)
+        if body[:1] == _PICKLE_START:
+            raise SerializationError(
+                "payload is a pickle, written by the pickle serializer, and this worker reads "
+                "JSON: run the worker with --serializer pickle (PickleSerializer() in code), the "
+                "serializer of the side that enqueues"
+            )
         try:
             return json.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -1,33 +1,24 @@
-"""The command line: ``sitq worker URL`` runs a worker, ``sitq info URL`` shows the queues.
-
-Every option can also come from an environment variable: ``SITQ_URL``, ``SITQ_KIND``,
-``SITQ_CONCURRENCY``, ``SITQ_QUEUES`` (comma-separated), ``SITQ_IMPORTS`` (comma-separated),
-``SITQ_SERIALIZER``, ``SITQ_LEASE``, ``SITQ_SHUTDOWN_TIMEOUT``, ``SITQ_POLL_INTERVAL``,
-``SITQ_PURGE_INTERVAL``, ``SITQ_CONNECT_TIMEOUT`` and ``SITQ_LOG_LEVEL``. A flag given on the
-command line wins over the environment.
-``SITQ_SECRET`` (comma-separated keys, the first signs) makes the serializer (pickle or json)
-sign and verify payloads; it has no flag, since a command line is visible to every user of the
-machine. ``SITQ_JSON_MODULES`` (comma-separated) is the json serializer's allow-list of modules.
-"""
+"""``sitq worker``: run a worker until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 
+from sitq._logs import JsonFormatter
 from sitq._loop import LOOPS, resolve_loop
 from sitq._loop import run as run_loop
 from sitq.backends import backend_from_url, redact_url
-from sitq.cron import CronInfo
-from sitq.errors import SitqError
+from sitq.cli._common import add_url
+from sitq.errors import ConfigurationError
 from sitq.serializers import Serializer, serializer_from_name
 from sitq.worker import PURGE_INTERVAL, WORKER_KINDS
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _env_list(name: str) -> list[str]:
@@ -52,28 +43,15 @@ def _serializer(name: str) -> Serializer:
     return serializer_from_name(name, secret=keys or None, modules=modules or None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``sitq``."""
-    parser = argparse.ArgumentParser(
-        prog="sitq",
-        description="sitq: run workers and inspect queues.",
-        epilog="Settings also come from SITQ_* environment variables (see `sitq worker -h`).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    env_url = os.environ.get("SITQ_URL")
-
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``worker`` command's options."""
     worker = sub.add_parser(
         "worker",
         help="run a worker until SIGINT/SIGTERM",
         description="Run a worker until SIGINT or SIGTERM, then shut down gracefully "
         "(a second SIGINT stops at once).",
     )
-    worker.add_argument(
-        "url",
-        nargs="?" if env_url else None,
-        default=env_url,
-        help="backend URL, e.g. sqlite:///sitq.db (env SITQ_URL)",
-    )
+    add_url(worker)
     worker.add_argument(
         "--kind",
         choices=sorted(WORKER_KINDS),
@@ -161,14 +139,35 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--log-level",
         default=os.environ.get("SITQ_LOG_LEVEL", "INFO"),
-        help="logging level (env SITQ_LOG_LEVEL)",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case (env SITQ_LOG_LEVEL; "
+        "default INFO: one line per task outcome)",
+    )
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("SITQ_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line (env SITQ_LOG_FORMAT; default text)",
     )
 
-    info = sub.add_parser("info", help="print per-queue task counts")
-    info.add_argument(
-        "url", nargs="?" if env_url else None, default=env_url, help="backend URL (env SITQ_URL)"
-    )
-    return parser
+
+def configure_logging(level_name: str, log_format: str) -> None:
+    """Log to stderr at ``level_name`` (a standard level name, any case) as text or JSON."""
+    level = level_name.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise ConfigurationError(
+            f"--log-level {level_name!r} is not a logging level: use one of "
+            f"{', '.join(LOG_LEVELS)} (any case)"
+        )
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
 
 
 def _import_modules(modules: Sequence[str]) -> None:
@@ -209,70 +208,9 @@ async def _run_worker(args: argparse.Namespace) -> None:
     await worker.run(connect_timeout=None if args.connect_timeout < 0 else args.connect_timeout)
 
 
-async def _info(args: argparse.Namespace) -> None:
-    backend = backend_from_url(args.url)
-    await backend.connect()
-    try:
-        stats = await backend.stats(time.time())
-        crons = [CronInfo.from_record(r) for r in await backend.list_crons()]
-    finally:
-        await backend.close()
-    print(f"{redact_url(backend.describe())}")
-    header = ("queue", "pending", "scheduled", "running", "succeeded", "failed", "cancelled")
-    rows = [header] + [
-        (
-            s.queue,
-            str(s.pending),
-            str(s.scheduled),
-            str(s.running),
-            str(s.succeeded),
-            str(s.failed),
-            str(s.cancelled),
-        )
-        for s in stats
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        print(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    if not stats:
-        print("(no tasks)")
-    if crons:
-        print()
-        print("cron schedules:")
-        for c in crons:
-            upcoming = c.next_run.isoformat() if c.next_run else "never"
-            print(
-                f"  {c.name}  {c.expression!r} {c.timezone}  -> {c.func} on {c.queue}, "
-                f"next {upcoming}"
-            )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sitq`` command and ``python -m sitq``."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "worker":
-            logging.basicConfig(
-                level=args.log_level.upper(),
-                stream=sys.stderr,
-                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            )
-            _import_modules(args.imports or _env_list("SITQ_IMPORTS"))
-            run_loop(_run_worker(args), args.loop)
-        else:
-            asyncio.run(_info(args))
-    except SitqError as exc:
-        print(f"sitq: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+def run(args: argparse.Namespace) -> int:
+    """Run ``sitq worker`` with parsed arguments."""
+    configure_logging(args.log_level, args.log_format)
+    _import_modules(args.imports or _env_list("SITQ_IMPORTS"))
+    run_loop(_run_worker(args), args.loop)
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
