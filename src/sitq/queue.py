@@ -232,13 +232,13 @@ class TaskQueue(TaskOptionsView):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect the backend. Idempotent."""
-        if not self.backend.connected:
-            await self.backend.connect()
+        """Connect the backend. Idempotent; after the event loop it connected on has ended (an
+        earlier ``asyncio.run``), it connects again on the running one."""
+        await self.backend.connect_here()
 
     async def close(self) -> None:
         """Close the backend. Idempotent."""
-        await self.backend.close()
+        await self.backend.close_here()
 
     async def __aenter__(self) -> Self:
         await self.connect()

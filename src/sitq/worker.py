@@ -189,8 +189,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._settle_wanted = asyncio.Event()
         try:
-            if not self.backend.connected:
-                await self.backend.connect()
+            if await self.backend.connect_here():
                 self._owns_connection = True
             await self.executor.start()
         except BaseException:

@@ -274,3 +274,12 @@ class RunsCodeWhenUnpickled:
 
     def __reduce__(self) -> tuple[object, tuple[str, ...]]:
         return (Path.touch, (Path(self.marker),))
+
+
+async def block_loop(seconds: float, then: float = 0.0) -> str:
+    """Block the worker's event loop (no heartbeat can run) for ``seconds``, then wait
+    ``then`` seconds without blocking it."""
+    time.sleep(seconds)
+    if then:
+        await asyncio.sleep(then)
+    return "unblocked"

@@ -204,3 +204,25 @@ async def test_function_names(queue: TaskQueue) -> None:
         task_id = await queue.enqueue(func, *args)
         info = await queue.get_task(task_id)
         assert info is not None and info.function == expected.removesuffix("#partial")
+
+
+async def test_inspection_never_unpickles(queue: TaskQueue, tmp_path: Path) -> None:
+    """A stored call that would run code when unpickled is listed, shown and requeued:
+    nothing runs."""
+    marker = tmp_path / "ran"
+    later = datetime.now(UTC) + timedelta(hours=1)
+    hostile = tasks.RunsCodeWhenUnpickled(str(marker))
+    pending = await queue.enqueue_at(later, tasks.add, hostile, 1)
+    cancelled = await queue.enqueue_at(later, tasks.add, hostile, 2)
+    assert await queue.cancel(cancelled)
+    assert not marker.exists()
+    listed = await _all(queue)
+    assert {i.task_id for i in listed} == {pending, cancelled}
+    for task_id in (pending, cancelled):
+        info = await queue.get_task(task_id)
+        assert info is not None and info.function == "tests.conformance.tasks.add"
+    assert await queue.requeue(cancelled) is True
+    assert await queue.requeue(pending) is False
+    assert await queue.requeue_many("cancelled") == 0
+    assert await queue.purge("default", "pending") == 2
+    assert not marker.exists()

@@ -1,4 +1,5 @@
-"""``sitq worker`` and ``sitq info`` as real processes."""
+"""``sitq worker`` and ``sitq info`` as real processes (the operator's commands are in
+test_cli_operating.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ async def test_info_prints_counts_per_queue(tmp_path: Path) -> None:
         "failed",
         "cancelled",
     ]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    table = lines[2 : lines.index("")]
+    rows = {line.split()[0]: line.split()[1:] for line in table}
     assert rows["default"] == ["1", "1", "0", "0", "0", "0"]
     assert rows["emails"] == ["1", "0", "0", "0", "0", "0"]
     via_env = _sitq("info", cwd=tmp_path, env={"SITQ_URL": url})

@@ -11,6 +11,7 @@ a server backend), so workers on machines with skewed clocks still agree on who 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Self
 
@@ -55,6 +56,42 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close connections and wake every waiter. Idempotent."""
+
+    def detach(self) -> None:
+        """Drop every connection opened on an event loop that has ended, without any I/O (that
+        loop can no longer run it), so that the next ``connect()`` opens new ones on the
+        current loop. Backends that hold loop-bound connections override this."""
+        raise ConfigurationError(
+            f"{type(self).__name__} was connected on an event loop that has ended and cannot "
+            "move to a new one: close it on the loop that connected it, or make a new backend"
+        )
+
+    async def connect_here(self) -> bool:
+        """Connect unless already connected on the running event loop; a connection left by an
+        event loop that has ended (an earlier ``asyncio.run``) is dropped first. ``True`` if
+        this call connected."""
+        loop = asyncio.get_running_loop()
+        bound = self._bound_loop
+        if self.connected and bound is not None and bound is not loop and bound.is_closed():
+            self.detach()
+        if self.connected:
+            self._bound_loop = self._bound_loop or loop
+            return False
+        await self.connect()
+        self._bound_loop = loop
+        return True
+
+    async def close_here(self) -> None:
+        """``close()``, or ``detach()`` when the connection belongs to an event loop that has
+        ended (it cannot be closed from another loop)."""
+        bound = self._bound_loop
+        if bound is not None and bound is not asyncio.get_running_loop() and bound.is_closed():
+            if self.connected:
+                self.detach()
+            return
+        await self.close()
+
+    _bound_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     @abc.abstractmethod

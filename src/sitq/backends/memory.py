@@ -131,6 +131,11 @@ class MemoryBackend(Backend):
             self._work.set()
             self._waiters.wake_all()
 
+    def detach(self) -> None:
+        """Forget the wake-up event of an event loop that has ended; the tasks stay."""
+        self._work = asyncio.Event()
+        self._waiters = ResultWaiters()
+
     @property
     def connected(self) -> bool:
         """True between ``connect()`` and ``close()``."""
