@@ -238,9 +238,7 @@ async def async_report_progress(release: str) -> dict[str, object]:
     """``report_progress`` as a coroutine that waits without blocking the loop."""
     ctx = sitq.current_task()
     ctx.set_progress(0.4, "resized 40 of 100 images")
-    deadline = time.monotonic() + 60
-    while not os.path.exists(release) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await asyncio.to_thread(_wait_for_file, release)
     return {
         "task_id": ctx.task_id,
         "queue": ctx.queue,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def _check_order(infos: list[TaskInfo]) -> None:
     """The ordering rules within each status group, and the order of the groups."""
     groups = [GROUPS.index(i.status.value) for i in infos]
     assert groups == sorted(groups), [i.status.value for i in infos]
-    for a, b in zip(infos, infos[1:], strict=False):
+    for a, b in itertools.pairwise(infos):
         if a.status is not b.status:
             continue
         if a.status is TaskStatus.PENDING:
@@ -60,7 +61,7 @@ async def _store_every_state(queue: TaskQueue, tmp_path: Path) -> dict[str, list
             made["running"].append(await q.enqueue(tasks.wait_for_file, release))
     async with AsyncWorker(queue.backend, concurrency=4, queues=["a", "b"], poll_interval=0.1):
         await wait_until(
-            lambda: _count(queue, "running", 4) ,
+            lambda: _count(queue, "running", 4),
             message="four running tasks",
         )
         await wait_until(
@@ -90,7 +91,7 @@ async def _count(queue: TaskQueue, status: str | list[str], n: int) -> bool:
 
 async def _listing_checks(queue: TaskQueue, made: dict[str, list[str]]) -> None:
     everything = await _all(queue)
-    assert sorted(i.task_id for i in everything) == sorted(sum(made.values(), []))
+    assert sorted(i.task_id for i in everything) == sorted(t for ids in made.values() for t in ids)
     _check_order(everything)
     for status in GROUPS:
         listed = await _all(queue, status=status)
@@ -127,8 +128,16 @@ async def test_list_by_status_queue_both_and_neither(queue: TaskQueue, tmp_path:
 
 
 async def test_list_checks_its_arguments(queue: TaskQueue) -> None:
-    for bad in ({"status": "done"}, {"status": []}, {"limit": 0}, {"limit": 1001},
-                {"limit": True}, {"queue": ""}, {"cursor": "garbage!"}, {"cursor": 5}):
+    for bad in (
+        {"status": "done"},
+        {"status": []},
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": True},
+        {"queue": ""},
+        {"cursor": "garbage!"},
+        {"cursor": 5},
+    ):
         with pytest.raises(ConfigurationError):
             await queue.list_tasks(**bad)  # type: ignore[arg-type]
     for n in range(3):

@@ -93,7 +93,9 @@ def test_tasks_lists_as_table_and_json(store: dict[str, str], tmp_path: Path) ->
 
     failed = sitq("tasks", url, "--status", "failed", "-q", "q", "--json", cwd=tmp_path)
     assert [t["task_id"] for t in json.loads(failed.stdout)] == [store["failed"]]
-    several = sitq("tasks", url, "--status", "success", "--status", "pending", "--json", cwd=tmp_path)
+    several = sitq(
+        "tasks", url, "--status", "success", "--status", "pending", "--json", cwd=tmp_path
+    )
     assert [t["status"] for t in json.loads(several.stdout)] == ["pending", "success"]
     limited = sitq("tasks", url, "--limit", "1", cwd=tmp_path)
     assert limited.returncode == 0 and "raise --limit" in limited.stderr
@@ -178,8 +180,14 @@ async def test_the_command_line_never_unpickles(tmp_path: Path) -> None:
         hostile = tasks.RunsCodeWhenUnpickled(str(marker))
         task_id = await queue.enqueue_in(3600, tasks.add, hostile, 1)
         assert await queue.cancel(task_id)
-    for command in (["tasks"], ["tasks", "--json"], ["show", task_id], ["show", task_id, "--json"],
-                    ["requeue", task_id], ["info"]):
+    for command in (
+        ["tasks"],
+        ["tasks", "--json"],
+        ["show", task_id],
+        ["show", task_id, "--json"],
+        ["requeue", task_id],
+        ["info"],
+    ):
         done = sitq(command[0], url, *command[1:], cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
     assert not marker.exists()
