@@ -23,6 +23,9 @@ _POSTGRES_SQL = "src/sitq/backends/postgres/queries.sql"
 _REDIS = "src/sitq/backends/redis/backend.py"
 _REDIS_LUA = "src/sitq/backends/redis/scripts"
 _NATS = "src/sitq/backends/nats/backend.py"
+_NATS_SETTLE = "src/sitq/backends/nats/_settle.py"
+_NATS_CRON = "src/sitq/backends/nats/_cron.py"
+_NATS_CONSUMERS = "src/sitq/backends/nats/_consumers.py"
 _MEMORY = "src/sitq/backends/memory.py"
 
 FENCING: list[Mutant] = [
@@ -138,7 +141,7 @@ FENCING: list[Mutant] = [
         Mutant(
             f"nats-{name}-ignores-token",
             f"a stale claim cannot {verb} a task (NATS, no key)",
-            _NATS,
+            _NATS_SETTLE,
             'if rec is None or rec[STATE] != "running" or rec.get(FENCE) != ref.fencing_token:',
             'if rec is None or rec[STATE] != "running" or (rec.get(FENCE) != ref.fencing_token'
             f' and getattr(build[i], "__name__", "") != "{builder}"):',
@@ -218,7 +221,7 @@ CRON: list[Mutant] = [
     Mutant(
         "nats-cron-cas-always-succeeds",
         "a cron tick is advanced by one worker only (NATS)",
-        _NATS,
+        _NATS_CRON,
         "if entry is None or entry.head is None or entry.head.get(CRON_TICK) != expected:",
         "if entry is None or entry.head is None:",
         _cron("nats"),
@@ -327,7 +330,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "nats-long-poll-off",
         "push wakes an idle worker (NATS long-polling pull request off)",
-        _NATS,
+        _NATS_CONSUMERS,
         "                await nc.publish(consumer.next_subject, body, reply=consumer.poll_inbox)",
         "                pass",
         ("tests/conformance/test_push_wakeups.py",),
@@ -438,8 +441,8 @@ IDLE: list[Mutant] = [
         "nats-wait-5ms",
         "an idle worker does not poll (NATS wait of 5 ms)",
         _NATS,
-        "await asyncio.wait_for(self._work.wait(), timeout)",
-        "await asyncio.wait_for(self._work.wait(), min(timeout, 0.005))",
+        "await wait_on(self._consumers.work, timeout)",
+        "await wait_on(self._consumers.work, min(timeout, 0.005))",
         ("tests/conformance/test_no_busy_waiting.py",),
         pytest_args=("-k", "nats"),
     ),
