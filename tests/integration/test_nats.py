@@ -88,7 +88,7 @@ async def test_worker_keeps_going_across_a_server_restart(
         assert worker.poll() is None, worker_processes.output(worker)
         stats = {s.queue: s for s in await queue.stats()}["default"]
     assert all(r.status == TaskStatus.SUCCESS for r in results.values())
-    assert [queue.serializer.loads(results[i].value) for i in ids] == list(range(total))
+    assert [queue.serializer.loads(results[i].value or b"") for i in ids] == list(range(total))
     assert (stats.succeeded, stats.pending, stats.running) == (total, 0, 0)
     runs = Counter(int(line.split()[0]) for line in log.read_text().splitlines())
     assert set(runs) == set(range(total)), "every task ran"
