@@ -761,7 +761,7 @@ async def _gone(queue: TaskQueue, task_id: str) -> bool:
 
 async def _claim_index(backend: RedisBackend, task_id: str, queue: str) -> str:
     """Claim an id's index entry the way an enqueue on a cluster does first."""
-    ((entry, _),) = await backend._exec(
+    ((entry, _),) = await backend._wire.exec(
         [backend._evalsha("claim_index", [backend._index_key(task_id)], [queue, "tok", ""])]
     )
     return bytes(entry).decode()
@@ -771,7 +771,7 @@ async def _late_enqueue(backend: RedisBackend, task: Any, kind: str) -> str:
     """The enqueue script of a client that claimed the entry as ``kind`` says."""
     commands: list[Any] = []
     backend._enqueue_calls([task], [0], commands, {0: kind})
-    (reply,) = await backend._exec(commands)
+    (reply,) = await backend._wire.exec(commands)
     return bytes(reply).decode()
 
 
