@@ -1,77 +1,49 @@
 """The Redis backend, on redis-py's asyncio client: many workers on many hosts share one server
-(or one Redis Cluster).
+(or one Redis Cluster). ``RedisBackend`` holds the storage steps; each layer below them is a
+module of its own:
 
-Design:
-
-* Every key of one queue shares the hash tag ``{<prefix>:<queue>}``, so each Lua script touches
-  one slot and the backend works unchanged on Redis Cluster. Per queue:
-
-  - ``<prefix>:{<prefix>:<queue>}:t:<id>``: the task, one hash (payload stored once; dropped
-    when the task finishes). A finished task's hash gets a TTL (``PEXPIREAT``) of its
-    ``result_ttl``: the result is the same key, and Redis removes it on time.
-  - ``...:ready``: due pending tasks, a sorted set whose members all have score 0 and sort
-    *by member*: ``%08x`` of ``2**31-1 - priority``, ``%014x`` of the ETA in microseconds,
-    ``%012x`` of a per-queue sequence number, then the id. Lexicographic order is then exactly
-    (priority desc, ETA, enqueue order), with no 53-bit limit of a double score.
-  - ``...:sched``: pending tasks whose ETA is in the future, scored by ETA; a claim moves the
-    due ones to ``ready`` first.
-  - ``...:leases``: running tasks scored by lease expiry; a claim takes expired ones over.
-  - ``...:seq`` (the sequence counter) and ``...:done:s|f|c`` (finished tasks by status,
-    scored by result expiry; stats count them and ``purge_expired`` trims them).
-  - ``...:ck:r:<key>`` and ``...:ck:w:<key>``: per concurrency key, its running tasks scored
-    by lease expiry and its parked tasks (popped from ``ready`` while the key was full, moved
-    back when a settle or cancel frees a slot); ``...:ck`` lists the keys with parked tasks.
-
-* Cron schedules are one hash (``<prefix>:{<prefix>:crons}``) and each lock one key
-  (``<prefix>:lock:<name>``, the owner's token with a TTL kept by the server).
-
-* Each state change is one Lua script in the queue's slot (``scripts/<step>.lua``, after the
-  shared fragments of ``scripts/lib/`` it uses; see ``_scripts``), called with ``EVALSHA``
-  (reloaded on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one extra
-  round trip): enqueue (with the idempotency check), claim (lease, attempts, fencing token),
-  extend, settle (finish / reschedule / release, each fenced), cancel, stats, purge; likewise
-  each cron and lock step, in its own slot. Times come from the server's ``TIME``, so
+* ``_keys``: the key layout. Every key of one queue shares the hash tag ``{<prefix>:<queue>}``,
+  so each Lua script touches one slot and the backend works unchanged on Redis Cluster.
+* ``_scripts`` and ``scripts/``: each state change is one Lua script in the queue's slot
+  (``scripts/<step>.lua``, after the shared fragments of ``scripts/lib/`` it uses), called with
+  ``EVALSHA`` (reloaded on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one
+  extra round trip): enqueue (with the idempotency check), claim (lease, attempts, fencing
+  token), extend, settle (finish / reschedule / release, each fenced), cancel, stats, purge;
+  likewise each cron and lock step, in its own slot. Times come from the server's ``TIME``, so
   workers with skewed clocks agree on leases.
-* ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own slot) names the
-  task's queue. On a standalone server the enqueue script writes the entry with the task, and
-  for an explicit id first checks that the queue the entry names does not hold the id still:
-  one atomic step, so two clients enqueueing one id on two queues store it once. In a cluster
-  (where the entry's slot is elsewhere) a generated id's entry is written just before the
-  script, and an explicit id's entry is claimed under a token first (see
-  ``scripts/claim_index.lua``): the entry is the authority, and moves to another queue only
-  once the old queue has fenced the token and lacks the id. ``purge_expired`` removes an
-  entry once the result expired and the id is gone from its queue; a stale entry is harmless
-  (the task key is the truth). Objects remember the queues of the ids they enqueued or
-  claimed, so the common paths skip that lookup.
-* A step whose connection failed is retried only where that cannot act twice: claim and settle
-  carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets
-  the same answer); enqueue checks that the task does not exist; cancel is not retried.
-* Wake-ups use pub/sub: scripts that make tasks due publish on ``<prefix>:work:<queue>``, and
+* ``_index``: ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own
+  slot) names the task's queue. On a standalone server the enqueue script writes the entry
+  with the task, and for an explicit id first checks that the queue the entry names does not
+  hold the id still: one atomic step, so two clients enqueueing one id on two queues store it
+  once. In a cluster a generated id's entry is written just before the script, and an explicit
+  id's entry is claimed under a token first. ``purge_expired`` removes an entry once the result
+  expired and the id is gone from its queue; a stale entry is harmless (the task key is the
+  truth). Objects remember the queues of the ids they enqueued or claimed, so the common paths
+  skip that lookup.
+* ``_wire``: the calls to the server, each one round trip (pipelined on a standalone server,
+  encoded by sitq), at most ``max_connections`` in flight; calls beyond that wait together in
+  one batch.
+* ``_pubsub``: wake-ups. Scripts that make tasks due publish on ``<prefix>:work:<queue>``, and
   a finish publishes on ``<prefix>:done:<id>``. One pub/sub connection per backend object,
   re-established with backoff if it drops (every waiter then looks again); a 1 s fallback
   poll covers anything missed, and idle workers also wake at the next ETA or lease expiry
   (which a claim returns, so an idle cycle costs one round trip).
-* Standalone servers are reached through one pooled connection kept for whoever comes first
-  (the commands of a step are pipelined on it, encoded by sitq, which costs a fraction of
-  redis-py's general encoder); concurrent callers use the rest of the pool. With
-  ``cluster=True`` redis-py's ``RedisCluster`` routes each script to its slot's node. At most
-  ``max_connections`` calls are in flight (one per connection, per node); calls beyond that
-  wait, and while they wait they join one batch whose commands go out pipelined together on
-  the next connection that frees up.
+* ``_records``: a task's hash read back as a snapshot, a claim script's reply as claims.
+
+A step whose connection failed is retried only where that cannot act twice: claim and settle
+carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets the
+same answer); enqueue checks that the task does not exist; cancel is not retried.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 import inspect
 import math
-import random
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,7 +51,8 @@ from sitq.backends import redact_url, require
 from sitq.backends._options import Convert, UrlOptions, as_bool, as_int, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
 from sitq.backends.base import Backend
-from sitq.backends.redis._keys import PREFIX, QueueKeys, entry_queue, parse_entry, queue_keys
+from sitq.backends.redis._index import IdIndex
+from sitq.backends.redis._keys import PREFIX, QueueKeys, queue_keys
 from sitq.backends.redis._pubsub import Listener
 from sitq.backends.redis._records import (
     LEASE_STATES,
@@ -89,7 +62,7 @@ from sitq.backends.redis._records import (
     settle_args,
     snapshot,
 )
-from sitq.backends.redis._scripts import CLAIM_WINDOW_MS, SCRIPTS
+from sitq.backends.redis._scripts import SCRIPTS, evalsha
 from sitq.backends.redis._wire import Command, Raw, Wire, encode_enqueue, raise_errors
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
@@ -106,17 +79,11 @@ from sitq.models import (
 )
 
 _ENQUEUE_CHUNK = 100
-_HINTS = 100_000
 _RANK_LEN = 34
 # At most this many keyed tasks parked by one claim script (each costs a few commands).
 _MAX_PARK = 1000
 # A claim on several queues plans again when a queue's share was parked instead of taken.
 _CLAIM_ROUNDS = 4
-# Rounds of claim / enqueue / takeover an explicit id on a Redis Cluster may take.
-_CLAIM_TRIES = 30
-# A claim on another queue younger than this is likely still enqueueing: look again once,
-# after a pause, before fencing it.
-_FRESH_MS = 1000
 
 
 def _millis(seconds: float) -> int:
@@ -253,7 +220,7 @@ class RedisBackend(Backend):
         )
         self._keys: dict[str, QueueKeys] = {}
         self._registered: set[str] = set()
-        self._hints: OrderedDict[str, str] = OrderedDict()
+        self._index = IdIndex(self._wire, prefix, self._queue_keys, self.describe)
         self._done_prefix = f"{prefix}:done:"
         self._work_prefix = f"{prefix}:work:"
         # One slot for all cron schedules (and the records of their compare-and-sets).
@@ -373,44 +340,13 @@ class RedisBackend(Backend):
             self._keys[queue] = keys
         return keys
 
-    def _index_key(self, task_id: str) -> str:
-        return f"{self.prefix}:id:{task_id}"
-
-    def _evalsha(self, name: str, keys: Sequence[str], args: Iterable[Any]) -> tuple[Any, ...]:
-        return ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
-
-    def _remember(self, task_id: str, queue: str) -> None:
-        hints = self._hints
-        hints[task_id] = queue
-        if len(hints) > _HINTS:
-            hints.popitem(last=False)
-
-    async def _locate(self, task_ids: Iterable[str]) -> dict[str, str]:
-        """The queue of each task id that has one (remembered, else from the id index)."""
-        found: dict[str, str] = {}
-        unknown: list[str] = []
-        for task_id in task_ids:
-            queue = self._hints.get(task_id)
-            if queue is not None:
-                found[task_id] = queue
-            elif task_id not in found:
-                unknown.append(task_id)
-        if unknown:
-            unknown = list(dict.fromkeys(unknown))
-            replies = await self._wire.exec([("GET", self._index_key(i)) for i in unknown])
-            raise_errors(replies)
-            for task_id, reply in zip(unknown, replies, strict=True):
-                if reply is not None:
-                    found[task_id] = entry_queue(reply)
-        return found
-
     # -- tasks ------------------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Store tasks with one script call per queue (in one round trip); an id still known
         is left alone. On a standalone server the script also checks and sets each id's
         index entry; on a Redis Cluster an explicit id claims its entry first (see
-        ``_enqueue_claimed``)."""
+        ``IdIndex.enqueue_claimed``)."""
         self._check()
         if not tasks:
             return []
@@ -425,7 +361,7 @@ class RedisBackend(Backend):
             # Each id's index key has a slot of its own: one SET per generated id (redis-py
             # sends each to its node), before the queue's script.
             now = [i for i, t in enumerate(tasks) if t.fresh_id]
-            commands += [("SET", self._index_key(tasks[i].id), tasks[i].queue) for i in now]
+            commands += [("SET", self._index.key(tasks[i].id), tasks[i].queue) for i in now]
             explicit = [i for i, t in enumerate(tasks) if not t.fresh_id]
         else:
             now = list(range(len(tasks)))
@@ -439,9 +375,9 @@ class RedisBackend(Backend):
             for i, flag in zip(chunk, bytes(reply), strict=True):
                 if flag == 49:  # b"1"
                     stored[i] = True
-                    self._remember(tasks[i].id, tasks[i].queue)
+                    self._index.remember(tasks[i].id, tasks[i].queue)
         if explicit:
-            await self._enqueue_claimed(tasks, explicit, stored)
+            await self._index.enqueue_claimed(tasks, explicit, stored, self._enqueue_calls)
         return stored
 
     def _enqueue_calls(
@@ -481,90 +417,8 @@ class RedisBackend(Backend):
                         b"" if t.concurrency_limit is None else t.concurrency_limit,
                     ]
                 keys = [k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c]
-                commands.append(self._evalsha("enqueue", keys, args))
+                commands.append(evalsha("enqueue", keys, args))
         return calls
-
-    async def _enqueue_claimed(
-        self, tasks: Sequence[NewTask], pending: list[int], stored: list[bool]
-    ) -> None:
-        """Enqueue explicit ids on a Redis Cluster, where an id's index entry and its queue are
-        in different slots (see scripts/claim_index.lua): claim each id's entry, then in one
-        round trip store the ids whose entry names their queue and revoke, on the queue the
-        entry names, the claim of the others (the id is known if it is still there). A revoked
-        entry is taken over by compare-and-set in the next round. Sets ``stored[i]``."""
-        replace: dict[int, str] = {}
-        waited: set[int] = set()
-        for attempt in range(_CLAIM_TRIES):
-            entries = await self._wire.exec(
-                [
-                    self._evalsha(
-                        "claim_index",
-                        [self._index_key(tasks[i].id)],
-                        [tasks[i].queue, uuid.uuid4().hex[:16], replace.pop(i, "")],
-                    )
-                    for i in pending
-                ]
-            )
-            raise_errors(entries)
-            commands: list[Command] = []
-            kinds: dict[int, str] = {}
-            claims: dict[int, str] = {}
-            revoked: list[tuple[int, str, str]] = []
-            again: list[int] = []
-            for i, (raw, raw_now) in zip(pending, entries, strict=True):
-                entry = bytes(raw).decode()
-                queue, token, claimed = parse_entry(entry)
-                if queue == tasks[i].queue:
-                    kinds[i] = f"{claimed} {token}"
-                    claims[i] = entry
-                elif int(raw_now) - claimed < _FRESH_MS and i not in waited:
-                    waited.add(i)
-                    again.append(i)
-                else:
-                    k = self._queue_keys(queue)
-                    commands.append(
-                        self._evalsha(
-                            "revoke",
-                            [k.task + tasks[i].id, k.fence + tasks[i].id],
-                            [token, claimed],
-                        )
-                    )
-                    revoked.append((i, queue, entry))
-            calls = self._enqueue_calls(tasks, list(kinds), commands, kinds)
-            replies = await self._wire.exec(commands)
-            raise_errors(replies)
-            contested = bool(again)
-            for (i, queue, entry), alive in zip(revoked, replies[: len(revoked)], strict=True):
-                if alive:
-                    self._remember(tasks[i].id, queue)  # known there: left alone
-                else:
-                    replace[i] = entry
-                    again.append(i)
-            for chunk, reply in zip(calls, replies[len(revoked) :], strict=True):
-                for i, flag in zip(chunk, bytes(reply).decode(), strict=True):
-                    if flag == "1":
-                        stored[i] = True
-                        self._remember(tasks[i].id, tasks[i].queue)
-                    elif flag == "0":
-                        self._remember(tasks[i].id, tasks[i].queue)
-                    else:
-                        if flag == "F":
-                            # Another queue is taking the id over, or the taker died before
-                            # its compare-and-set: a fenced entry may be replaced.
-                            replace[i] = claims[i]
-                            contested = True
-                        again.append(i)
-            pending = again
-            if not pending:
-                return
-            if contested:
-                await asyncio.sleep(random.uniform(0.001, 0.002 * 2 ** min(attempt, 5)))
-        raise BackendError(
-            f"Redis at {self.describe()}: task ids {[tasks[i].id for i in pending][:5]} were "
-            f"still contested after {_CLAIM_TRIES} rounds (enqueued on other queues at the "
-            "same time again and again, or the cluster nodes' clocks disagree by more than "
-            f"{CLAIM_WINDOW_MS // 1000} s)"
-        )
 
     def _packed_enqueue(self, k: QueueKeys, chunk: Sequence[NewTask]) -> Raw:
         """The enqueue script call for a chunk of tasks of one standalone server's queue,
@@ -580,7 +434,7 @@ class RedisBackend(Backend):
             raise_errors(replies)
         stored = bytes(replies[0]) == b"1"
         if stored:
-            self._remember(t.id, t.queue)
+            self._index.remember(t.id, t.queue)
         return stored
 
     async def claim(
@@ -623,7 +477,7 @@ class RedisBackend(Backend):
         for queue, n in counts.items():
             k = self._queue_keys(queue)
             commands.append(
-                self._evalsha(
+                evalsha(
                     "claim",
                     [k.ready, k.sched, k.leases, k.seq, f"{k.claims}{request}", k.ck],
                     [k.task, n, repr(lease), worker_id, k.work, _MAX_PARK],
@@ -644,7 +498,7 @@ class RedisBackend(Backend):
                 parked = True
             for j in range(4, len(reply), 4):
                 claim, etas[claim.task_id] = read_claim(queue, reply[j : j + 4], now)
-                self._remember(claim.task_id, queue)
+                self._index.remember(claim.task_id, queue)
                 claims.append(claim)
         if hint:
             self._due_hint = (tuple(counts), time.monotonic() + due_at)
@@ -654,9 +508,7 @@ class RedisBackend(Backend):
         commands = []
         for queue in queues:
             k = self._queue_keys(queue)
-            commands.append(
-                self._evalsha("peek", [k.ready, k.sched, k.leases, k.seq], [k.task, limit])
-            )
+            commands.append(evalsha("peek", [k.ready, k.sched, k.leases, k.seq], [k.task, limit]))
         replies = await self._wire.exec(commands)
         raise_errors(replies)
         counts: dict[str, int] = {}
@@ -680,7 +532,7 @@ class RedisBackend(Backend):
         self._check()
         if not claims:
             return []
-        where = await self._locate(c.task_id for c in claims)
+        where = await self._index.locate(c.task_id for c in claims)
         groups: dict[str, list[int]] = {}
         for i, ref in enumerate(claims):
             queue = where.get(ref.task_id)
@@ -692,7 +544,7 @@ class RedisBackend(Backend):
             args: list[Any] = [k.task, repr(lease)]
             for i in indices:
                 args += [claims[i].task_id, claims[i].fencing_token]
-            commands.append(self._evalsha("extend", [k.leases, k.ck], args))
+            commands.append(evalsha("extend", [k.leases, k.ck], args))
         replies = await self._wire.exec(commands)
         raise_errors(replies)
         states = [LeaseState.LOST] * len(claims)
@@ -706,7 +558,7 @@ class RedisBackend(Backend):
         self._check()
         if not settlements:
             return []
-        where = await self._locate(s.claim.task_id for s in settlements)
+        where = await self._index.locate(s.claim.task_id for s in settlements)
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(settlements):
             queue = where.get(s.claim.task_id)
@@ -720,7 +572,7 @@ class RedisBackend(Backend):
             for i in indices:
                 args += settle_args(settlements[i])
             commands.append(
-                self._evalsha(
+                evalsha(
                     "settle",
                     [
                         k.ready,
@@ -746,20 +598,20 @@ class RedisBackend(Backend):
             if isinstance(s, Finish):
                 # A worker has no more use for the queue of a task it finished: without this,
                 # every worker would hold the ids of its last 100,000 tasks (tens of MB).
-                self._hints.pop(s.claim.task_id, None)
+                self._index.forget(s.claim.task_id)
         return applied
 
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
         """Cancel a pending task (it finishes as cancelled) or flag a running one."""
         self._check()
-        hinted = self._hints.get(task_id)
+        hinted = self._index.hints.get(task_id)
         code = 0
         if hinted is not None:
             code = await self._cancel_in(hinted, task_id)
         if code == 0:
             # Not remembered, or remembered wrongly: ask the id index.
-            self._hints.pop(task_id, None)
-            queue = await self._locate_index(task_id)
+            self._index.forget(task_id)
+            queue = await self._index.lookup(task_id)
             if queue is not None and queue != hinted:
                 code = await self._cancel_in(queue, task_id)
         return (
@@ -774,7 +626,7 @@ class RedisBackend(Backend):
         # Not retried: a cancel that ran twice would report "already finished".
         (reply,) = await self._wire.exec(
             [
-                self._evalsha(
+                evalsha(
                     "cancel",
                     [k.ready, k.sched, k.done_c, k.ck],
                     [k.task, task_id, self._done_prefix, k.work],
@@ -788,21 +640,16 @@ class RedisBackend(Backend):
     async def get_task(self, task_id: str) -> TaskSnapshot | None:
         """Read the task's hash in its queue (remembered, else from the id index)."""
         self._check()
-        hinted = self._hints.get(task_id)
+        hinted = self._index.hints.get(task_id)
         if hinted is not None:
             snap = await self._read(hinted, task_id)
             if snap is not None:
                 return snap
-            self._hints.pop(task_id, None)
-        queue = await self._locate_index(task_id)
+            self._index.forget(task_id)
+        queue = await self._index.lookup(task_id)
         if queue is None or queue == hinted:
             return None
         return await self._read(queue, task_id)
-
-    async def _locate_index(self, task_id: str) -> str | None:
-        (reply,) = await self._wire.exec([("GET", self._index_key(task_id))])
-        raise_errors([reply])
-        return None if reply is None else entry_queue(reply)
 
     async def _read(self, queue: str, task_id: str) -> TaskSnapshot | None:
         key = self._queue_keys(queue).task + task_id
@@ -850,7 +697,7 @@ class RedisBackend(Backend):
         commands = []
         for queue in queues:
             k = self._queue_keys(queue)
-            commands.append(self._evalsha("next_due", [k.ready, k.sched, k.leases], []))
+            commands.append(evalsha("next_due", [k.ready, k.sched, k.leases], []))
         replies = await self._wire.exec(commands)
         raise_errors(replies)
         due = math.inf
@@ -877,62 +724,15 @@ class RedisBackend(Backend):
                 break
             k = self._queue_keys(queue)
             (reply,) = await self._wire.exec(
-                [self._evalsha("purge", [k.done_s, k.done_f, k.done_c], [left])]
+                [evalsha("purge", [k.done_s, k.done_f, k.done_c], [left])]
             )
             raise_errors([reply])
             removed += [(queue, bytes(i).decode()) for i in reply]
             left -= len(reply)
         if not removed:
             return len(removed)
-        if self.cluster:
-            await self._unindex_cluster(removed)
-        else:
-            # The entry goes only if it names the queue and the task is gone there, in one
-            # step: an id enqueued again meanwhile keeps it.
-            raise_errors(
-                await self._wire.exec(
-                    [
-                        self._evalsha(
-                            "unindex",
-                            [self._index_key(i), self._queue_keys(q).task + i],
-                            [q],
-                        )
-                        for q, i in removed
-                    ]
-                )
-            )
-        for _, task_id in removed:
-            self._hints.pop(task_id, None)
+        await self._index.unindex(removed, cluster=self.cluster)
         return len(removed)
-
-    async def _unindex_cluster(self, removed: Sequence[tuple[str, str]]) -> None:
-        """Drop the index entries of purged ids on a Redis Cluster: an entry that names the
-        purged queue goes once a revoke (see scripts/claim_index.lua) found the id gone there,
-        and only if it is unchanged since it was read."""
-        entries = await self._wire.exec([("GET", self._index_key(i)) for _, i in removed])
-        raise_errors(entries)
-        owned = []
-        for (queue, task_id), raw in zip(removed, entries, strict=True):
-            if raw is not None and entry_queue(raw) == queue:
-                owned.append((queue, task_id, bytes(raw).decode()))
-        if not owned:
-            return
-        commands: list[Command] = []
-        for queue, task_id, entry in owned:
-            _, token, claimed = parse_entry(entry)
-            k = self._queue_keys(queue)
-            commands.append(
-                self._evalsha("revoke", [k.task + task_id, k.fence + task_id], [token, claimed])
-            )
-        alive = await self._wire.exec(commands)
-        raise_errors(alive)
-        gone = [
-            self._evalsha("unindex", [self._index_key(task_id)], [entry])
-            for (_, task_id, entry), exists in zip(owned, alive, strict=True)
-            if not exists
-        ]
-        if gone:
-            raise_errors(await self._wire.exec(gone))
 
     async def stats(self, now: float) -> list[QueueStats]:
         """Count tasks per queue and state (one script per queue, one round trip)."""
@@ -942,7 +742,7 @@ class RedisBackend(Backend):
         for queue in queues:
             k = self._queue_keys(queue)
             commands.append(
-                self._evalsha(
+                evalsha(
                     "stats", [k.ready, k.sched, k.leases, k.done_s, k.done_f, k.done_c, k.ck], []
                 )
             )
@@ -962,7 +762,7 @@ class RedisBackend(Backend):
         (one script on the crons hash)."""
         self._check()
         (reply,) = await self._wire.exec(
-            [self._evalsha("cron_put", [self._crons], [name, definition, repr(float(start))])]
+            [evalsha("cron_put", [self._crons], [name, definition, repr(float(start))])]
         )
         raise_errors([reply])
 
@@ -985,7 +785,7 @@ class RedisBackend(Backend):
         self._check()
         (reply,) = await self._wire.exec(
             [
-                self._evalsha(
+                evalsha(
                     "cron_advance",
                     [self._crons, f"{self._crons}:advance:{uuid.uuid4().hex}"],
                     [name, repr(float(expected)), repr(float(tick))],
@@ -1002,7 +802,7 @@ class RedisBackend(Backend):
 
     async def _lock_step(self, script: str, name: str, *args: Any) -> bool:
         self._check()
-        (reply,) = await self._wire.exec([self._evalsha(script, [self._lock_key(name)], args)])
+        (reply,) = await self._wire.exec([evalsha(script, [self._lock_key(name)], args)])
         raise_errors([reply])
         return int(reply) == 1
 
