@@ -21,6 +21,7 @@ _POSTGRES = "src/sitq/backends/postgres/backend.py"
 _SQLITE_SQL = "src/sitq/backends/sqlite/queries.sql"
 _POSTGRES_SQL = "src/sitq/backends/postgres/queries.sql"
 _REDIS = "src/sitq/backends/redis/backend.py"
+_REDIS_PUBSUB = "src/sitq/backends/redis/_pubsub.py"
 _REDIS_LUA = "src/sitq/backends/redis/scripts"
 _NATS = "src/sitq/backends/nats/backend.py"
 _NATS_SETTLE = "src/sitq/backends/nats/_settle.py"
@@ -285,16 +286,16 @@ PUSH: list[Mutant] = [
     Mutant(
         "redis-pubsub-off",
         "push wakes idle workers and result waiters (Redis pub/sub listener off)",
-        _REDIS,
-        '        if self._listener_task is None and not self._closing and self._client is not None:\n            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
-        '        if False:\n            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
+        _REDIS_PUBSUB,
+        '        if self._task is None and not self._closing and self._client() is not None:\n            self._task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
+        '        if False:\n            self._task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
         ("tests/conformance/test_push_wakeups.py",),
         pytest_args=("-k", "redis"),
     ),
     Mutant(
         "redis-listener-no-reconnect",
         "push comes back after the pub/sub connection is cut (Redis)",
-        _REDIS,
+        _REDIS_PUBSUB,
         "            if self._closing:\n                break\n            await asyncio.sleep(delay)\n            delay = min(delay * 2, 2.0)",
         "            break",
         ("tests/conformance/test_push_wakeups.py",),
@@ -423,7 +424,7 @@ IDLE: list[Mutant] = [
         "redis-wait-5ms",
         "an idle worker does not poll (Redis wait of 5 ms)",
         _REDIS,
-        "        return 1.0 if self._listening.is_set() else 0.1",
+        "        return 1.0 if self._listener.listening else 0.1",
         "        return 0.005",
         ("tests/conformance/test_no_busy_waiting.py",),
         pytest_args=("-k", "redis"),
