@@ -21,8 +21,12 @@ _POSTGRES = "src/sitq/backends/postgres/backend.py"
 _SQLITE_SQL = "src/sitq/backends/sqlite/queries.sql"
 _POSTGRES_SQL = "src/sitq/backends/postgres/queries.sql"
 _REDIS = "src/sitq/backends/redis/backend.py"
+_REDIS_PUBSUB = "src/sitq/backends/redis/_pubsub.py"
 _REDIS_LUA = "src/sitq/backends/redis/scripts"
 _NATS = "src/sitq/backends/nats/backend.py"
+_NATS_SETTLE = "src/sitq/backends/nats/_settle.py"
+_NATS_CRON = "src/sitq/backends/nats/_cron.py"
+_NATS_CONSUMERS = "src/sitq/backends/nats/_consumers.py"
 _MEMORY = "src/sitq/backends/memory.py"
 
 FENCING: list[Mutant] = [
@@ -138,7 +142,7 @@ FENCING: list[Mutant] = [
         Mutant(
             f"nats-{name}-ignores-token",
             f"a stale claim cannot {verb} a task (NATS, no key)",
-            _NATS,
+            _NATS_SETTLE,
             'if rec is None or rec[STATE] != "running" or rec.get(FENCE) != ref.fencing_token:',
             'if rec is None or rec[STATE] != "running" or (rec.get(FENCE) != ref.fencing_token'
             f' and getattr(build[i], "__name__", "") != "{builder}"):',
@@ -218,7 +222,7 @@ CRON: list[Mutant] = [
     Mutant(
         "nats-cron-cas-always-succeeds",
         "a cron tick is advanced by one worker only (NATS)",
-        _NATS,
+        _NATS_CRON,
         "if entry is None or entry.head is None or entry.head.get(CRON_TICK) != expected:",
         "if entry is None or entry.head is None:",
         _cron("nats"),
@@ -282,16 +286,16 @@ PUSH: list[Mutant] = [
     Mutant(
         "redis-pubsub-off",
         "push wakes idle workers and result waiters (Redis pub/sub listener off)",
-        _REDIS,
-        '        if self._listener_task is None and not self._closing and self._client is not None:\n            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
-        '        if False:\n            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
+        _REDIS_PUBSUB,
+        '        if self._task is None and not self._closing and self._client() is not None:\n            self._task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
+        '        if False:\n            self._task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")',
         ("tests/conformance/test_push_wakeups.py",),
         pytest_args=("-k", "redis"),
     ),
     Mutant(
         "redis-listener-no-reconnect",
         "push comes back after the pub/sub connection is cut (Redis)",
-        _REDIS,
+        _REDIS_PUBSUB,
         "            if self._closing:\n                break\n            await asyncio.sleep(delay)\n            delay = min(delay * 2, 2.0)",
         "            break",
         ("tests/conformance/test_push_wakeups.py",),
@@ -327,7 +331,7 @@ PUSH: list[Mutant] = [
     Mutant(
         "nats-long-poll-off",
         "push wakes an idle worker (NATS long-polling pull request off)",
-        _NATS,
+        _NATS_CONSUMERS,
         "                await nc.publish(consumer.next_subject, body, reply=consumer.poll_inbox)",
         "                pass",
         ("tests/conformance/test_push_wakeups.py",),
@@ -420,7 +424,7 @@ IDLE: list[Mutant] = [
         "redis-wait-5ms",
         "an idle worker does not poll (Redis wait of 5 ms)",
         _REDIS,
-        "        return 1.0 if self._listening.is_set() else 0.1",
+        "        return 1.0 if self._listener.listening else 0.1",
         "        return 0.005",
         ("tests/conformance/test_no_busy_waiting.py",),
         pytest_args=("-k", "redis"),
@@ -438,8 +442,8 @@ IDLE: list[Mutant] = [
         "nats-wait-5ms",
         "an idle worker does not poll (NATS wait of 5 ms)",
         _NATS,
-        "await asyncio.wait_for(self._work.wait(), timeout)",
-        "await asyncio.wait_for(self._work.wait(), min(timeout, 0.005))",
+        "await wait_on(self._consumers.work, timeout)",
+        "await wait_on(self._consumers.work, min(timeout, 0.005))",
         ("tests/conformance/test_no_busy_waiting.py",),
         pytest_args=("-k", "nats"),
     ),

@@ -88,7 +88,7 @@ async def test_worker_keeps_going_across_a_server_restart(
         assert worker.poll() is None, worker_processes.output(worker)
         stats = {s.queue: s for s in await queue.stats()}["default"]
     assert all(r.status == TaskStatus.SUCCESS for r in results.values())
-    assert [queue.serializer.loads(results[i].value) for i in ids] == list(range(total))
+    assert [queue.serializer.loads(results[i].value or b"") for i in ids] == list(range(total))
     assert (stats.succeeded, stats.pending, stats.running) == (total, 0, 0)
     runs = Counter(int(line.split()[0]) for line in log.read_text().splitlines())
     assert set(runs) == set(range(total)), "every task ran"
@@ -497,7 +497,7 @@ async def test_a_keyed_claim_whose_slot_lapsed_is_lost(nats_url: str) -> None:
 
 
 async def _deliveries(backend: NATSBackend, consumer: str) -> int:
-    reply = await backend._api(f"CONSUMER.INFO.{backend.stream}.{consumer}", None)
+    reply = await backend._client.api(f"CONSUMER.INFO.{backend.stream}.{consumer}", None)
     assert reply is not None
     return int(reply["delivered"]["consumer_seq"])
 
@@ -545,7 +545,7 @@ async def test_a_freed_slot_wakes_the_client_holding_the_blocked_task(nats_url: 
         blocked = await keyed.enqueue(tasks.add, 1, 1)
 
         def parked_for_long() -> bool:
-            ends = [until for p in waiter._parked.values() for _, until in p.values()]
+            ends = [until for p in waiter._consumers.parked.values() for _, until in p.values()]
             return bool(ends) and min(ends) - time.monotonic() > 0.7
 
         async def blocked_for_long() -> bool:
@@ -560,7 +560,9 @@ async def test_a_freed_slot_wakes_the_client_holding_the_blocked_task(nats_url: 
         # Only the settle's notice takes a message out of the waiter's parked set (when its
         # back-off ends instead, the stream redelivers it and the parked entry stays).
         await wait_until(
-            lambda: not waiter._parked, timeout=10, message="the settle's notice to unpark it"
+            lambda: not waiter._consumers.parked,
+            timeout=10,
+            message="the settle's notice to unpark it",
         )
         await waiter.wait_for_work(["default"], 5.0)
         (claim,) = await waiter.claim(["default"], 1, "waiter", 30)

@@ -43,6 +43,7 @@ from tests.services import require_module
 
 redis = require_module("redis")
 from sitq.backends.redis import RedisBackend  # noqa: E402
+from sitq.backends.redis._scripts import evalsha  # noqa: E402
 
 
 @pytest.fixture
@@ -284,9 +285,9 @@ async def test_core_cases_on_a_redis_cluster(
         assert await queue.cancel(pending) is False
 
         labels = []
-        for i, priority in enumerate([0, 5, 0, 9, 5, 0]):
-            label = f"p{priority}-{i}"
-            labels.append((priority, i, label))
+        for n, priority in enumerate([0, 5, 0, 9, 5, 0]):
+            label = f"p{priority}-{n}"
+            labels.append((priority, n, label))
             await queue.options(priority=priority, queue="prio").enqueue(
                 tasks.record, str(tmp_path), label
             )
@@ -761,8 +762,8 @@ async def _gone(queue: TaskQueue, task_id: str) -> bool:
 
 async def _claim_index(backend: RedisBackend, task_id: str, queue: str) -> str:
     """Claim an id's index entry the way an enqueue on a cluster does first."""
-    ((entry, _),) = await backend._exec(
-        [backend._evalsha("claim_index", [backend._index_key(task_id)], [queue, "tok", ""])]
+    ((entry, _),) = await backend._wire.exec(
+        [evalsha("claim_index", [backend._index.key(task_id)], [queue, "tok", ""])]
     )
     return bytes(entry).decode()
 
@@ -771,7 +772,7 @@ async def _late_enqueue(backend: RedisBackend, task: Any, kind: str) -> str:
     """The enqueue script of a client that claimed the entry as ``kind`` says."""
     commands: list[Any] = []
     backend._enqueue_calls([task], [0], commands, {0: kind})
-    (reply,) = await backend._exec(commands)
+    (reply,) = await backend._wire.exec(commands)
     return bytes(reply).decode()
 
 

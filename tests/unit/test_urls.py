@@ -134,7 +134,6 @@ def test_non_urls_are_rejected_with_examples(url: Any) -> None:
         ("redis://user:secret@host:6379/0", "redis://user:***@host:6379/0"),
         ("redis://:secret@host/0", "redis://:***@host/0"),
         ("postgresql://secret:secret@h/db", "postgresql://secret:***@h/db"),
-        ("nats://u:p%40ss@h:4222", "nats://u:***@h:4222"),
         ("postgresql://u:pw@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
     ],
 )
@@ -147,6 +146,23 @@ def test_redact_url_hides_the_password(url: str, expected: str) -> None:
 )
 def test_redact_url_leaves_urls_without_password_unchanged(url: str) -> None:
     assert redact_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("nats://u:p%40ss@h:4222", "nats://***@h:4222"),
+        ("nats://alice:s3cret@h1:4222", "nats://***@h1:4222"),
+        ("tls://bob:pw@h2:4223", "tls://***@h2:4223"),
+        ("nats://s3cr3t-token@h:4222", "nats://***@h:4222"),
+        ("nats://h:4222", "nats://h:4222"),
+    ],
+)
+def test_redact_url_hides_a_nats_user_name_with_its_password_or_token(
+    url: str, expected: str
+) -> None:
+    """NATS user/password authentication makes the user name a credential as well."""
+    assert redact_url(url) == expected
 
 
 # -- resolve_backend -----------------------------------------------------------------------

@@ -87,15 +87,16 @@ _SECRET_PARAM = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``: in the user info, in query parameters
-    that carry one (``?password=``, ``?sslpassword=``, ``?token=``...), and a NATS URL's user
-    info without a password (a token)."""
+    that carry one (``?password=``, ``?sslpassword=``, ``?token=``...), and a NATS URL's whole
+    user info (a token, or a user name and password: NATS counts the user name as a
+    credential too)."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
         return "<unparsable URL>"
     netloc = parts.netloc
-    if password is None and "@" in netloc and parts.scheme.lower() in ("nats", "tls"):
+    if "@" in netloc and parts.scheme.lower() in ("nats", "tls"):
         netloc = "***@" + netloc.rpartition("@")[2]
     elif password is not None:
         user, _, host = netloc.rpartition("@")

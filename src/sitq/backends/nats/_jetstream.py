@@ -1,7 +1,7 @@
 """The JetStream API as the NATS backend speaks it, apart from any connection: error codes,
 replies to API calls and publishes, ack subjects, and the state kept per pull consumer. The
 requests themselves (one reply subscription multiplexing every call, with one flush per
-batch) stay in ``backend``: they share the backend's connection and its life cycle."""
+batch) are made by ``_client``."""
 
 from __future__ import annotations
 

@@ -1,12 +1,17 @@
 """The slots records of the NATS backend's concurrency keys: per (queue, concurrency key), the
-list of the claims holding one of its slots (see "Concurrency keys" in ``backend``)."""
+list of the claims holding one of its slots (see "Concurrency keys" in ``backend``), and the
+conditioned writes that extend and drop holders (a claim takes its slot in ``_claim``)."""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from sitq.backends.nats._client import CAS_TRIES, Client
+from sitq.backends.nats._jetstream import ack_seq
 from sitq.backends.nats._records import (
     CONCURRENCY_KEY,
     HOLDERS,
@@ -15,6 +20,9 @@ from sitq.backends.nats._records import (
     encode,
     task_key,
 )
+from sitq.errors import BackendError
+
+log = logging.getLogger("sitq.nats")
 
 
 def slot_key(rec: dict[str, Any]) -> str:
@@ -102,3 +110,66 @@ class KeySlots:
     def encode(self) -> bytes:
         """The record to write."""
         return encode({HOLDERS: self.holders})
+
+
+async def drop_slots(
+    client: Client, drops: dict[str, set[tuple[str, int]]], *, owner: str | None
+) -> None:
+    """Remove holders from slot records: per (task key, fencing token), the claims of the
+    task up to that token (with ``owner``: only that owner's holder with exactly that token)."""
+    todo = {k: v for k, v in drops.items() if v}
+    for _ in range(CAS_TRIES):
+        if not todo:
+            return
+        keys = list(todo)
+        writes: list[tuple[str, KeySlots]] = []
+        for key, entry in zip(keys, await client.read_meta(keys), strict=True):
+            slots = KeySlots.read(entry)
+            if slots.drop(todo[key], owner):
+                writes.append((key, slots))
+        if not writes:
+            return
+        acks = await client.many(client.write(k, s.encode(), s.rev) for k, s in writes)
+        todo = {k: todo[k] for (k, _), ack in zip(writes, acks, strict=True) if not ack_seq(ack)}
+    raise BackendError("could not free concurrency slots: their records kept changing")
+
+
+async def free_slots(
+    client: Client, drops: dict[str, set[tuple[str, int]]], *, owner: str | None = None
+) -> None:
+    """``drop_slots`` after the outcomes are stored: a failure here only delays the slot
+    until its holder's lease runs out, so it is logged, not raised."""
+    try:
+        await drop_slots(client, drops, owner=owner)
+    except BackendError as exc:
+        log.warning("freeing concurrency slots failed (%s); they free at lease end", exc)
+
+
+async def extend_slots(
+    client: Client, items: Sequence[tuple[str, str, int]], until: float, now: float
+) -> list[bool]:
+    """Extend the slots held by claims (slot record key, task key, fencing token) to
+    ``until``; per claim, whether its slot was still held under an unexpired lease."""
+    held = [False] * len(items)
+    groups: dict[str, list[int]] = {}
+    for i, (key, _, _) in enumerate(items):
+        groups.setdefault(key, []).append(i)
+    for _ in range(CAS_TRIES):
+        keys = list(groups)
+        writes: list[tuple[str, KeySlots]] = []
+        for key, entry in zip(keys, await client.read_meta(keys), strict=True):
+            slots = KeySlots.read(entry)
+            for i in groups[key]:
+                _, task, fence = items[i]
+                held[i] = slots.extend(task, fence, until, now)
+            if any(held[i] for i in groups[key]):
+                writes.append((key, slots))
+        if not writes:
+            return held
+        acks = await client.many(client.write(k, s.encode(), s.rev) for k, s in writes)
+        groups = {
+            k: groups[k] for (k, _), ack in zip(writes, acks, strict=True) if not ack_seq(ack)
+        }
+        if not groups:
+            return held
+    raise BackendError("could not extend concurrency slots: their records kept changing")

@@ -1,5 +1,27 @@
-"""The key layout of the Redis backend (described in ``backend``): every key of one queue
-shares the hash tag ``{<prefix>:<queue>}``."""
+"""The key layout of the Redis backend.
+
+* Every key of one queue shares the hash tag ``{<prefix>:<queue>}``, so each Lua script touches
+  one slot and the backend works unchanged on Redis Cluster. Per queue:
+
+  - ``<prefix>:{<prefix>:<queue>}:t:<id>``: the task, one hash (payload stored once; dropped
+    when the task finishes). A finished task's hash gets a TTL (``PEXPIREAT``) of its
+    ``result_ttl``: the result is the same key, and Redis removes it on time.
+  - ``...:ready``: due pending tasks, a sorted set whose members all have score 0 and sort
+    *by member*: ``%08x`` of ``2**31-1 - priority``, ``%014x`` of the ETA in microseconds,
+    ``%012x`` of a per-queue sequence number, then the id. Lexicographic order is then exactly
+    (priority desc, ETA, enqueue order), with no 53-bit limit of a double score.
+  - ``...:sched``: pending tasks whose ETA is in the future, scored by ETA; a claim moves the
+    due ones to ``ready`` first.
+  - ``...:leases``: running tasks scored by lease expiry; a claim takes expired ones over.
+  - ``...:seq`` (the sequence counter) and ``...:done:s|f|c`` (finished tasks by status,
+    scored by result expiry; stats count them and ``purge_expired`` trims them).
+  - ``...:ck:r:<key>`` and ``...:ck:w:<key>``: per concurrency key, its running tasks scored
+    by lease expiry and its parked tasks (popped from ``ready`` while the key was full, moved
+    back when a settle or cancel frees a slot); ``...:ck`` lists the keys with parked tasks.
+
+* Cron schedules are one hash (``<prefix>:{<prefix>:crons}``) and each lock one key
+  (``<prefix>:lock:<name>``, the owner's token with a TTL kept by the server).
+"""
 
 from __future__ import annotations
 

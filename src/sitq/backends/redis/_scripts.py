@@ -9,8 +9,10 @@ below, which must match) or passed as arguments.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 # The window in which a claim of an explicit id's index entry may still store the id (fixed in
 # enqueue.lua); a takeover fences the token of a younger claim for FENCE_MS (fixed in
@@ -73,3 +75,8 @@ BY_SHA: dict[bytes, Script] = {s.sha.encode(): s for s in SCRIPTS.values()}
 def script_for(sha: bytes | str) -> Script:
     """The script an ``EVALSHA`` names (to load it again after ``NOSCRIPT``)."""
     return BY_SHA[sha if isinstance(sha, bytes) else sha.encode()]
+
+
+def evalsha(name: str, keys: Sequence[str], args: Iterable[Any]) -> tuple[Any, ...]:
+    """The command that runs script ``name`` on ``keys`` with ``args``."""
+    return ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)

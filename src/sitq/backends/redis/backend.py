@@ -1,95 +1,69 @@
 """The Redis backend, on redis-py's asyncio client: many workers on many hosts share one server
-(or one Redis Cluster).
+(or one Redis Cluster). ``RedisBackend`` holds the storage steps; each layer below them is a
+module of its own:
 
-Design:
-
-* Every key of one queue shares the hash tag ``{<prefix>:<queue>}``, so each Lua script touches
-  one slot and the backend works unchanged on Redis Cluster. Per queue:
-
-  - ``<prefix>:{<prefix>:<queue>}:t:<id>``: the task, one hash (payload stored once; dropped
-    when the task finishes). A finished task's hash gets a TTL (``PEXPIREAT``) of its
-    ``result_ttl``: the result is the same key, and Redis removes it on time.
-  - ``...:ready``: due pending tasks, a sorted set whose members all have score 0 and sort
-    *by member*: ``%08x`` of ``2**31-1 - priority``, ``%014x`` of the ETA in microseconds,
-    ``%012x`` of a per-queue sequence number, then the id. Lexicographic order is then exactly
-    (priority desc, ETA, enqueue order), with no 53-bit limit of a double score.
-  - ``...:sched``: pending tasks whose ETA is in the future, scored by ETA; a claim moves the
-    due ones to ``ready`` first.
-  - ``...:leases``: running tasks scored by lease expiry; a claim takes expired ones over.
-  - ``...:seq`` (the sequence counter) and ``...:done:s|f|c`` (finished tasks by status,
-    scored by result expiry; stats count them and ``purge_expired`` trims them).
-  - ``...:ck:r:<key>`` and ``...:ck:w:<key>``: per concurrency key, its running tasks scored
-    by lease expiry and its parked tasks (popped from ``ready`` while the key was full, moved
-    back when a settle or cancel frees a slot); ``...:ck`` lists the keys with parked tasks.
-
-* Cron schedules are one hash (``<prefix>:{<prefix>:crons}``) and each lock one key
-  (``<prefix>:lock:<name>``, the owner's token with a TTL kept by the server).
-
-* Each state change is one Lua script in the queue's slot (``scripts/<step>.lua``, after the
-  shared fragments of ``scripts/lib/`` it uses; see ``_scripts``), called with ``EVALSHA``
-  (reloaded on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one extra
-  round trip): enqueue (with the idempotency check), claim (lease, attempts, fencing token),
-  extend, settle (finish / reschedule / release, each fenced), cancel, stats, purge; likewise
-  each cron and lock step, in its own slot. Times come from the server's ``TIME``, so
+* ``_keys``: the key layout. Every key of one queue shares the hash tag ``{<prefix>:<queue>}``,
+  so each Lua script touches one slot and the backend works unchanged on Redis Cluster.
+* ``_scripts`` and ``scripts/``: each state change is one Lua script in the queue's slot
+  (``scripts/<step>.lua``, after the shared fragments of ``scripts/lib/`` it uses), called with
+  ``EVALSHA`` (reloaded on ``NOSCRIPT``, so a ``SCRIPT FLUSH`` or a restarted server costs one
+  extra round trip): enqueue (with the idempotency check), claim (lease, attempts, fencing
+  token), extend, settle (finish / reschedule / release, each fenced), cancel, stats, purge;
+  likewise each cron and lock step, in its own slot. Times come from the server's ``TIME``, so
   workers with skewed clocks agree on leases.
-* ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own slot) names the
-  task's queue. On a standalone server the enqueue script writes the entry with the task, and
-  for an explicit id first checks that the queue the entry names does not hold the id still:
-  one atomic step, so two clients enqueueing one id on two queues store it once. In a cluster
-  (where the entry's slot is elsewhere) a generated id's entry is written just before the
-  script, and an explicit id's entry is claimed under a token first (see
-  ``scripts/claim_index.lua``): the entry is the authority, and moves to another queue only
-  once the old queue has fenced the token and lacks the id. ``purge_expired`` removes an
-  entry once the result expired and the id is gone from its queue; a stale entry is harmless
-  (the task key is the truth). Objects remember the queues of the ids they enqueued or
-  claimed, so the common paths skip that lookup.
-* A step whose connection failed is retried only where that cannot act twice: claim and settle
-  carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets
-  the same answer); enqueue checks that the task does not exist; cancel is not retried.
-* Wake-ups use pub/sub: scripts that make tasks due publish on ``<prefix>:work:<queue>``, and
+* ``_index``: ``get_task`` and ``cancel`` receive only an id: ``<prefix>:id:<id>`` (its own
+  slot) names the task's queue. On a standalone server the enqueue script writes the entry
+  with the task, and for an explicit id first checks that the queue the entry names does not
+  hold the id still: one atomic step, so two clients enqueueing one id on two queues store it
+  once. In a cluster a generated id's entry is written just before the script, and an explicit
+  id's entry is claimed under a token first. ``purge_expired`` removes an entry once the result
+  expired and the id is gone from its queue; a stale entry is harmless (the task key is the
+  truth). Objects remember the queues of the ids they enqueued or claimed, so the common paths
+  skip that lookup.
+* ``_wire``: the calls to the server, each one round trip (pipelined on a standalone server,
+  encoded by sitq), at most ``max_connections`` in flight; calls beyond that wait together in
+  one batch.
+* ``_pubsub``: wake-ups. Scripts that make tasks due publish on ``<prefix>:work:<queue>``, and
   a finish publishes on ``<prefix>:done:<id>``. One pub/sub connection per backend object,
   re-established with backoff if it drops (every waiter then looks again); a 1 s fallback
   poll covers anything missed, and idle workers also wake at the next ETA or lease expiry
   (which a claim returns, so an idle cycle costs one round trip).
-* Standalone servers are reached through one pooled connection kept for whoever comes first
-  (the commands of a step are pipelined on it, encoded by sitq, which costs a fraction of
-  redis-py's general encoder); concurrent callers use the rest of the pool. With
-  ``cluster=True`` redis-py's ``RedisCluster`` routes each script to its slot's node. At most
-  ``max_connections`` calls are in flight (one per connection, per node); calls beyond that
-  wait, and while they wait they join one batch whose commands go out pipelined together on
-  the next connection that frees up.
+* ``_records``: a task's hash read back as a snapshot, a claim script's reply as claims.
+
+A step whose connection failed is retried only where that cannot act twice: claim and settle
+carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets the
+same answer); enqueue checks that the task does not exist; cancel is not retried.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import importlib
 import inspect
-import logging
 import math
-import random
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from sitq.backends import redact_url, require
-from sitq.backends.base import STATUS_CODE, Backend
-from sitq.backends.redis._keys import PREFIX, QueueKeys, entry_queue, parse_entry, queue_keys
-from sitq.backends.redis._scripts import CLAIM_WINDOW_MS, SCRIPTS, script_for
-from sitq.backends.redis._wire import (
-    BATCH_COMMANDS,
-    Batch,
-    Command,
-    Raw,
-    encode_enqueue,
-    roundtrip,
-    sha_of,
+from sitq.backends._options import Convert, UrlOptions, as_bool, as_int, as_seconds, as_str
+from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
+from sitq.backends.base import Backend
+from sitq.backends.redis._index import IdIndex
+from sitq.backends.redis._keys import PREFIX, QueueKeys, queue_keys
+from sitq.backends.redis._pubsub import Listener
+from sitq.backends.redis._records import (
+    LEASE_STATES,
+    SNAPSHOT_FIELDS,
+    crons,
+    read_claim,
+    settle_args,
+    snapshot,
 )
+from sitq.backends.redis._scripts import SCRIPTS, evalsha
+from sitq.backends.redis._wire import Command, Raw, Wire, encode_enqueue, raise_errors
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -100,40 +74,16 @@ from sitq.models import (
     LeaseState,
     NewTask,
     QueueStats,
-    Release,
-    Reschedule,
     Settlement,
     TaskSnapshot,
 )
 
-log = logging.getLogger("sitq.redis")
-
-_STATUS_CODE = {status: b"%d" % code for status, code in STATUS_CODE.items()}
-_CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
-_LEASE_STATES = (LeaseState.LOST, LeaseState.HELD, LeaseState.CANCEL_REQUESTED)
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 _ENQUEUE_CHUNK = 100
-_HINTS = 100_000
 _RANK_LEN = 34
 # At most this many keyed tasks parked by one claim script (each costs a few commands).
 _MAX_PARK = 1000
 # A claim on several queues plans again when a queue's share was parked instead of taken.
 _CLAIM_ROUNDS = 4
-# Rounds of claim / enqueue / takeover an explicit id on a Redis Cluster may take.
-_CLAIM_TRIES = 30
-# A claim on another queue younger than this is likely still enqueueing: look again once,
-# after a pause, before fencing it.
-_FRESH_MS = 1000
-
-
-def _opt(value: bytes | str | None) -> bytes:
-    """An optional value for a script: ``b""`` for ``None``, else ``b"="`` and the data."""
-    if value is None:
-        return b""
-    if isinstance(value, str):
-        value = value.encode()
-    return b"=" + value
 
 
 def _millis(seconds: float) -> int:
@@ -141,114 +91,19 @@ def _millis(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else bytes(value).decode()
+def _as_cluster(value: str) -> bool:
+    """``as_bool``, with an empty value read as false (``?cluster=``)."""
+    return as_bool(value) if value.strip() else False
 
 
-def _float(value: Any) -> float | None:
-    return None if value is None else _stamp(value)
-
-
-def _stamp(value: Any) -> float:
-    """A stored timestamp; NaN where a damaged record holds something else."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-_CLAIM_FIELDS: tuple[tuple[str, Callable[[bytes], float]], ...] = (
-    ("attempts", int),
-    ("priority", int),
-    ("retries", int),
-    ("enqueued_at", float),
-    ("result_ttl", float),
-    ("cancel", float),
-    ("eta", float),
-)
-
-
-def _unreadable_claim(task_id: str, queue: str, raw: Sequence[Any], now: float) -> Claim:
-    """The claim of a task whose hash the claim script found damaged (a field missing, not a
-    number, or a fencing token it had to replace, marked ``?``), naming what is wrong, so that
-    the worker fails that task instead of the whole claim failing."""
-    payload, options, fields = raw
-    tokens = bytes(fields).split(b" ")
-    problems = []
-    if tokens[0].startswith(b"?"):
-        problems.append("the fencing token was not an integer")
-    fence = int(tokens[0].lstrip(b"?"))  # the script always hands out an integer token
-    if len(tokens) != 8:
-        problems.append("its fields cannot be read")
-    values = tokens[1:] if len(tokens) == 8 else []
-    for (name, kind), text in zip(_CLAIM_FIELDS, values, strict=False):
-        try:
-            kind(text)
-        except ValueError:
-            shown = "missing or not a number" if text == b"?" else f"{text!r}, not a number"
-            problems.append(f"{name} is {shown}")
-    if payload is None:
-        problems.append("the payload is missing")
-    if options is None:
-        problems.append("the options are missing")
-    else:
-        try:
-            bytes(options).decode()
-        except UnicodeDecodeError:
-            problems.append("the options are not text")
-    return Claim(
-        task_id=task_id,
-        queue=queue,
-        payload=b"" if payload is None else bytes(payload),
-        options="",
-        priority=0,
-        fencing_token=fence,
-        attempts=1,
-        retries=0,
-        enqueued_at=math.nan,
-        started_at=now,
-        result_ttl=math.nan,
-        corrupt="; ".join(problems) or "its fields cannot be read",
-    )
-
-
-def _parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"{name}={value!r} is not a boolean: use true or false")
-
-
-def _url_options(url: str) -> tuple[str, dict[str, Any]]:
-    """Split sitq's own options out of a Redis URL's query: the URL for redis-py, and them."""
-    try:
-        parts = urlsplit(url)
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    except ValueError as exc:
-        raise ConfigurationError(f"{redact_url(url)} is not a valid URL: {exc}") from exc
-    options: dict[str, Any] = {}
-    if "prefix" in params:
-        options["prefix"] = params.pop("prefix")
-    if "cluster" in params:
-        options["cluster"] = _parse_bool("cluster", params.pop("cluster"))
-    for key in ("command_timeout", "connect_timeout"):
-        if key in params:
-            try:
-                options[key] = float(params.pop(key))
-            except ValueError:
-                raise ConfigurationError(f"{key} must be a number in {redact_url(url)}") from None
-    if "max_connections" in params:
-        try:
-            options["max_connections"] = int(params.pop("max_connections"))
-        except ValueError:
-            raise ConfigurationError(
-                f"max_connections must be a whole number in {redact_url(url)}"
-            ) from None
-    if not options:
-        return url, options
-    return urlunsplit(parts._replace(query=urlencode(params))), options
+# sitq's own options of RedisBackend that a URL's query may carry.
+_URL_OPTIONS: dict[str, Convert] = {
+    "prefix": as_str,
+    "cluster": _as_cluster,
+    "command_timeout": as_seconds,
+    "connect_timeout": as_seconds,
+    "max_connections": as_int,
+}
 
 
 class RedisBackend(Backend):
@@ -285,10 +140,12 @@ class RedisBackend(Backend):
     ) -> None:
         require("redis", "redis", "RedisBackend")
         self._aioredis: Any = importlib.import_module("redis.asyncio")
-        self._exc: Any = importlib.import_module("redis.exceptions")
         if isinstance(url, str):
             # sitq's own options may travel in the URL's query; the rest is redis-py's.
-            url, query = _url_options(url)
+            options = UrlOptions(url, _URL_OPTIONS, backend="Redis")
+            query = options.options
+            if query:
+                url = options.url_without_options()
             given: dict[str, Any] = {
                 "prefix": prefix,
                 "cluster": cluster,
@@ -351,37 +208,37 @@ class RedisBackend(Backend):
         self.command_timeout = float(command_timeout)
         self.connect_timeout = float(connect_timeout)
         self.max_connections = max_connections
-        # Calls in flight, at most one per connection; the rest wait here (set by connect()).
-        self._slots: asyncio.Semaphore | None = None
-        self._batch: Batch | None = None
-        self._batch_tasks: set[asyncio.Task[None]] = set()
         self._username = username
         self._password = password
         self._ssl = ssl
-        self._client: Any = None
-        self._pool: Any = None
-        self._direct: Any = None
-        self._direct_busy = False
+        self._wire = Wire(
+            cluster=self.cluster,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            max_connections=max_connections,
+            describe=self.describe,
+        )
         self._keys: dict[str, QueueKeys] = {}
         self._registered: set[str] = set()
-        self._hints: OrderedDict[str, str] = OrderedDict()
+        self._index = IdIndex(self._wire, prefix, self._queue_keys, self.describe)
         self._done_prefix = f"{prefix}:done:"
         self._work_prefix = f"{prefix}:work:"
-        self._hello = f"{prefix}:hello"
         # One slot for all cron schedules (and the records of their compare-and-sets).
         self._crons = f"{prefix}:{{{prefix}:crons}}"
-        self._closing = False
-        # pub/sub state
-        self._changed = asyncio.Event()
-        self._claim_generation: asyncio.Event | None = None
+        self._changes = ChangeSignal()
+        self._waiters = ResultWaiters()
+        # When the last single-queue claim found the next task due (time.monotonic()).
         self._due_hint: tuple[tuple[str, ...], float] | None = None
-        self._listener_task: asyncio.Task[None] | None = None
-        self._pubsub: Any = None
-        self._listening = asyncio.Event()
-        self._wanted: dict[str, int] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}
-        self._done_waiters: dict[str, list[asyncio.Event]] = {}
-        self._pubsub_node = 0
+        self._listener = Listener(
+            client=lambda: self._wire.client,
+            cluster=self.cluster,
+            hello=f"{prefix}:hello",
+            done_prefix=self._done_prefix,
+            work_prefix=self._work_prefix,
+            on_work=self._on_work,
+            on_done=self._waiters.finished,
+            on_gap=self._signal_all,
+        )
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -407,27 +264,10 @@ class RedisBackend(Backend):
     @property
     def connected(self) -> bool:
         """True between ``connect()`` and ``close()``."""
-        return self._client is not None
-
-    def _client_options(self) -> dict[str, Any]:
-        retry_mod = importlib.import_module("redis.asyncio.retry")
-        backoff = importlib.import_module("redis.backoff")
-        # sitq retries what is safe to retry itself (a claim is not): redis-py must not.
-        return {
-            "decode_responses": False,
-            "retry": retry_mod.Retry(backoff.NoBackoff(), 0),
-            "socket_timeout": None,
-            "socket_connect_timeout": self.connect_timeout,
-            # RESP2 replies parse faster in redis-py's pure-Python parser.
-            "protocol": 2,
-            "health_check_interval": 0,
-            # Calls wait for one of max_connections (see _call) instead of failing; beyond
-            # them, the pub/sub connection (and its successor while it is replaced).
-            "max_connections": self.max_connections + 2,
-        }
+        return self._wire.client is not None
 
     def _make_client(self) -> Any:
-        options = self._client_options()
+        options = self._wire.client_options()
         if self.cluster:
             cluster_cls = importlib.import_module("redis.asyncio.cluster").RedisCluster
             if self.url is not None:
@@ -454,83 +294,43 @@ class RedisBackend(Backend):
 
     async def connect(self) -> None:
         """Connect, and load the Lua scripts into the server's script cache. Idempotent."""
-        if self._client is not None:
+        if self._wire.client is not None:
             return
-        self._closing = False
-        self._changed = asyncio.Event()
-        self._listening = asyncio.Event()
+        self._changes = ChangeSignal()
+        self._listener.open()
         try:
             client = self._make_client()
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"invalid Redis settings for {self.describe()}: {exc}"
             ) from exc
-        try:
-            async with asyncio.timeout(self.connect_timeout + self.command_timeout):
-                if self.cluster:
-                    await client.initialize()
-                else:
-                    await client.ping()
-                for script in SCRIPTS.values():
-                    await client.script_load(script.source)
-        except TypeError as exc:  # an unknown URL parameter reaches the connection class
-            with contextlib.suppress(Exception):
-                await client.aclose()
-            raise ConfigurationError(
-                f"invalid Redis settings for {self.describe()}: {exc}"
-            ) from exc
-        except self._errors() as exc:
-            with contextlib.suppress(Exception):
-                await client.aclose()
-            raise BackendError(
-                f"cannot connect to Redis at {self.describe()}: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._client = client
-        self._slots = asyncio.Semaphore(self.max_connections)
-        if not self.cluster:
-            self._pool = client.connection_pool
-            try:
-                self._direct = await self._pool.get_connection()
-            except self._errors():
-                self._direct = None
+        await self._wire.open(client)
 
     async def close(self) -> None:
         """Close the connections and the pub/sub listener; wake every waiter. Idempotent."""
-        client, self._client = self._client, None
-        self._closing = True
-        task, self._listener_task = self._listener_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        client = self._wire.detach()
+        await self._listener.close()
         self._signal_all()
-        batches = list(self._batch_tasks)
-        for batch_task in batches:
-            batch_task.cancel()
-        if batches:
-            await asyncio.gather(*batches, return_exceptions=True)
-        if client is None:
-            return
-        direct, self._direct = self._direct, None
-        pool, self._pool = self._pool, None
-        if direct is not None and pool is not None:
-            with contextlib.suppress(Exception):
-                await pool.release(direct)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.aclose(), 10)
-        self._wanted.clear()
-        self._confirmed.clear()
+        await self._wire.shutdown(client)
+        if client is not None:
+            self._listener.forget()
 
-    # -- plumbing ---------------------------------------------------------------------------
+    def _signal_all(self) -> None:
+        """Wake every waiter: anything may have changed unheard."""
+        self._changes.signal()
+        self._waiters.wake_all()
 
-    def _errors(self) -> tuple[type[BaseException], ...]:
-        return (self._exc.RedisError, self._exc.RedisClusterException, OSError, TimeoutError)
+    def _on_work(self) -> None:
+        self._changes.signal()
 
-    def _transient(self) -> tuple[type[BaseException], ...]:
-        return (self._exc.ConnectionError, self._exc.TimeoutError, OSError, TimeoutError)
+    def _poll_cap(self) -> float:
+        """The longest a waiter goes without re-reading the store (a push may be missed)."""
+        return 1.0 if self._listener.listening else 0.1
+
+    # -- helpers ----------------------------------------------------------------------------
 
     def _check(self) -> None:
-        if self._client is None:
+        if self._wire.client is None:
             raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
 
     def _queue_keys(self, queue: str) -> QueueKeys:
@@ -540,352 +340,13 @@ class RedisBackend(Backend):
             self._keys[queue] = keys
         return keys
 
-    def _index_key(self, task_id: str) -> str:
-        return f"{self.prefix}:id:{task_id}"
-
-    def _evalsha(self, name: str, keys: Sequence[str], args: Iterable[Any]) -> tuple[Any, ...]:
-        return ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
-
-    def _remember(self, task_id: str, queue: str) -> None:
-        hints = self._hints
-        hints[task_id] = queue
-        if len(hints) > _HINTS:
-            hints.popitem(last=False)
-
-    async def _exec(self, commands: Sequence[Command], *, retry: bool = True) -> list[Any]:
-        """Run commands in one round trip; return their replies (error replies as exception
-        objects). Connection failures are retried (if ``retry``) and then raise BackendError."""
-        if self._client is None or self._slots is None:
-            raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
-        if not commands:
-            return []
-        attempts = 3 if retry else 1
-        for attempt in range(attempts):
-            try:
-                return await self._call(commands)
-            except self._transient() as exc:
-                if attempt + 1 >= attempts or self._client is None:
-                    raise BackendError(
-                        f"Redis at {self.describe()}: {type(exc).__name__}: {exc}"
-                    ) from exc
-                await asyncio.sleep(0.02 * 2**attempt)
-            except self._errors() as exc:
-                raise BackendError(f"Redis: {type(exc).__name__}: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _call(self, commands: Sequence[Command]) -> list[Any]:
-        """One attempt of ``_exec``. At most ``max_connections`` round trips are in flight,
-        one per connection; a call that finds them all busy joins the open batch, whose
-        commands go out together, pipelined on the next connection that frees up (waiting
-        for it does not count against ``command_timeout``)."""
-        slots = self._slots
-        if slots is None:
-            raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
-        if not slots.locked():
-            async with slots, asyncio.timeout(self.command_timeout):
-                return await self._run(commands)
-        batch = self._batch
-        if batch is None or len(batch.commands) >= BATCH_COMMANDS:
-            batch = self._batch = Batch()
-            task = asyncio.create_task(self._run_batch(batch), name="sitq-redis-batch")
-            self._batch_tasks.add(task)
-            task.add_done_callback(self._batch_tasks.discard)
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        start = len(batch.commands)
-        batch.commands += commands
-        batch.waiters.append((start, len(batch.commands), future))
-        return await future
-
-    async def _run_batch(self, batch: Batch) -> None:
-        """Wait for a connection, close the batch to newcomers, run its commands in one round
-        trip and hand each caller its replies (or the error)."""
-        outcome: list[Any] | BaseException
-        try:
-            slots = self._slots
-            if slots is None:
-                raise BackendError("RedisBackend was closed while the call waited")
-            async with slots:
-                if self._batch is batch:
-                    self._batch = None
-                if self._client is None:
-                    raise BackendError("RedisBackend was closed while the call waited")
-                async with asyncio.timeout(self.command_timeout):
-                    outcome = await self._run(batch.commands)
-        except asyncio.CancelledError:
-            outcome = BackendError("RedisBackend was closed while the call waited")
-        except Exception as exc:
-            outcome = exc
-        finally:
-            if self._batch is batch:
-                self._batch = None
-        for start, end, future in batch.waiters:
-            if future.done():  # the caller was cancelled
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome[start:end])
-
-    async def _run(self, commands: Sequence[Command]) -> list[Any]:
-        if self.cluster:
-            return await self._run_cluster(commands)
-        return await self._run_direct(commands)
-
-    async def _run_direct(self, commands: Sequence[Command]) -> list[Any]:
-        pool = self._pool
-        if pool is None:
-            raise BackendError("RedisBackend is not connected: call `await backend.connect()`")
-        direct = self._direct
-        use_direct = direct is not None and not self._direct_busy
-        if use_direct:
-            conn = direct
-            self._direct_busy = True
-        else:
-            conn = await pool.get_connection()
-        try:
-            if use_direct:
-                await pool.ensure_connection(conn)
-            replies = await roundtrip(conn, self._exc.ResponseError, commands)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, self._exc.NoScriptError)]
-            if missing:
-                # The server lost its script cache (SCRIPT FLUSH, restart, failover): load the
-                # scripts and run again what did not run.
-                scripts = {sha_of(commands[i]) for i in missing}
-                await roundtrip(
-                    conn,
-                    self._exc.ResponseError,
-                    [("SCRIPT", "LOAD", script_for(sha).source) for sha in scripts],
-                )
-                again = await roundtrip(
-                    conn, self._exc.ResponseError, [commands[i] for i in missing]
-                )
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-            return replies
-        except BaseException:
-            # A command may be half sent or its reply unread: the connection is unusable.
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
-            raise
-        finally:
-            if use_direct:
-                self._direct_busy = False
-            else:
-                with contextlib.suppress(Exception):
-                    await pool.release(conn)
-
-    async def _run_cluster(self, commands: Sequence[Command]) -> list[Any]:
-        client = self._client
-        replies = await self._cluster_once(client, commands)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, self._exc.NoScriptError)]
-        if missing:
-            for sha in {sha_of(commands[i]) for i in missing}:
-                await client.script_load(script_for(sha).source)
-            again = await self._cluster_once(client, [commands[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
-    async def _cluster_once(self, client: Any, commands: Sequence[Command]) -> list[Any]:
-        plain: list[tuple[Any, ...]] = []
-        for command in commands:
-            if isinstance(command, Raw):  # pragma: no cover - a programming error
-                raise TypeError("pre-encoded commands are for standalone servers only")
-            plain.append(command)
-        if len(plain) == 1:
-            try:
-                return [await client.execute_command(*plain[0])]
-            except self._exc.ResponseError as exc:
-                return [exc]
-        pipe = client.pipeline(transaction=False)
-        for command in plain:
-            pipe.execute_command(*command)
-        return list(await pipe.execute(raise_on_error=False))
-
-    def _raise_errors(self, replies: Sequence[Any]) -> None:
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise BackendError(f"Redis: {type(reply).__name__}: {reply}") from reply
-
-    async def _locate(self, task_ids: Iterable[str]) -> dict[str, str]:
-        """The queue of each task id that has one (remembered, else from the id index)."""
-        found: dict[str, str] = {}
-        unknown: list[str] = []
-        for task_id in task_ids:
-            queue = self._hints.get(task_id)
-            if queue is not None:
-                found[task_id] = queue
-            elif task_id not in found:
-                unknown.append(task_id)
-        if unknown:
-            unknown = list(dict.fromkeys(unknown))
-            replies = await self._exec([("GET", self._index_key(i)) for i in unknown])
-            self._raise_errors(replies)
-            for task_id, reply in zip(unknown, replies, strict=True):
-                if reply is not None:
-                    found[task_id] = entry_queue(reply)
-        return found
-
-    # -- pub/sub ----------------------------------------------------------------------------
-
-    def _signal_all(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
-        for events in self._done_waiters.values():
-            for e in events:
-                e.set()
-
-    def _on_work(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
-
-    def _poll_cap(self) -> float:
-        return 1.0 if self._listening.is_set() else 0.1
-
-    def _ensure_listener(self) -> None:
-        if self._listener_task is None and not self._closing and self._client is not None:
-            self._listener_task = asyncio.create_task(self._listen(), name="sitq-redis-pubsub")
-
-    def _new_pubsub(self) -> Any:
-        client = self._client
-        if client is None:
-            raise BackendError("RedisBackend is not connected")
-        if not self.cluster:
-            return client.pubsub()
-        # Classic pub/sub messages reach every node of a cluster: listen on any one of them,
-        # moving on to the next when it fails.
-        nodes = client.get_nodes()
-        node = nodes[self._pubsub_node % len(nodes)]
-        self._pubsub_node += 1
-        return client.pubsub(node=node)
-
-    async def _listen(self) -> None:
-        delay = 0.05
-        while not self._closing:
-            pubsub = None
-            try:
-                pubsub = self._new_pubsub()
-                self._confirmed = {}
-                channels = [self._hello, *self._wanted]
-                for channel in channels:
-                    self._confirmed[channel] = asyncio.Event()
-                await pubsub.subscribe(*channels)
-                self._pubsub = pubsub
-                awaiting_pong = False
-                while not self._closing:
-                    message = await pubsub.get_message(timeout=30.0)
-                    if message is None:
-                        if awaiting_pong:
-                            raise self._exc.ConnectionError("no reply to PING within 30 s")
-                        # A quiet connection may be dead without the client knowing.
-                        await pubsub.ping()
-                        awaiting_pong = True
-                        continue
-                    awaiting_pong = False
-                    if self._on_message(message):
-                        delay = 0.05
-            except asyncio.CancelledError:
-                self._pubsub = None
-                self._listening.clear()
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(pubsub.aclose(), 2)
-                raise
-            except Exception as exc:
-                if not self._closing:
-                    log.warning("Redis pub/sub connection failed: %s; reconnecting", exc)
-            self._pubsub = None
-            self._listening.clear()
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 2)
-            # Whatever was published while we were not listening must be looked at again.
-            self._signal_all()
-            if self._closing:
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    def _on_message(self, message: dict[str, Any]) -> bool:
-        kind = message.get("type")
-        raw = message.get("channel")
-        channel = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if kind in ("message", b"message"):
-            if channel.startswith(self._done_prefix):
-                for e in self._done_waiters.get(channel[len(self._done_prefix) :], ()):
-                    e.set()
-            elif channel.startswith(self._work_prefix):
-                self._on_work()
-            return False
-        if kind in ("subscribe", b"subscribe"):
-            # Only a subscription still wanted counts (a late reply to an undone one does not).
-            event = self._confirmed.get(channel)
-            if event is not None:
-                event.set()
-            if channel == self._hello and not self._listening.is_set():
-                self._listening.set()
-                # Anything that happened before this point must be looked at again.
-                self._signal_all()
-                return True
-        return False
-
-    async def _subscribe(self, channels: Sequence[str], *, counted: bool) -> bool:
-        """Subscribe to channels (``counted``: once per caller, undone by ``_unsubscribe``)
-        and wait, bounded, until the server confirms. True if a subscription was new."""
-        self._ensure_listener()
-        new = []
-        for channel in channels:
-            count = self._wanted.get(channel, 0)
-            if count == 0:
-                new.append(channel)
-            if counted or count == 0:
-                self._wanted[channel] = count + 1
-        if not new and all(self._is_confirmed(c) for c in channels):
-            return False
-        if not self._listening.is_set():
-            # The listener subscribes to everything wanted once it is connected.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listening.wait(), 1.0)
-            if not self._listening.is_set():
-                return bool(new)
-        send = [c for c in new if c not in self._confirmed]
-        events = [self._confirmed.setdefault(c, asyncio.Event()) for c in channels]
-        pubsub = self._pubsub
-        if pubsub is not None and send:
-            try:
-                await pubsub.subscribe(*send)
-            except Exception as exc:  # the listener sees the broken connection too
-                log.debug("subscribing to %s failed: %s", send, exc)
-                return bool(new)
-        waiting = [e.wait() for e in events if not e.is_set()]
-        if waiting:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
-        return bool(new)
-
-    def _is_confirmed(self, channel: str) -> bool:
-        event = self._confirmed.get(channel)
-        return event is not None and event.is_set()
-
-    async def _unsubscribe(self, channel: str) -> None:
-        count = self._wanted.get(channel, 0) - 1
-        if count > 0:
-            self._wanted[channel] = count
-            return
-        self._wanted.pop(channel, None)
-        self._confirmed.pop(channel, None)
-        pubsub = self._pubsub
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.unsubscribe(channel)
-
     # -- tasks ------------------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Store tasks with one script call per queue (in one round trip); an id still known
         is left alone. On a standalone server the script also checks and sets each id's
         index entry; on a Redis Cluster an explicit id claims its entry first (see
-        ``_enqueue_claimed``)."""
+        ``IdIndex.enqueue_claimed``)."""
         self._check()
         if not tasks:
             return []
@@ -900,23 +361,23 @@ class RedisBackend(Backend):
             # Each id's index key has a slot of its own: one SET per generated id (redis-py
             # sends each to its node), before the queue's script.
             now = [i for i, t in enumerate(tasks) if t.fresh_id]
-            commands += [("SET", self._index_key(tasks[i].id), tasks[i].queue) for i in now]
+            commands += [("SET", self._index.key(tasks[i].id), tasks[i].queue) for i in now]
             explicit = [i for i, t in enumerate(tasks) if not t.fresh_id]
         else:
             now = list(range(len(tasks)))
             explicit = []
         first_call = len(commands)
         calls = self._enqueue_calls(tasks, now, commands)
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
         self._registered.update(queues)
         for chunk, reply in zip(calls, replies[first_call:], strict=True):
             for i, flag in zip(chunk, bytes(reply), strict=True):
                 if flag == 49:  # b"1"
                     stored[i] = True
-                    self._remember(tasks[i].id, tasks[i].queue)
+                    self._index.remember(tasks[i].id, tasks[i].queue)
         if explicit:
-            await self._enqueue_claimed(tasks, explicit, stored)
+            await self._index.enqueue_claimed(tasks, explicit, stored, self._enqueue_calls)
         return stored
 
     def _enqueue_calls(
@@ -956,90 +417,8 @@ class RedisBackend(Backend):
                         b"" if t.concurrency_limit is None else t.concurrency_limit,
                     ]
                 keys = [k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c]
-                commands.append(self._evalsha("enqueue", keys, args))
+                commands.append(evalsha("enqueue", keys, args))
         return calls
-
-    async def _enqueue_claimed(
-        self, tasks: Sequence[NewTask], pending: list[int], stored: list[bool]
-    ) -> None:
-        """Enqueue explicit ids on a Redis Cluster, where an id's index entry and its queue are
-        in different slots (see scripts/claim_index.lua): claim each id's entry, then in one
-        round trip store the ids whose entry names their queue and revoke, on the queue the
-        entry names, the claim of the others (the id is known if it is still there). A revoked
-        entry is taken over by compare-and-set in the next round. Sets ``stored[i]``."""
-        replace: dict[int, str] = {}
-        waited: set[int] = set()
-        for attempt in range(_CLAIM_TRIES):
-            entries = await self._exec(
-                [
-                    self._evalsha(
-                        "claim_index",
-                        [self._index_key(tasks[i].id)],
-                        [tasks[i].queue, uuid.uuid4().hex[:16], replace.pop(i, "")],
-                    )
-                    for i in pending
-                ]
-            )
-            self._raise_errors(entries)
-            commands: list[Command] = []
-            kinds: dict[int, str] = {}
-            claims: dict[int, str] = {}
-            revoked: list[tuple[int, str, str]] = []
-            again: list[int] = []
-            for i, (raw, raw_now) in zip(pending, entries, strict=True):
-                entry = bytes(raw).decode()
-                queue, token, claimed = parse_entry(entry)
-                if queue == tasks[i].queue:
-                    kinds[i] = f"{claimed} {token}"
-                    claims[i] = entry
-                elif int(raw_now) - claimed < _FRESH_MS and i not in waited:
-                    waited.add(i)
-                    again.append(i)
-                else:
-                    k = self._queue_keys(queue)
-                    commands.append(
-                        self._evalsha(
-                            "revoke",
-                            [k.task + tasks[i].id, k.fence + tasks[i].id],
-                            [token, claimed],
-                        )
-                    )
-                    revoked.append((i, queue, entry))
-            calls = self._enqueue_calls(tasks, list(kinds), commands, kinds)
-            replies = await self._exec(commands)
-            self._raise_errors(replies)
-            contested = bool(again)
-            for (i, queue, entry), alive in zip(revoked, replies[: len(revoked)], strict=True):
-                if alive:
-                    self._remember(tasks[i].id, queue)  # known there: left alone
-                else:
-                    replace[i] = entry
-                    again.append(i)
-            for chunk, reply in zip(calls, replies[len(revoked) :], strict=True):
-                for i, flag in zip(chunk, bytes(reply).decode(), strict=True):
-                    if flag == "1":
-                        stored[i] = True
-                        self._remember(tasks[i].id, tasks[i].queue)
-                    elif flag == "0":
-                        self._remember(tasks[i].id, tasks[i].queue)
-                    else:
-                        if flag == "F":
-                            # Another queue is taking the id over, or the taker died before
-                            # its compare-and-set: a fenced entry may be replaced.
-                            replace[i] = claims[i]
-                            contested = True
-                        again.append(i)
-            pending = again
-            if not pending:
-                return
-            if contested:
-                await asyncio.sleep(random.uniform(0.001, 0.002 * 2 ** min(attempt, 5)))
-        raise BackendError(
-            f"Redis at {self.describe()}: task ids {[tasks[i].id for i in pending][:5]} were "
-            f"still contested after {_CLAIM_TRIES} rounds (enqueued on other queues at the "
-            "same time again and again, or the cluster nodes' clocks disagree by more than "
-            f"{CLAIM_WINDOW_MS // 1000} s)"
-        )
 
     def _packed_enqueue(self, k: QueueKeys, chunk: Sequence[NewTask]) -> Raw:
         """The enqueue script call for a chunk of tasks of one standalone server's queue,
@@ -1050,12 +429,12 @@ class RedisBackend(Backend):
     async def _enqueue_one(self, t: NewTask) -> bool:
         # The common case on a standalone server, kept short: one task on a known queue, one
         # script call (which also checks and sets the id's index key).
-        replies = await self._exec([self._packed_enqueue(self._queue_keys(t.queue), (t,))])
+        replies = await self._wire.exec([self._packed_enqueue(self._queue_keys(t.queue), (t,))])
         if isinstance(replies[0], Exception):
-            self._raise_errors(replies)
+            raise_errors(replies)
         stored = bytes(replies[0]) == b"1"
         if stored:
-            self._remember(t.id, t.queue)
+            self._index.remember(t.id, t.queue)
         return stored
 
     async def claim(
@@ -1066,7 +445,7 @@ class RedisBackend(Backend):
         A keyed task whose key is full is parked by the script, which goes on with the tasks
         behind it."""
         self._check()
-        self._claim_generation = self._changed
+        self._changes.mark_claim()
         if limit <= 0:
             return []
         if len(queues) == 1:
@@ -1098,15 +477,15 @@ class RedisBackend(Backend):
         for queue, n in counts.items():
             k = self._queue_keys(queue)
             commands.append(
-                self._evalsha(
+                evalsha(
                     "claim",
                     [k.ready, k.sched, k.leases, k.seq, f"{k.claims}{request}", k.ck],
                     [k.task, n, repr(lease), worker_id, k.work, _MAX_PARK],
                 )
             )
         # Safe to retry: a retry of a request that ran replays its claims (see scripts/claim.lua).
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
         claims: list[Claim] = []
         etas: dict[str, float] = {}
         due_at = math.inf
@@ -1118,28 +497,8 @@ class RedisBackend(Backend):
             if reply[3]:
                 parked = True
             for j in range(4, len(reply), 4):
-                task_id = reply[j].decode()
-                try:
-                    fence, att, pri, ret, enq, ttl, cancel, eta = reply[j + 3].split()
-                    claim = Claim(
-                        task_id=task_id,
-                        queue=queue,
-                        payload=reply[j + 1],
-                        options=reply[j + 2].decode(),
-                        priority=int(pri),
-                        fencing_token=int(fence),
-                        attempts=int(att),
-                        retries=int(ret),
-                        enqueued_at=float(enq),
-                        started_at=now,
-                        result_ttl=float(ttl),
-                        cancel_requested=cancel == b"1",
-                    )
-                    etas[task_id] = float(eta)
-                except (ValueError, AttributeError, UnicodeDecodeError):
-                    claim = _unreadable_claim(task_id, queue, reply[j + 1 : j + 4], now)
-                    etas[task_id] = 0.0
-                self._remember(task_id, queue)
+                claim, etas[claim.task_id] = read_claim(queue, reply[j : j + 4], now)
+                self._index.remember(claim.task_id, queue)
                 claims.append(claim)
         if hint:
             self._due_hint = (tuple(counts), time.monotonic() + due_at)
@@ -1149,11 +508,9 @@ class RedisBackend(Backend):
         commands = []
         for queue in queues:
             k = self._queue_keys(queue)
-            commands.append(
-                self._evalsha("peek", [k.ready, k.sched, k.leases, k.seq], [k.task, limit])
-            )
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
+            commands.append(evalsha("peek", [k.ready, k.sched, k.leases, k.seq], [k.task, limit]))
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
         counts: dict[str, int] = {}
         left = limit
         for queue, reply in zip(queues, replies, strict=True):
@@ -1175,7 +532,7 @@ class RedisBackend(Backend):
         self._check()
         if not claims:
             return []
-        where = await self._locate(c.task_id for c in claims)
+        where = await self._index.locate(c.task_id for c in claims)
         groups: dict[str, list[int]] = {}
         for i, ref in enumerate(claims):
             queue = where.get(ref.task_id)
@@ -1187,13 +544,13 @@ class RedisBackend(Backend):
             args: list[Any] = [k.task, repr(lease)]
             for i in indices:
                 args += [claims[i].task_id, claims[i].fencing_token]
-            commands.append(self._evalsha("extend", [k.leases, k.ck], args))
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
+            commands.append(evalsha("extend", [k.leases, k.ck], args))
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
         states = [LeaseState.LOST] * len(claims)
         for indices, reply in zip(groups.values(), replies, strict=True):
             for i, code in zip(indices, bytes(reply), strict=True):
-                states[i] = _LEASE_STATES[code - 48]
+                states[i] = LEASE_STATES[code - 48]
         return states
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
@@ -1201,7 +558,7 @@ class RedisBackend(Backend):
         self._check()
         if not settlements:
             return []
-        where = await self._locate(s.claim.task_id for s in settlements)
+        where = await self._index.locate(s.claim.task_id for s in settlements)
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(settlements):
             queue = where.get(s.claim.task_id)
@@ -1213,34 +570,9 @@ class RedisBackend(Backend):
             k = self._queue_keys(queue)
             args: list[Any] = [k.task, k.work, self._done_prefix]
             for i in indices:
-                s = settlements[i]
-                ref = s.claim
-                if isinstance(s, Finish):
-                    args += [
-                        b"F",
-                        ref.task_id,
-                        ref.fencing_token,
-                        _STATUS_CODE[s.status],
-                        _opt(s.value),
-                        _opt(s.error),
-                        _opt(s.traceback),
-                        repr(max(s.expires_at - s.finished_at, 0.001)),
-                    ]
-                elif isinstance(s, Reschedule):
-                    args += [
-                        b"R",
-                        ref.task_id,
-                        ref.fencing_token,
-                        repr(float(s.eta)),
-                        _opt(s.error),
-                        _opt(s.traceback),
-                    ]
-                elif isinstance(s, Release):
-                    args += [b"L", ref.task_id, ref.fencing_token]
-                else:  # pragma: no cover
-                    raise TypeError(f"not a settlement: {s!r}")
+                args += settle_args(settlements[i])
             commands.append(
-                self._evalsha(
+                evalsha(
                     "settle",
                     [
                         k.ready,
@@ -1256,8 +588,8 @@ class RedisBackend(Backend):
                     args,
                 )
             )
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
         applied = [False] * len(settlements)
         for indices, reply in zip(groups.values(), replies, strict=True):
             for i, flag in zip(indices, bytes(reply), strict=True):
@@ -1266,20 +598,20 @@ class RedisBackend(Backend):
             if isinstance(s, Finish):
                 # A worker has no more use for the queue of a task it finished: without this,
                 # every worker would hold the ids of its last 100,000 tasks (tens of MB).
-                self._hints.pop(s.claim.task_id, None)
+                self._index.forget(s.claim.task_id)
         return applied
 
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
         """Cancel a pending task (it finishes as cancelled) or flag a running one."""
         self._check()
-        hinted = self._hints.get(task_id)
+        hinted = self._index.hints.get(task_id)
         code = 0
         if hinted is not None:
             code = await self._cancel_in(hinted, task_id)
         if code == 0:
             # Not remembered, or remembered wrongly: ask the id index.
-            self._hints.pop(task_id, None)
-            queue = await self._locate_index(task_id)
+            self._index.forget(task_id)
+            queue = await self._index.lookup(task_id)
             if queue is not None and queue != hinted:
                 code = await self._cancel_in(queue, task_id)
         return (
@@ -1292,9 +624,9 @@ class RedisBackend(Backend):
     async def _cancel_in(self, queue: str, task_id: str) -> int:
         k = self._queue_keys(queue)
         # Not retried: a cancel that ran twice would report "already finished".
-        (reply,) = await self._exec(
+        (reply,) = await self._wire.exec(
             [
-                self._evalsha(
+                evalsha(
                     "cancel",
                     [k.ready, k.sched, k.done_c, k.ck],
                     [k.task, task_id, self._done_prefix, k.work],
@@ -1302,49 +634,28 @@ class RedisBackend(Backend):
             ],
             retry=False,
         )
-        self._raise_errors([reply])
+        raise_errors([reply])
         return int(reply)
 
     async def get_task(self, task_id: str) -> TaskSnapshot | None:
         """Read the task's hash in its queue (remembered, else from the id index)."""
         self._check()
-        hinted = self._hints.get(task_id)
+        hinted = self._index.hints.get(task_id)
         if hinted is not None:
             snap = await self._read(hinted, task_id)
             if snap is not None:
                 return snap
-            self._hints.pop(task_id, None)
-        queue = await self._locate_index(task_id)
+            self._index.forget(task_id)
+        queue = await self._index.lookup(task_id)
         if queue is None or queue == hinted:
             return None
         return await self._read(queue, task_id)
 
-    async def _locate_index(self, task_id: str) -> str | None:
-        (reply,) = await self._exec([("GET", self._index_key(task_id))])
-        self._raise_errors([reply])
-        return None if reply is None else entry_queue(reply)
-
     async def _read(self, queue: str, task_id: str) -> TaskSnapshot | None:
         key = self._queue_keys(queue).task + task_id
-        (row,) = await self._exec(
-            [("HMGET", key, "st", "att", "enq", "eta", "sa", "fa", "v", "err", "tb")]
-        )
-        self._raise_errors([row])
-        if row[0] is None:
-            return None
-        return TaskSnapshot(
-            task_id=task_id,
-            queue=queue,
-            status=_CODE_STATUS[bytes(row[0])],
-            attempts=int(row[1] or 0),
-            enqueued_at=_stamp(row[2]),
-            eta=_stamp(row[3]),
-            started_at=_float(row[4]),
-            finished_at=_float(row[5]),
-            value=None if row[6] is None else bytes(row[6]),
-            error=_text(row[7]),
-            traceback=_text(row[8]),
-        )
+        (row,) = await self._wire.exec([("HMGET", key, *SNAPSHOT_FIELDS)])
+        raise_errors([row])
+        return snapshot(task_id, queue, row)
 
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
         """Wait for the task's done message (pub/sub), with a bounded fallback poll."""
@@ -1353,52 +664,42 @@ class RedisBackend(Backend):
         if snap is None or snap.status.is_final or timeout <= 0:
             return snap
         channel = self._done_prefix + task_id
-        event = asyncio.Event()
-        self._done_waiters.setdefault(task_id, []).append(event)
-        try:
-            await self._subscribe([channel], counted=True)
-            while True:
-                event.clear()
-                snap = await self.get_task(task_id)
-                remaining = deadline - time.monotonic()
-                if snap is None or snap.status.is_final or remaining <= 0 or self._closing:
-                    return snap
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, self._poll_cap()))
-        finally:
-            waiters = self._done_waiters.get(task_id, [])
-            if event in waiters:
-                waiters.remove(event)
-            if not waiters:
-                self._done_waiters.pop(task_id, None)
-            await self._unsubscribe(channel)
+        with self._waiters.watch(task_id) as arm:
+            try:
+                await self._listener.subscribe([channel], counted=True)
+                return await wait_for_final(
+                    lambda: self.get_task(task_id),
+                    deadline - time.monotonic(),
+                    arm=arm,
+                    polls=Polls.every(self._poll_cap),
+                    is_open=lambda: self.connected,
+                )
+            finally:
+                await self._listener.unsubscribe(channel)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Wait for a work message on the queues' channels, the next ETA or lease expiry (as
         the last claim reported it), or ``timeout``."""
         self._check()
-        changed = self._claim_generation or self._changed
-        self._claim_generation = None
+        changed = self._changes.since_claim()
         hint, self._due_hint = self._due_hint, None
-        if await self._subscribe([self._queue_keys(q).work for q in queues], counted=False):
+        channels = [self._queue_keys(q).work for q in queues]
+        if await self._listener.subscribe(channels, counted=False):
             return  # newly listening: something may have come in before; claim again
         if hint is not None and hint[0] == tuple(queues):
             due_in = hint[1] - time.monotonic()
         else:
             due_in = await self._next_due(queues)
         timeout = min(timeout, max(due_in, 0.0), self._poll_cap())
-        if timeout <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        await wait_on(changed, timeout)
 
     async def _next_due(self, queues: Sequence[str]) -> float:
         commands = []
         for queue in queues:
             k = self._queue_keys(queue)
-            commands.append(self._evalsha("next_due", [k.ready, k.sched, k.leases], []))
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
+            commands.append(evalsha("next_due", [k.ready, k.sched, k.leases], []))
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
         due = math.inf
         for reply in replies:
             if reply[2]:
@@ -1407,8 +708,8 @@ class RedisBackend(Backend):
         return due
 
     async def _queues(self) -> list[str]:
-        (members,) = await self._exec([("SMEMBERS", f"{self.prefix}:queues")])
-        self._raise_errors([members])
+        (members,) = await self._wire.exec([("SMEMBERS", f"{self.prefix}:queues")])
+        raise_errors([members])
         return sorted(bytes(m).decode() for m in members)
 
     async def purge_expired(self, now: float, limit: int = 10_000) -> int:
@@ -1422,63 +723,16 @@ class RedisBackend(Backend):
             if left <= 0:
                 break
             k = self._queue_keys(queue)
-            (reply,) = await self._exec(
-                [self._evalsha("purge", [k.done_s, k.done_f, k.done_c], [left])]
+            (reply,) = await self._wire.exec(
+                [evalsha("purge", [k.done_s, k.done_f, k.done_c], [left])]
             )
-            self._raise_errors([reply])
+            raise_errors([reply])
             removed += [(queue, bytes(i).decode()) for i in reply]
             left -= len(reply)
         if not removed:
             return len(removed)
-        if self.cluster:
-            await self._unindex_cluster(removed)
-        else:
-            # The entry goes only if it names the queue and the task is gone there, in one
-            # step: an id enqueued again meanwhile keeps it.
-            self._raise_errors(
-                await self._exec(
-                    [
-                        self._evalsha(
-                            "unindex",
-                            [self._index_key(i), self._queue_keys(q).task + i],
-                            [q],
-                        )
-                        for q, i in removed
-                    ]
-                )
-            )
-        for _, task_id in removed:
-            self._hints.pop(task_id, None)
+        await self._index.unindex(removed, cluster=self.cluster)
         return len(removed)
-
-    async def _unindex_cluster(self, removed: Sequence[tuple[str, str]]) -> None:
-        """Drop the index entries of purged ids on a Redis Cluster: an entry that names the
-        purged queue goes once a revoke (see scripts/claim_index.lua) found the id gone there,
-        and only if it is unchanged since it was read."""
-        entries = await self._exec([("GET", self._index_key(i)) for _, i in removed])
-        self._raise_errors(entries)
-        owned = []
-        for (queue, task_id), raw in zip(removed, entries, strict=True):
-            if raw is not None and entry_queue(raw) == queue:
-                owned.append((queue, task_id, bytes(raw).decode()))
-        if not owned:
-            return
-        commands: list[Command] = []
-        for queue, task_id, entry in owned:
-            _, token, claimed = parse_entry(entry)
-            k = self._queue_keys(queue)
-            commands.append(
-                self._evalsha("revoke", [k.task + task_id, k.fence + task_id], [token, claimed])
-            )
-        alive = await self._exec(commands)
-        self._raise_errors(alive)
-        gone = [
-            self._evalsha("unindex", [self._index_key(task_id)], [entry])
-            for (_, task_id, entry), exists in zip(owned, alive, strict=True)
-            if not exists
-        ]
-        if gone:
-            self._raise_errors(await self._exec(gone))
 
     async def stats(self, now: float) -> list[QueueStats]:
         """Count tasks per queue and state (one script per queue, one round trip)."""
@@ -1488,12 +742,12 @@ class RedisBackend(Backend):
         for queue in queues:
             k = self._queue_keys(queue)
             commands.append(
-                self._evalsha(
+                evalsha(
                     "stats", [k.ready, k.sched, k.leases, k.done_s, k.done_f, k.done_c, k.ck], []
                 )
             )
-        replies = await self._exec(commands)
-        self._raise_errors(replies)
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
         out = []
         for queue, reply in zip(queues, replies, strict=True):
             counts = [int(x) for x in reply]
@@ -1507,56 +761,38 @@ class RedisBackend(Backend):
         """Create the schedule at ``start``, or replace its definition keeping its last tick
         (one script on the crons hash)."""
         self._check()
-        (reply,) = await self._exec(
-            [self._evalsha("cron_put", [self._crons], [name, definition, repr(float(start))])]
+        (reply,) = await self._wire.exec(
+            [evalsha("cron_put", [self._crons], [name, definition, repr(float(start))])]
         )
-        self._raise_errors([reply])
+        raise_errors([reply])
 
     async def delete_cron(self, name: str) -> bool:
         """Remove both fields of the schedule; ``True`` if it existed."""
         self._check()
-        (reply,) = await self._exec([("HDEL", self._crons, f"d:{name}", f"t:{name}")])
-        self._raise_errors([reply])
+        (reply,) = await self._wire.exec([("HDEL", self._crons, f"d:{name}", f"t:{name}")])
+        raise_errors([reply])
         return int(reply) > 0
 
     async def list_crons(self) -> list[CronRecord]:
         """Every schedule, sorted by name, from one read of the crons hash."""
         self._check()
-        (reply,) = await self._exec([("HGETALL", self._crons)])
-        self._raise_errors([reply])
-        # redis-py's cluster client turns the flat reply into a dict; the direct path does not.
-        pairs = (
-            list(reply.items())
-            if isinstance(reply, dict)
-            else list(zip(reply[::2], reply[1::2], strict=True))
-        )
-        definitions: dict[str, bytes] = {}
-        ticks: dict[str, float] = {}
-        for field, value in pairs:
-            kind, name = bytes(field).decode().split(":", 1)
-            if kind == "d":
-                definitions[name] = bytes(value)
-            else:
-                ticks[name] = float(value)
-        return [
-            CronRecord(name, definitions[name], ticks[name])
-            for name in sorted(definitions)
-            if name in ticks
-        ]
+        (reply,) = await self._wire.exec([("HGETALL", self._crons)])
+        raise_errors([reply])
+        return crons(reply)
 
     async def advance_cron(self, name: str, expected: float, tick: float) -> bool:
         """Compare-and-set the schedule's last tick in one script; safe to retry."""
         self._check()
-        (reply,) = await self._exec(
+        (reply,) = await self._wire.exec(
             [
-                self._evalsha(
+                evalsha(
                     "cron_advance",
                     [self._crons, f"{self._crons}:advance:{uuid.uuid4().hex}"],
                     [name, repr(float(expected)), repr(float(tick))],
                 )
             ]
         )
-        self._raise_errors([reply])
+        raise_errors([reply])
         return int(reply) == 1
 
     # -- locks ------------------------------------------------------------------------------
@@ -1566,8 +802,8 @@ class RedisBackend(Backend):
 
     async def _lock_step(self, script: str, name: str, *args: Any) -> bool:
         self._check()
-        (reply,) = await self._exec([self._evalsha(script, [self._lock_key(name)], args)])
-        self._raise_errors([reply])
+        (reply,) = await self._wire.exec([evalsha(script, [self._lock_key(name)], args)])
+        raise_errors([reply])
         return int(reply) == 1
 
     async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
@@ -1589,5 +825,5 @@ class RedisBackend(Backend):
 _URL_DEFAULTS: dict[str, Any] = {
     name: param.default
     for name, param in inspect.signature(RedisBackend.__init__).parameters.items()
-    if name in ("prefix", "cluster", "command_timeout", "connect_timeout", "max_connections")
+    if name in _URL_OPTIONS
 }

@@ -1,0 +1,146 @@
+"""Enqueue on the NATS backend: per task a record in the bucket and a message on
+``sitq.<stream>.q.<queue>.<priority>``. NATS 2.9 cannot write the two atomically; the order of
+the writes makes a failure between them harmless (see "Two writes per enqueue" in
+``backend``)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Sequence
+
+from sitq.backends.nats._client import Client, Request
+from sitq.backends.nats._clock import ServerClock
+from sitq.backends.nats._consumers import Consumers
+from sitq.backends.nats._jetstream import ack_seq
+from sitq.backends.nats._records import encode, expired, message_body, new_record, task_key
+from sitq.errors import BackendError
+from sitq.models import NewTask
+
+
+class Enqueuer:
+    """The enqueue step of one backend."""
+
+    def __init__(self, client: Client, clock: ServerClock, consumers: Consumers) -> None:
+        self._client = client
+        self._clock = clock
+        self._consumers = consumers
+        self._generation_prefix = secrets.token_hex(4)
+        self._generations = 0
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
+        """Store records and publish messages; an id still known is left alone.
+
+        NATS 2.9 cannot write two messages atomically, so the order of the two writes is
+        chosen so that a failure between them leaves at worst a message without a record
+        (dropped by the worker that receives it) and, for generated ids only, a record that
+        nobody can know the id of. An explicit id is therefore always safe to enqueue again
+        after an error.
+        """
+        if not tasks:
+            return []
+        nc = self._client.connection()
+        for task in tasks:
+            if len(task.payload) + 2048 > nc.max_payload:
+                raise BackendError(
+                    f"task {task.id!r}: its payload of {len(task.payload)} bytes exceeds the "
+                    f"NATS server's max_payload ({nc.max_payload} bytes)"
+                )
+        now = self._clock.now()
+        built = [self._new_record(t, now) for t in tasks]
+        stored = [False] * len(tasks)
+        fresh = [i for i, t in enumerate(tasks) if t.fresh_id]
+        explicit = [i for i, t in enumerate(tasks) if not t.fresh_id]
+        if len(fresh) == 1 and not explicit:
+            await self._enqueue_one(tasks[fresh[0]], built[fresh[0]])
+            stored[fresh[0]] = True
+        elif fresh:
+            await self._enqueue_fresh(tasks, built, fresh, stored)
+        if explicit:
+            await self._enqueue_explicit(tasks, built, explicit, stored, now)
+        await self._consumers.announce({(t.queue, t.priority) for t in tasks})
+        return stored
+
+    def _new_record(self, task: NewTask, now: float) -> bytes:
+        """The first record of a task, encoded."""
+        enqueued = now if self._clock.offset else task.enqueued_at
+        eta = enqueued if task.eta <= task.enqueued_at else task.eta
+        return encode(new_record(task, enqueued, eta, self._generation()))
+
+    def _generation(self) -> str:
+        """A token unique to one life of a task id (its record and its message share it)."""
+        self._generations += 1
+        return f"{self._generation_prefix}{self._generations:x}"
+
+    def _message(self, task: NewTask, record: bytes, rev: int) -> Request:
+        """The work message of a task: its first record, its options (and the record's
+        revision when known), then the payload."""
+        subject = f"{self._client.subject_prefix}.q.{task.queue}.{task.priority}"
+        return (subject, message_body(task, record, rev), None)
+
+    async def _enqueue_one(self, task: NewTask, record: bytes) -> None:
+        """Record and message in one round trip. A message that arrives before its record
+        waits for it (see ``_claim``); a record whose message failed is removed again."""
+        client = self._client
+        write, publish = await client.many(
+            [client.write(task_key(task.id), record, 0), self._message(task, record, 0)]
+        )
+        rev = ack_seq(write)
+        try:
+            ack_seq(publish)
+        except BackendError:
+            if rev:
+                await client.delete_seq(rev)
+            raise
+        if not rev:
+            raise BackendError(f"task id {task.id!r} exists already although it was generated")
+
+    async def _enqueue_fresh(
+        self, tasks: Sequence[NewTask], built: list[bytes], indexes: list[int], stored: list[bool]
+    ) -> None:
+        """Records first, then the messages, which carry each record's revision so that a
+        worker claims without reading the record first. (A generated id is new: its record
+        needs no check that the key is free.)"""
+        client = self._client
+        acks = await client.many(
+            client.write(task_key(tasks[i].id), built[i], None) for i in indexes
+        )
+        revs = [ack_seq(a) for a in acks]
+        ok = [(i, rev) for i, rev in zip(indexes, revs, strict=True) if rev]
+        try:
+            published = await client.many(self._message(tasks[i], built[i], rev) for i, rev in ok)
+            for reply in published:
+                ack_seq(reply)
+        except BackendError:
+            await asyncio.gather(*(client.delete_seq(rev) for _, rev in ok), return_exceptions=True)
+            raise
+        for i, _ in ok:
+            stored[i] = True
+
+    async def _enqueue_explicit(
+        self,
+        tasks: Sequence[NewTask],
+        built: list[bytes],
+        indexes: list[int],
+        stored: list[bool],
+        now: float,
+    ) -> None:
+        """Ids the caller chose: skip those still known; publish the messages, then create
+        (or replace an expired) record. A message whose record lost a race is dropped."""
+        client = self._client
+        targets: list[tuple[int, int]] = []  # (task index, revision the write expects)
+        found = await client.get_many([task_key(tasks[i].id) for i in indexes])
+        for i, got in zip(indexes, found, strict=True):
+            if got is None:
+                targets.append((i, 0))
+            elif expired(got[0], now):
+                targets.append((i, got[2]))
+        if not targets:
+            return
+        for reply in await client.many(self._message(tasks[i], built[i], 0) for i, _ in targets):
+            ack_seq(reply)
+        acks = await client.many(
+            client.write(task_key(tasks[i].id), built[i], last) for i, last in targets
+        )
+        for (i, _), ack in zip(targets, acks, strict=True):
+            stored[i] = bool(ack_seq(ack))

@@ -1,0 +1,72 @@
+"""Locks on the NATS backend: ``_.lock.<name>`` per held lock, holding its token and TTL. The
+TTL counts from the server's timestamp of the write that took or last extended the lock, judged
+against this client's estimate of the server's clock (the one leases use), so the holder's own
+clock never matters. Every change is a write conditioned on the revision read."""
+
+from __future__ import annotations
+
+from sitq.backends.nats._client import CAS_TRIES, Client
+from sitq.backends.nats._clock import ServerClock
+from sitq.backends.nats._jetstream import ack_seq
+from sitq.backends.nats._records import LOCK_TOKEN, LOCK_TTL, NAME, Entry, encode, lock_key
+
+
+def _held(entry: Entry | None, now: float) -> bool:
+    """Whether a lock record is held: its TTL counts from the server's timestamp of the
+    write that took or last extended it."""
+    if entry is None or entry.head is None:
+        return False
+    try:
+        return entry.stamp + float(entry.head[LOCK_TTL]) > now
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+async def acquire_lock(
+    client: Client, clock: ServerClock, name: str, token: str, ttl: float
+) -> bool:
+    """Create the lock's record, or replace one whose TTL ran out, by a write conditioned
+    on the revision read; of racing clients exactly one write succeeds."""
+    key = lock_key(name)
+    data = encode({NAME: name, LOCK_TOKEN: token, LOCK_TTL: ttl})
+    for _ in range(CAS_TRIES):
+        (entry,) = await client.read_meta([key])
+        if _held(entry, clock.now()):
+            return False
+        if ack_seq(await client.one(*client.write(key, data, entry.rev if entry else 0))):
+            return True
+    return False
+
+
+async def extend_lock(
+    client: Client, clock: ServerClock, name: str, token: str, ttl: float
+) -> bool:
+    """Rewrite the record (restarting its TTL) if ``token`` holds the lock."""
+    key = lock_key(name)
+    data = encode({NAME: name, LOCK_TOKEN: token, LOCK_TTL: ttl})
+    for _ in range(CAS_TRIES):
+        (entry,) = await client.read_meta([key])
+        if (
+            entry is None
+            or entry.head is None
+            or entry.head.get(LOCK_TOKEN) != token
+            or not _held(entry, clock.now())
+        ):
+            return False
+        if ack_seq(await client.one(*client.write(key, data, entry.rev))):
+            return True
+    return False
+
+
+async def release_lock(client: Client, clock: ServerClock, name: str, token: str) -> bool:
+    """Delete the record by its revision if ``token`` holds the lock (a record of this
+    token whose TTL ran out is deleted too, but reported as not held)."""
+    key = lock_key(name)
+    for _ in range(CAS_TRIES):
+        (entry,) = await client.read_meta([key])
+        if entry is None or entry.head is None or entry.head.get(LOCK_TOKEN) != token:
+            return False
+        held = _held(entry, clock.now())
+        if await client.delete_rev(entry.rev):
+            return held
+    return False

@@ -1,0 +1,249 @@
+"""Leases and settlements on the NATS backend: every change a claim's holder makes is a write
+of the task's record conditioned on the revision read, and only while the claim is current
+(its fencing token is the record's); then the task's message is naked to match the new lease,
+acked (finished), or naked to come back (retry, release)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sitq.backends.nats._claim import Held, Holdings
+from sitq.backends.nats._client import Client
+from sitq.backends.nats._clock import ServerClock
+from sitq.backends.nats._consumers import Consumers
+from sitq.backends.nats._expiry import ExpiryIndex
+from sitq.backends.nats._jetstream import ack_seq
+from sitq.backends.nats._records import (
+    CANCEL_REQUESTED,
+    CONCURRENCY_KEY,
+    EXPIRES_AT,
+    FENCE,
+    QUEUE,
+    RESULT_TTL,
+    STATE,
+    TASK_ID,
+    encode,
+    expiry_class,
+    finished,
+    keyed,
+    leased,
+    released,
+    rescheduled,
+    split,
+    task_key,
+)
+from sitq.backends.nats._slots import extend_slots, free_slots, slot_key
+from sitq.models import ClaimRef, Finish, LeaseState, Reschedule, Settlement
+
+_State = tuple[Held | None, dict[str, Any] | None, int]
+"""Per claim: (held, record to build on, its revision)."""
+_Build = Callable[[dict[str, Any]], dict[str, Any]]
+"""The record a change makes of the current one."""
+
+
+class Settler:
+    """Lease extensions and settlements of one backend's claims."""
+
+    def __init__(
+        self,
+        client: Client,
+        clock: ServerClock,
+        consumers: Consumers,
+        holdings: Holdings,
+        expiry: ExpiryIndex,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._consumers = consumers
+        self._holdings = holdings
+        self._expiry = expiry
+
+    async def _current(self, refs: Sequence[ClaimRef]) -> list[_State]:
+        """Per claim: (held, record to build on, its revision) — from what this backend holds,
+        or read when it holds nothing for the claim."""
+        out: list[_State] = []
+        unknown = []
+        for i, ref in enumerate(refs):
+            held = self._holdings.get((ref.task_id, ref.fencing_token))
+            out.append((held, held.rec if held else None, held.rev if held else 0))
+            if held is None:
+                unknown.append(i)
+        if unknown:
+            found = await self._client.get_many([task_key(refs[i].task_id) for i in unknown])
+            for i, got in zip(unknown, found, strict=True):
+                if got is not None:
+                    out[i] = (None, got[0], got[2])
+        return out
+
+    async def _fenced_writes(
+        self,
+        refs: Sequence[ClaimRef],
+        build: list[_Build],
+        state: list[_State] | None = None,
+    ) -> list[tuple[int, dict[str, Any] | None]]:
+        """Write ``build[i](record)`` for each claim that is current; retry on a lost race when
+        the claim is still current (e.g. a cancel flag was set meanwhile). Per claim: (new
+        revision, record written), or (0, record found) if the claim is not current."""
+        client = self._client
+        results: list[tuple[int, dict[str, Any] | None]] = [(0, None)] * len(refs)
+        if state is None:
+            state = await self._current(refs)
+        todo = list(range(len(refs)))
+        for _ in range(5):
+            writes = []
+            for i in todo:
+                _, rec, rev = state[i]
+                ref = refs[i]
+                if rec is None or rec[STATE] != "running" or rec.get(FENCE) != ref.fencing_token:
+                    results[i] = (0, rec)
+                    continue
+                new = build[i](rec)
+                writes.append((i, new, rev))
+            if not writes:
+                break
+            acks = await client.many(
+                client.write(task_key(refs[i].task_id), encode(*split(new)), rev)
+                for i, new, rev in writes
+            )
+            retry = []
+            for (i, new, _), ack in zip(writes, acks, strict=True):
+                rev = ack_seq(ack)
+                if rev:
+                    results[i] = (rev, new)
+                else:
+                    retry.append(i)
+            if not retry:
+                break
+            found = await client.get_many([task_key(refs[i].task_id) for i in retry])
+            for i, got in zip(retry, found, strict=True):
+                held = state[i][0]
+                state[i] = (held, got[0], got[2]) if got is not None else (held, None, 0)
+                results[i] = (0, state[i][1])
+            todo = retry
+        return results
+
+    async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
+        """Rewrite each current claim's lease and push its message's redelivery out to match."""
+        now = self._clock.now()
+
+        def extend(rec: dict[str, Any]) -> dict[str, Any]:
+            return leased(rec, now + lease)
+
+        state = await self._current(claims)
+        # A task with a concurrency key keeps its slot first: a claim whose slot lapsed (its
+        # lease ran out and another task may hold the slot now) is lost.
+        slotted = [
+            i
+            for i, (_, rec, _) in enumerate(state)
+            if rec is not None
+            and keyed(rec)
+            and rec[STATE] == "running"
+            and rec.get(FENCE) == claims[i].fencing_token
+        ]
+        slot_of = {i: slot_key(rec) for i in slotted if (rec := state[i][1]) is not None}
+        lapsed: set[int] = set()
+        if slotted:
+            items = [
+                (slot_of[i], task_key(claims[i].task_id), claims[i].fencing_token) for i in slotted
+            ]
+            extended = await extend_slots(self._client, items, now + lease, now)
+            lapsed = {i for i, ok in zip(slotted, extended, strict=True) if not ok}
+            for i in lapsed:
+                state[i] = (state[i][0], None, 0)
+        results = await self._fenced_writes(claims, [extend] * len(claims), state)
+        drops: dict[str, set[tuple[str, int]]] = {}
+        states = []
+        for i, (ref, (rev, rec)) in enumerate(zip(claims, results, strict=True)):
+            key = (ref.task_id, ref.fencing_token)
+            if not rev or rec is None:
+                self._holdings.forget(key)
+                states.append(LeaseState.LOST)
+                if i in slot_of and i not in lapsed:
+                    drops.setdefault(slot_of[i], set()).add(
+                        (task_key(ref.task_id), ref.fencing_token)
+                    )
+                continue
+            held = self._holdings.get(key)
+            if held is not None:  # (not settled meanwhile)
+                held.rev, held.rec = rev, rec
+                await self._client.nak(held.reply, lease)
+            states.append(
+                LeaseState.CANCEL_REQUESTED if rec.get(CANCEL_REQUESTED) else LeaseState.HELD
+            )
+        if drops:
+            await free_slots(self._client, drops)
+        return states
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Write each outcome if its claim is current, then ack (finish) or nak (retry, release)
+        the message; finished tasks go into the expiry index."""
+        if not settlements:
+            return []
+        client = self._client
+        now = self._clock.now()
+        builders = [_settler(s, now) for s in settlements]
+        refs = [s.claim for s in settlements]
+        results = await self._fenced_writes(refs, builders)
+        applied: list[bool] = []
+        expiring: dict[str, list[list[Any]]] = {}
+        drops: dict[str, set[tuple[str, int]]] = {}
+        freed: dict[tuple[str, str], int] = {}
+        for item, (rev, rec) in zip(settlements, results, strict=True):
+            key = (item.claim.task_id, item.claim.fencing_token)
+            held = self._holdings.forget(key)
+            known = rec if rec is not None else (held.rec if held else None)
+            if known is not None and keyed(known):
+                # Whether applied or refused, claims of the task up to this one are over.
+                drops.setdefault(slot_key(known), set()).add((task_key(known[TASK_ID]), key[1]))
+                if rev:
+                    slot = (str(known[QUEUE]), str(known[CONCURRENCY_KEY]))
+                    freed[slot] = freed.get(slot, 0) + 1
+            if not rev:
+                applied.append(False)
+                continue
+            assert rec is not None
+            applied.append(True)
+            reply = held.reply if held else None
+            if isinstance(item, Finish):
+                if reply:
+                    await client.publish(reply, b"+ACK")
+                expiring.setdefault(expiry_class(rec[RESULT_TTL]), []).append(
+                    [task_key(rec[TASK_ID]), rev, rec[EXPIRES_AT]]
+                )
+            elif isinstance(item, Reschedule):
+                await client.nak(reply, max(item.eta - now, 0.0))
+            elif reply:
+                await client.publish(reply, b"-NAK")
+        if drops:
+            await free_slots(client, drops)
+        for (queue, ck), count in freed.items():
+            # Here first (a claim right after this settle finds them), then in every other
+            # process (the notification also comes back here, finding less to wake).
+            self._consumers.unpark(queue, ck, count)
+            await client.publish(f"{client.subject_prefix}.n.k.{queue}", f"{count} {ck}".encode())
+        if expiring:
+            await self._expiry.add(expiring)
+        return applied
+
+
+def _settler(item: Settlement, now: float) -> _Build:
+    """The change a settlement makes of the record (named after it: finish, reschedule,
+    release)."""
+
+    def finish(rec: dict[str, Any]) -> dict[str, Any]:
+        assert isinstance(item, Finish)
+        return finished(rec, item, now)
+
+    def reschedule(rec: dict[str, Any]) -> dict[str, Any]:
+        assert isinstance(item, Reschedule)
+        return rescheduled(rec, item)
+
+    def release(rec: dict[str, Any]) -> dict[str, Any]:
+        return released(rec)
+
+    if isinstance(item, Finish):
+        return finish
+    if isinstance(item, Reschedule):
+        return reschedule
+    return release

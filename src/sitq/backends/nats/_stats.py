@@ -1,0 +1,110 @@
+"""Queue statistics on the NATS backend: every record of the bucket read once through an
+ephemeral consumer, and counted per queue and state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from typing import Any
+
+from sitq.backends.nats._client import Client
+from sitq.backends.nats._jetstream import NS
+from sitq.backends.nats._records import ETA, QUEUE, STATE, decode, expired
+from sitq.errors import BackendError
+from sitq.models import QueueStats
+
+
+async def count_tasks(client: Client, now: float) -> list[QueueStats]:
+    """Count tasks per queue and state at ``now`` (the server's clock) by reading every record
+    (an ephemeral consumer)."""
+    records = await _read_records(client)
+    counts: dict[str, dict[str, int]] = {}
+    for data in records:
+        try:
+            rec, _ = decode(data)
+            status, queue = rec[STATE], rec[QUEUE]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if expired(rec, now):
+            continue
+        kind = {
+            "pending": "scheduled" if rec.get(ETA, 0) > now else "pending",
+            "running": "running",
+            "success": "succeeded",
+            "failed": "failed",
+            "cancelled": "cancelled",
+        }.get(status)
+        if kind is None:
+            continue
+        c = counts.setdefault(queue, {})
+        c[kind] = c.get(kind, 0) + 1
+    return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
+
+
+async def _read_records(client: Client) -> list[bytes]:
+    """Every record of the bucket (deletion markers left out), in fetches of up to 1000."""
+    nc = client.connection()
+    name = "stats_" + secrets.token_hex(8)
+    config = {
+        "name": name,
+        "deliver_policy": "all",
+        "ack_policy": "all",
+        "max_ack_pending": -1,
+        "filter_subject": f"{client.kv_prefix}>",
+        "mem_storage": True,
+        "num_replicas": 1,
+        "inactive_threshold": 60 * NS,
+    }
+    created = await client.api(
+        f"CONSUMER.CREATE.{client.kv_stream}", {"stream_name": client.kv_stream, "config": config}
+    )
+    assert created is not None
+    name = created.get("name", name)
+    total = int(created.get("num_pending", 0))
+    inbox = nc.new_inbox()
+    records: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    # Per fetch: messages still expected, and a future resolved when they are all in (a
+    # fetch that is exactly satisfied ends without a status message).
+    state: dict[str, Any] = {"left": 0, "received": 0, "done": None, "last": loop.time()}
+
+    async def on_msg(msg: Any) -> None:
+        state["last"] = loop.time()
+        done = state["done"]
+        if msg.headers and msg.headers.get("Status"):
+            if msg.headers.get("Status") != "100" and done is not None and not done.done():
+                done.set_result(None)
+            return
+        state["received"] += 1
+        if not msg.headers or msg.headers.get("KV-Operation") is None:
+            records.append(bytes(msg.data))
+        state["left"] -= 1
+        if state["left"] <= 0 and done is not None and not done.done():
+            done.set_result(None)
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    try:
+        while state["received"] < total:
+            before = state["received"]
+            batch = min(total - before, 1000)
+            state.update(left=batch, done=loop.create_future(), last=loop.time())
+            await nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{client.kv_stream}.{name}",
+                json.dumps({"batch": batch, "no_wait": True}).encode(),
+                reply=inbox,
+            )
+            while not state["done"].done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(state["done"]), 1.0)
+                if loop.time() - state["last"] > client.request_timeout:
+                    raise BackendError("NATS: reading the task records timed out")
+            if state["received"] == before:
+                break  # records removed meanwhile
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await client.api(f"CONSUMER.DELETE.{client.kv_stream}.{name}", None)
+    return records

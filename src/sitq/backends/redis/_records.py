@@ -1,0 +1,217 @@
+"""The Redis backend's records as its scripts store and return them: a task's hash read back as
+a snapshot, a claim script's reply read as claims (a damaged task as a claim that names what is
+wrong), settlements and optional values written as script arguments, and the crons hash."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sitq.backends.base import STATUS_CODE
+from sitq.models import (
+    Claim,
+    CronRecord,
+    Finish,
+    LeaseState,
+    Release,
+    Reschedule,
+    Settlement,
+    TaskSnapshot,
+)
+
+__all__ = [
+    "LEASE_STATES",
+    "SNAPSHOT_FIELDS",
+    "crons",
+    "opt",
+    "read_claim",
+    "settle_args",
+    "snapshot",
+    "unreadable_claim",
+]
+
+_STATUS_CODE = {status: b"%d" % code for status, code in STATUS_CODE.items()}
+_CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
+# The extend script's answer per claim, a digit: its index here.
+LEASE_STATES = (LeaseState.LOST, LeaseState.HELD, LeaseState.CANCEL_REQUESTED)
+# The fields of a task's hash that a snapshot reads, in the order ``snapshot`` takes them.
+SNAPSHOT_FIELDS = ("st", "att", "enq", "eta", "sa", "fa", "v", "err", "tb")
+
+
+def opt(value: bytes | str | None) -> bytes:
+    """An optional value for a script: ``b""`` for ``None``, else ``b"="`` and the data."""
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        value = value.encode()
+    return b"=" + value
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else bytes(value).decode()
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else _stamp(value)
+
+
+def _stamp(value: Any) -> float:
+    """A stored timestamp; NaN where a damaged record holds something else."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def snapshot(task_id: str, queue: str, row: Sequence[Any]) -> TaskSnapshot | None:
+    """The task from its hash's ``SNAPSHOT_FIELDS`` (``None`` if the hash does not exist)."""
+    if row[0] is None:
+        return None
+    return TaskSnapshot(
+        task_id=task_id,
+        queue=queue,
+        status=_CODE_STATUS[bytes(row[0])],
+        attempts=int(row[1] or 0),
+        enqueued_at=_stamp(row[2]),
+        eta=_stamp(row[3]),
+        started_at=_float(row[4]),
+        finished_at=_float(row[5]),
+        value=None if row[6] is None else bytes(row[6]),
+        error=_text(row[7]),
+        traceback=_text(row[8]),
+    )
+
+
+def read_claim(queue: str, raw: Sequence[Any], now: float) -> tuple[Claim, float]:
+    """One claim of a claim script's reply (id, payload, options, and the fields ``<fence>
+    <attempts> <priority> <retries> <enqueued_at> <result_ttl> <cancel> <eta>``) and its ETA;
+    a damaged task gives ``unreadable_claim`` (at ETA 0)."""
+    task_id = raw[0].decode()
+    try:
+        fence, att, pri, ret, enq, ttl, cancel, eta = raw[3].split()
+        claim = Claim(
+            task_id=task_id,
+            queue=queue,
+            payload=raw[1],
+            options=raw[2].decode(),
+            priority=int(pri),
+            fencing_token=int(fence),
+            attempts=int(att),
+            retries=int(ret),
+            enqueued_at=float(enq),
+            started_at=now,
+            result_ttl=float(ttl),
+            cancel_requested=cancel == b"1",
+        )
+        return claim, float(eta)
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return unreadable_claim(task_id, queue, raw[1:4], now), 0.0
+
+
+_CLAIM_FIELDS: tuple[tuple[str, Callable[[bytes], float]], ...] = (
+    ("attempts", int),
+    ("priority", int),
+    ("retries", int),
+    ("enqueued_at", float),
+    ("result_ttl", float),
+    ("cancel", float),
+    ("eta", float),
+)
+
+
+def unreadable_claim(task_id: str, queue: str, raw: Sequence[Any], now: float) -> Claim:
+    """The claim of a task whose hash the claim script found damaged (a field missing, not a
+    number, or a fencing token it had to replace, marked ``?``), naming what is wrong, so that
+    the worker fails that task instead of the whole claim failing."""
+    payload, options, fields = raw
+    tokens = bytes(fields).split(b" ")
+    problems = []
+    if tokens[0].startswith(b"?"):
+        problems.append("the fencing token was not an integer")
+    fence = int(tokens[0].lstrip(b"?"))  # the script always hands out an integer token
+    if len(tokens) != 8:
+        problems.append("its fields cannot be read")
+    values = tokens[1:] if len(tokens) == 8 else []
+    for (name, kind), text in zip(_CLAIM_FIELDS, values, strict=False):
+        try:
+            kind(text)
+        except ValueError:
+            shown = "missing or not a number" if text == b"?" else f"{text!r}, not a number"
+            problems.append(f"{name} is {shown}")
+    if payload is None:
+        problems.append("the payload is missing")
+    if options is None:
+        problems.append("the options are missing")
+    else:
+        try:
+            bytes(options).decode()
+        except UnicodeDecodeError:
+            problems.append("the options are not text")
+    return Claim(
+        task_id=task_id,
+        queue=queue,
+        payload=b"" if payload is None else bytes(payload),
+        options="",
+        priority=0,
+        fencing_token=fence,
+        attempts=1,
+        retries=0,
+        enqueued_at=math.nan,
+        started_at=now,
+        result_ttl=math.nan,
+        corrupt="; ".join(problems) or "its fields cannot be read",
+    )
+
+
+def settle_args(s: Settlement) -> list[Any]:
+    """One settlement's arguments for the settle script: its kind (``F``inish,
+    ``R``eschedule, re``L``ease), the task id and fencing token, then what the kind needs."""
+    ref = s.claim
+    if isinstance(s, Finish):
+        return [
+            b"F",
+            ref.task_id,
+            ref.fencing_token,
+            _STATUS_CODE[s.status],
+            opt(s.value),
+            opt(s.error),
+            opt(s.traceback),
+            repr(max(s.expires_at - s.finished_at, 0.001)),
+        ]
+    if isinstance(s, Reschedule):
+        return [
+            b"R",
+            ref.task_id,
+            ref.fencing_token,
+            repr(float(s.eta)),
+            opt(s.error),
+            opt(s.traceback),
+        ]
+    if isinstance(s, Release):
+        return [b"L", ref.task_id, ref.fencing_token]
+    raise TypeError(f"not a settlement: {s!r}")  # pragma: no cover
+
+
+def crons(reply: Any) -> list[CronRecord]:
+    """Every schedule in the crons hash (``d:<name>`` its definition, ``t:<name>`` its last
+    tick), sorted by name."""
+    # redis-py's cluster client turns the flat reply into a dict; the direct path does not.
+    pairs = (
+        list(reply.items())
+        if isinstance(reply, dict)
+        else list(zip(reply[::2], reply[1::2], strict=True))
+    )
+    definitions: dict[str, bytes] = {}
+    ticks: dict[str, float] = {}
+    for field, value in pairs:
+        kind, name = bytes(field).decode().split(":", 1)
+        if kind == "d":
+            definitions[name] = bytes(value)
+        else:
+            ticks[name] = float(value)
+    return [
+        CronRecord(name, definitions[name], ticks[name])
+        for name in sorted(definitions)
+        if name in ticks
+    ]
