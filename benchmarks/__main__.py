@@ -25,6 +25,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,10 +52,14 @@ class WorkerProcess:
 
     def __init__(self, url: str, kind: str = "async", concurrency: int = 10) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        logging_on = os.environ.get("SITQ_BENCH_WORKER_LOG", "off") != "off"
+        # With --worker-log, the worker's lines go to a real file, as a deployment's would.
+        self._log = tempfile.TemporaryFile() if logging_on else None  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks._worker", url, kind, str(concurrency)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self._log,
             text=True,
             env=env,
             cwd=ROOT,
@@ -79,6 +84,8 @@ class WorkerProcess:
     def stop(self) -> None:
         self._send("stop")
         self.proc.wait(timeout=60)
+        if self._log is not None:
+            self._log.close()
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -228,6 +235,13 @@ def main() -> None:
         help="event loop of the client and the worker processes (default asyncio)",
     )
     parser.add_argument(
+        "--worker-log",
+        choices=["off", "text", "json"],
+        default="off",
+        help="the worker processes log one line per task at INFO, as text or JSON, to a file "
+        "(default off: measures sitq without its task lines)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
     )
     args = parser.parse_args()
@@ -235,6 +249,7 @@ def main() -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     os.environ["SITQ_LOOP"] = args.loop  # read by the worker processes
+    os.environ["SITQ_BENCH_WORKER_LOG"] = args.worker_log
     results = {}
     for name in args.backend or list(STORES):
         results[name] = run_loop(

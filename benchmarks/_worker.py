@@ -38,4 +38,10 @@ async def main(url: str, kind: str, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
+    log_format = os.environ.get("SITQ_BENCH_WORKER_LOG", "off")
+    if log_format != "off":
+        # One line per task at INFO, to stderr (a file the benchmark chose), as `sitq worker`.
+        from sitq.cli._worker import configure_logging
+
+        configure_logging("INFO", log_format)
     run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])), os.environ.get("SITQ_LOOP", "asyncio"))
