@@ -19,7 +19,7 @@ from sitq.backends.base import Backend
 from sitq.cron import CronInfo
 from sitq.errors import SitqError
 from sitq.locks import Lock
-from sitq.models import QueueStats, Result, TaskStatus
+from sitq.models import QueueStats, Result, TaskInfo, TaskPage, TaskStatus, WorkerInfo
 from sitq.queue import CallSpec, TaskOptionsView, TaskQueue
 from sitq.serializers import Serializer
 
@@ -238,6 +238,37 @@ class SyncTaskQueue(SyncOptionsView):
     def cancel(self, task_id: str) -> bool:
         """Cancel a task; see :meth:`TaskQueue.cancel`."""
         return self._portal_call(self._queue.cancel(task_id))
+
+    def get_task(self, task_id: str) -> TaskInfo | None:
+        """``TaskQueue.get_task``: what an operator sees of a task, or ``None``."""
+        return self._portal_call(self._queue.get_task(task_id))
+
+    def list_tasks(
+        self,
+        status: str | TaskStatus | Iterable[str | TaskStatus] | None = None,
+        queue: str | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """``TaskQueue.list_tasks``: one page of tasks."""
+        return self._portal_call(self._queue.list_tasks(status, queue, limit=limit, cursor=cursor))
+
+    def requeue(self, task_id: str) -> bool:
+        """``TaskQueue.requeue``: run a failed or cancelled task again."""
+        return self._portal_call(self._queue.requeue(task_id))
+
+    def requeue_many(self, status: str = "failed", queue: str | None = None) -> int:
+        """``TaskQueue.requeue_many``: requeue every failed (or cancelled) task."""
+        return self._portal_call(self._queue.requeue_many(status, queue))
+
+    def purge(self, queue: str, status: str = "pending") -> int:
+        """``TaskQueue.purge``: remove a queue's tasks in one state."""
+        return self._portal_call(self._queue.purge(queue, status))
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """``TaskQueue.list_workers``: the workers alive now."""
+        return self._portal_call(self._queue.list_workers())
 
     def stats(self) -> list[QueueStats]:
         """Per-queue counts by state."""

@@ -4,11 +4,12 @@ runs."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from sitq import AsyncWorker, SitqError, SyncTaskQueue, TaskQueue, TaskStatus
+from sitq import AsyncWorker, MemoryBackend, SitqError, SyncTaskQueue, TaskQueue, TaskStatus
 from tests.conformance import tasks
 
 
@@ -41,3 +42,19 @@ async def test_sync_queue_inside_a_running_loop(tmp_path: Path) -> None:
     with SyncTaskQueue(backend=f"sqlite:///{tmp_path / 'q.db'}") as queue:
         task_id = queue.enqueue(tasks.add, 2, 2)
         assert queue.get_status(task_id) == TaskStatus.PENDING
+
+
+def test_the_operators_calls_through_the_sync_wrapper() -> None:
+    with SyncTaskQueue(MemoryBackend()) as queue:
+        later = datetime.now(UTC) + timedelta(hours=1)
+        task_id = queue.enqueue_at(later, tasks.add, 1, 2)
+        info = queue.get_task(task_id)
+        assert info is not None and info.function == "tests.conformance.tasks.add"
+        page = queue.list_tasks(status="pending")
+        assert [i.task_id for i in page.tasks] == [task_id] and page.next_cursor is None
+        assert queue.cancel(task_id)
+        assert queue.requeue(task_id) is True
+        assert queue.get_status(task_id) is TaskStatus.PENDING
+        assert queue.requeue_many("cancelled") == 0
+        assert queue.purge("default", "pending") == 1
+        assert queue.list_workers() == []
