@@ -71,6 +71,8 @@ def outcome(
 ) -> None:
     """The line for how an attempt ended (nothing for a lost or abandoned one: the lease
     logs a loss where it sees it)."""
+    if not task_log.isEnabledFor(logging.WARNING):
+        return  # no line at any level: skip the formatting too
     took = f"{duration:.3f} s"
     if isinstance(settlement, Finish):
         status = settlement.status
