@@ -16,8 +16,11 @@ Design:
   parked (out of that index) until a task of its key settles, so blocked tasks are never walked
   over again and never hold back the tasks behind them.
 * Cron schedules and locks are rows of two small tables (``sitq_crons``, ``sitq_locks``), each
-  step one statement in a write transaction; lock TTLs run on this machine's clock. Worker
-  records are rows of a third (``sitq_workers``).
+  step one statement in a write transaction; lock TTLs run on this machine's clock.
+* Worker records (``sitq_workers``) live in a second file beside the database,
+  ``<database>-workers``, attached to every connection: heartbeats rewrite them every few
+  seconds, and in the database file each rewrite would wake every idle worker and result
+  waiter (see below) for nothing.
 * Listings read a page of one status through an index in that status's order (see
   ``_listing``); a few partial indexes exist for them alone, and the claim path pays for them
   only where no existing index gives the order.
@@ -132,6 +135,15 @@ _PARK_BUDGET = 2000
 # rarely cost a second look.
 _KEYED_PAGE = 64
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
+# The file of worker records, beside the database (see the module docstring), and its table.
+_WORKERS_SUFFIX = "-workers"
+_WORKERS_TABLE = """
+    CREATE TABLE IF NOT EXISTS sitq_live.sitq_workers (
+        worker_id TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID
+"""
 
 
 class _KeySlots:
@@ -323,6 +335,8 @@ class SQLiteBackend(Backend):
                 )
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA temp_store=MEMORY")
+            self._attach_workers(conn)
+            conn.execute(_WORKERS_TABLE)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             store = f"SQLite database {self.db_path!r} has schema version"
             if _MIGRATIONS.pending(version, store):  # raises if the file is newer than sitq
@@ -350,6 +364,11 @@ class SQLiteBackend(Backend):
             conn.execute("ROLLBACK")
             raise
 
+    def _attach_workers(self, conn: sqlite3.Connection) -> None:
+        conn.execute("ATTACH DATABASE ? AS sitq_live", (self.db_path + _WORKERS_SUFFIX,))
+        conn.execute("PRAGMA sitq_live.journal_mode=WAL")
+        conn.execute(f"PRAGMA sitq_live.synchronous={self.synchronous}")
+
     def _open_fast(self) -> sqlite3.Connection | None:
         # A second connection used straight from the event loop: it never waits for a lock
         # (timeout 0) and never checkpoints, so a statement on it costs tens of microseconds
@@ -362,6 +381,7 @@ class SQLiteBackend(Backend):
             fast.execute(f"PRAGMA synchronous={self.synchronous}")
             fast.execute("PRAGMA wal_autocheckpoint=0")
             fast.execute("PRAGMA temp_store=MEMORY")
+            self._attach_workers(fast)
         except sqlite3.Error:
             return None
         return fast
@@ -770,7 +790,7 @@ class SQLiteBackend(Backend):
             )
             # Locks whose holders died without releasing them, and workers that died.
             conn.execute("DELETE FROM sitq_locks WHERE expires_at <= ?", (time.time(),))
-            conn.execute("DELETE FROM sitq_workers WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM sitq_live.sitq_workers WHERE expires_at <= ?", (now,))
             return cur.rowcount
 
         return await self._run(lambda c: self._write(c, purge))
@@ -850,7 +870,7 @@ class SQLiteBackend(Backend):
 
     async def remove_worker(self, worker_id: str) -> None:
         """Delete the worker's row."""
-        sql = "DELETE FROM sitq_workers WHERE worker_id = ?"
+        sql = "DELETE FROM sitq_live.sitq_workers WHERE worker_id = ?"
         await self._run(lambda c: self._write(c, lambda w: w.execute(sql, (worker_id,))))
 
     async def list_workers(self, now: float) -> list[WorkerRecord]:

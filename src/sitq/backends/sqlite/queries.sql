@@ -78,8 +78,9 @@ UPDATE sitq_tasks SET progress = ?, progress_message = ?
 WHERE id = ? AND fence = ? AND state = 1;
 
 -- name: put_worker
-INSERT INTO sitq_workers (worker_id, data, expires_at) VALUES (?, ?, ?)
+-- Worker records are in the attached file of their own (see backend.py).
+INSERT INTO sitq_live.sitq_workers (worker_id, data, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (worker_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at;
 
 -- name: list_workers
-SELECT worker_id, data, expires_at FROM sitq_workers WHERE expires_at > ? ORDER BY worker_id;
+SELECT worker_id, data, expires_at FROM sitq_live.sitq_workers WHERE expires_at > ? ORDER BY worker_id;

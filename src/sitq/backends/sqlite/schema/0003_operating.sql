@@ -1,6 +1,6 @@
 -- Version 3: what operators read and do. Each task records its function and, while it runs,
--- its last progress; worker records live in a small table of their own. Listings page through
--- indexes in each status's order, and only where no index already gives that order:
+-- its last progress (worker records are kept in a file of their own: see backend.py). Listings
+-- page through indexes in each status's order, and only where no index already gives that order:
 -- * pending, every queue: sitq_tasks_pending. On one queue, the claim indexes already hold
 --   the order (sitq_tasks_due, sitq_tasks_keyed_due) but for parked tasks, which get a small
 --   index of their own (only keyed tasks waiting for a slot are ever in it);
@@ -10,11 +10,6 @@
 ALTER TABLE sitq_tasks ADD COLUMN function TEXT NOT NULL DEFAULT '';
 ALTER TABLE sitq_tasks ADD COLUMN progress REAL;
 ALTER TABLE sitq_tasks ADD COLUMN progress_message TEXT;
-CREATE TABLE sitq_workers (
-    worker_id TEXT PRIMARY KEY,
-    data BLOB NOT NULL,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
 CREATE INDEX sitq_tasks_pending ON sitq_tasks (priority DESC, eta, seq) WHERE state = 0;
 CREATE INDEX sitq_tasks_parked
     ON sitq_tasks (queue, priority DESC, eta, seq) WHERE state = 0 AND parked = 1;
