@@ -11,11 +11,10 @@ from an index, so a page costs the same beside a million stored tasks as in an e
   each other in order: the same priority and due time with a later ``seq``, the same priority
   with a later due time, then every lower priority (one row-value comparison would not do: the
   order mixes directions, and SQLite seeks only the first column of such a comparison).
-* running: ``started_at`` then ``seq``, from the lease index, which holds exactly the running
-  tasks (bounded by the workers' concurrency, not by what the file stores).
+* running: ``started_at`` then ``seq``: ``sitq_tasks_running`` (every queue) or
+  ``sitq_tasks_queue_running`` (one queue), after a position as two ranges in the same way.
 * finished: ``finished_at`` then ``seq``, most recent first: ``sitq_tasks_finished`` (every
-  queue) or ``sitq_tasks_queue_finished`` (one queue), after a position as two ranges in the
-  same way. Expired results are left out.
+  queue) or ``sitq_tasks_queue_finished`` (one queue), likewise. Expired results are left out.
 
 A page is read in one read transaction, so its ranges and sources see one state of the file.
 
@@ -164,38 +163,39 @@ def _sources(
             return [_pending_ranges("sitq_tasks_pending", "state = 0", [], start)]
         return [_pending_ranges(index, where, [queue], start) for index, where in _PENDING_SOURCES]
     if status is TaskStatus.RUNNING:
-        where, params = "state = 1", list[Any]()
+        index, where, params = "sitq_tasks_running", "state = 1", list[Any]()
         if queue is not None:
-            where, params = where + " AND queue = ?", [queue]
-        if start is not None:
-            where, params = where + " AND (started_at, seq) > (?, ?)", [*params, *start]
-        sql = (
-            f"SELECT {COLUMNS} FROM sitq_tasks INDEXED BY sitq_tasks_leases WHERE {where} "
-            "ORDER BY started_at, seq LIMIT ?"
-        )
-        return [[(sql, params)]]
+            index, where, params = "sitq_tasks_queue_running", "state = 1 AND queue = ?", [queue]
+        return [_ranges(index, where, params, "started_at, seq", start, ">")]
     # Finished: the index condition (state >= 2) is written out so the partial index applies.
     index, where, params = "sitq_tasks_finished", "state >= 2 AND state = ?", [STATUS_CODE[status]]
     if queue is not None:
         index, where = "sitq_tasks_queue_finished", where + " AND queue = ?"
         params.append(queue)
+    where += " AND (expires_at IS NULL OR expires_at > ?)"
+    return [_ranges(index, where, [*params, now], "finished_at DESC, seq DESC", start, "<")]
+
+
+def _ranges(
+    index: str, where: str, params: list[Any], order: str, start: list[Any] | None, after: str
+) -> list[_Read]:
+    """The reads of an index ordered by (time, seq), both ascending or both descending, after
+    ``start``: the rest of its time, then the times beyond (``after`` says which way)."""
     ranges: list[tuple[str, list[Any]]] = [("", [])]
     if start is not None:
-        finished_at, seq = start
+        column = order.split(",")[0].split()[0]
+        at, seq = start
         ranges = [
-            (" AND finished_at = ? AND seq < ?", [finished_at, seq]),
-            (" AND finished_at < ?", [finished_at]),
+            (f" AND {column} = ? AND seq {after} ?", [at, seq]),
+            (f" AND {column} {after} ?", [at]),
         ]
     return [
-        [
-            (
-                f"SELECT {COLUMNS} FROM sitq_tasks INDEXED BY {index} WHERE {where}{extra} "
-                "AND (expires_at IS NULL OR expires_at > ?) "
-                "ORDER BY finished_at DESC, seq DESC LIMIT ?",
-                [*params, *values, now],
-            )
-            for extra, values in ranges
-        ]
+        (
+            f"SELECT {COLUMNS} FROM sitq_tasks INDEXED BY {index} WHERE {where}{extra} "
+            f"ORDER BY {order} LIMIT ?",
+            [*params, *values],
+        )
+        for extra, values in ranges
     ]
 
 
