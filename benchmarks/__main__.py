@@ -51,7 +51,8 @@ class WorkerProcess:
     """A worker in its own process, driven over stdin."""
 
     def __init__(self, url: str, kind: str = "async", concurrency: int = 10) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # The worker runs this checkout's sitq (src/), not whichever one is installed.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
         logging_on = os.environ.get("SITQ_BENCH_WORKER_LOG", "off") != "off"
         # With --worker-log, the worker's lines go to a real file, as a deployment's would.
         self._log = tempfile.TemporaryFile() if logging_on else None  # noqa: SIM115

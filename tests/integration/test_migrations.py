@@ -7,6 +7,7 @@ task's payload is one the current code serialized (the payload format is not ver
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,13 +64,26 @@ async def test_sqlite_store_is_upgraded_to_the_fresh_schema(tmp_path: Path, vers
         " result_ttl) VALUES ('old', 'default', 0, 0, 0, ?, ?, 0, 3600)",
         (payload, options),
     )
+    # A failure the old version kept with its payload: listed and requeued after the upgrade.
+    conn.execute(
+        "INSERT INTO sitq_tasks (id, queue, state, priority, eta, payload, options, enqueued_at,"
+        " result_ttl, attempts, finished_at, expires_at, error)"
+        " VALUES ('old-failed', 'default', 3, 0, 0, ?, ?, 0, 3600, 1, ?, ?, 'boom')",
+        (payload, options, time.time(), time.time() + 3600),
+    )
     conn.close()
     assert _sqlite_schema(old) != _sqlite_schema(fresh)
 
     async with TaskQueue(f"sqlite:///{old}") as queue:
         assert _sqlite_schema(old) == _sqlite_schema(fresh)
+        failed = await queue.list_tasks(status="failed")
+        assert [(i.task_id, i.function, i.error) for i in failed.tasks] == [
+            ("old-failed", "", "boom")
+        ]
+        assert await queue.requeue("old-failed")
         async with AsyncWorker(queue.backend, poll_interval=0.2):
             assert await queue.get_value("old", timeout=20) == 5
+            assert await queue.get_value("old-failed", timeout=20) == 5
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------

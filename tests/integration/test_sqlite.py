@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sitq import BackendError, SQLiteBackend, TaskQueue
+from sitq.backends.sqlite import _listing
 from sitq.backends.sqlite import backend as sqlite_backend
 from sitq.models import Claim, Finish, NewTask, TaskStatus
 from tests.conformance import tasks
@@ -103,11 +104,11 @@ def _version_1_file(path: Path) -> None:
 async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     _version_1_file(path)
-    # Several clients opening the old file at once: one upgrades it, the others see version 2.
+    # Several clients opening the old file at once: one upgrades it, the others see the latest.
     clients = [SQLiteBackend(path) for _ in range(4)]
     await asyncio.gather(*(c.connect() for c in clients))
     try:
-        assert _read(path, "PRAGMA user_version")[0][0] == sqlite_backend.SCHEMA_VERSION == 2
+        assert _read(path, "PRAGMA user_version")[0][0] == sqlite_backend.SCHEMA_VERSION == 3
         claimed = await clients[0].claim(["default"], 10, "w", 30)
         assert sorted(c.task_id for c in claimed) == ["keyed-1", "plain"]
         assert await clients[1].claim(["default"], 10, "w", 30) == []
@@ -122,7 +123,7 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version=3")
+    conn.execute(f"PRAGMA user_version={sqlite_backend.SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(BackendError, match="newer than this sitq understands"):
         await SQLiteBackend(path).connect()
@@ -149,6 +150,39 @@ async def test_claims_read_the_partial_indexes(backend: SQLiteBackend, tmp_path:
         )
         assert expected[sql] in plan, plan
         assert "TEMP B-TREE" not in plan and "SCAN sitq_tasks" not in plan, plan
+
+
+def _listing_plans(path: Path) -> list[tuple[str, str]]:
+    """Every statement a listing page runs (each status, with and without a queue, first page
+    and after a position), with its query plan."""
+    plans = []
+    conn = sqlite3.connect(path)
+    try:
+        for status in TaskStatus:
+            position = "[0, 1.0, 5]" if status is TaskStatus.PENDING else "[1.0, 5]"
+            for queue in (None, "q"):
+                for after in (None, position):
+                    start = None if after is None else _listing._position(status, after)
+                    for ranges in _listing._sources(status, queue, start, 1.0):
+                        for sql, params in ranges:
+                            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, [*params, 51])
+                            plans.append((sql, " | ".join(str(r[3]) for r in rows)))
+    finally:
+        conn.close()
+    return plans
+
+
+async def test_listing_pages_are_read_through_indexes(
+    backend: SQLiteBackend, tmp_path: Path
+) -> None:
+    plans = _listing_plans(tmp_path / "sitq.db")
+    for sql, plan in plans:
+        assert plan.startswith(("SEARCH sitq_tasks USING INDEX", "SCAN sitq_tasks USING INDEX"))
+        # Read in index order, stopping at the page's end: no sort of everything that matched.
+        assert "TEMP B-TREE" not in plan, (sql, plan)
+    finished = [plan for sql, plan in plans if "queue_finished" in sql]
+    assert finished and all("(state=? AND queue=?" in plan for plan in finished), finished
+    assert len(plans) == 40  # pending 4 + 12 (three sources), running 6, finished 3 x 6
 
 
 # -- concurrency keys -----------------------------------------------------------------------

@@ -17,6 +17,13 @@ Design:
   over again and never hold back the tasks behind them.
 * Cron schedules and locks are rows of two small tables (``sitq_crons``, ``sitq_locks``), each
   step one statement in a write transaction; lock TTLs run on this machine's clock.
+* Worker records (``sitq_workers``) live in a second file beside the database,
+  ``<database>-workers``, attached to every connection: heartbeats rewrite them every few
+  seconds, and in the database file each rewrite would wake every idle worker and result
+  waiter (see below) for nothing.
+* Listings read a page of one status through an index in that status's order (see
+  ``_listing``); a few partial indexes exist for them alone, and the claim path pays for them
+  only where no existing index gives the order.
 * No server means no push channel: on Linux, an inotify watch on the ``-wal`` file wakes idle
   workers and result waiters in every process the moment another process commits; elsewhere
   waiters poll with a short, growing interval.
@@ -39,6 +46,7 @@ from sitq.backends._migrations import Migration, Migrations, load_queries
 from sitq.backends._options import UrlOptions, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, wait_for_final, wait_on
 from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, stats_from_counts, stats_kind
+from sitq.backends.sqlite import _listing
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -48,12 +56,16 @@ from sitq.models import (
     Finish,
     LeaseState,
     NewTask,
+    Progress,
     QueueStats,
     Release,
+    RequeueOutcome,
     Reschedule,
     Settlement,
+    SnapshotPage,
     TaskSnapshot,
     TaskStatus,
+    WorkerRecord,
 )
 
 T = TypeVar("T")
@@ -92,11 +104,11 @@ def _run_script(conn: sqlite3.Connection, step: Migration) -> None:
 
 _CLAIM_SET = """
     state = 1, attempts = attempts + 1, fence = fence + 1, lease_until = :lease_until,
-    worker_id = :worker, started_at = :now, parked = 0
+    worker_id = :worker, started_at = :now, parked = 0, progress = NULL, progress_message = NULL
 """
 _CLAIM_RETURNING = """
     RETURNING id, queue, payload, options, priority, fence, attempts, retries, enqueued_at,
-              result_ttl, cancel_requested, eta, seq
+              result_ttl, cancel_requested, eta, seq, function
 """
 _QUERIES = load_queries(__package__ or "sitq.backends.sqlite", "queries.sql")
 _DUE = _QUERIES["due"]
@@ -107,6 +119,12 @@ _PARKED = _QUERIES["parked"]
 _FINISH = _QUERIES["finish"]
 _RESCHEDULE = _QUERIES["reschedule"]
 _RELEASE = _QUERIES["release"]
+_REQUEUE = _QUERIES["requeue"]
+_PURGE_PENDING = _QUERIES["purge_pending"]
+_PURGE_FINISHED = _QUERIES["purge_finished"]
+_SAVE_PROGRESS = _QUERIES["save_progress"]
+_PUT_WORKER = _QUERIES["put_worker"]
+_LIST_WORKERS = _QUERIES["list_workers"]
 # Appended to a settlement: most tasks have no key, and only a miss reads the key back.
 _UNKEYED = " AND concurrency_key IS NULL"
 _KEYED = " AND concurrency_key IS NOT NULL RETURNING queue, concurrency_key"
@@ -117,6 +135,15 @@ _PARK_BUDGET = 2000
 # rarely cost a second look.
 _KEYED_PAGE = 64
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
+# The file of worker records, beside the database (see the module docstring), and its table.
+_WORKERS_SUFFIX = "-workers"
+_WORKERS_TABLE = """
+    CREATE TABLE IF NOT EXISTS sitq_live.sitq_workers (
+        worker_id TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID
+"""
 
 
 class _KeySlots:
@@ -308,6 +335,8 @@ class SQLiteBackend(Backend):
                 )
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA temp_store=MEMORY")
+            self._attach_workers(conn)
+            conn.execute(_WORKERS_TABLE)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             store = f"SQLite database {self.db_path!r} has schema version"
             if _MIGRATIONS.pending(version, store):  # raises if the file is newer than sitq
@@ -335,6 +364,11 @@ class SQLiteBackend(Backend):
             conn.execute("ROLLBACK")
             raise
 
+    def _attach_workers(self, conn: sqlite3.Connection) -> None:
+        conn.execute("ATTACH DATABASE ? AS sitq_live", (self.db_path + _WORKERS_SUFFIX,))
+        conn.execute("PRAGMA sitq_live.journal_mode=WAL")
+        conn.execute(f"PRAGMA sitq_live.synchronous={self.synchronous}")
+
     def _open_fast(self) -> sqlite3.Connection | None:
         # A second connection used straight from the event loop: it never waits for a lock
         # (timeout 0) and never checkpoints, so a statement on it costs tens of microseconds
@@ -347,6 +381,7 @@ class SQLiteBackend(Backend):
             fast.execute(f"PRAGMA synchronous={self.synchronous}")
             fast.execute("PRAGMA wal_autocheckpoint=0")
             fast.execute("PRAGMA temp_store=MEMORY")
+            self._attach_workers(fast)
         except sqlite3.Error:
             return None
         return fast
@@ -461,13 +496,14 @@ class SQLiteBackend(Backend):
                 t.result_ttl,
                 t.concurrency_key,
                 t.concurrency_limit,
+                t.function,
             )
             for t in tasks
         ]
         sql = (
             "INSERT INTO sitq_tasks (id, queue, state, priority, eta, payload, options, "
-            "enqueued_at, result_ttl, concurrency_key, concurrency_limit) "
-            "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+            "enqueued_at, result_ttl, concurrency_key, concurrency_limit, function) "
+            "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
         )
 
         def insert(conn: sqlite3.Connection) -> list[bool]:
@@ -569,6 +605,7 @@ class SQLiteBackend(Backend):
                     started_at=now,
                     result_ttl=r[9],
                     cancel_requested=bool(r[10]),
+                    function=r[13],
                 )
                 for r in rows
             ]
@@ -627,6 +664,7 @@ class SQLiteBackend(Backend):
                         s.traceback,
                         s.finished_at,
                         s.expires_at,
+                        s.status is TaskStatus.SUCCESS,  # only a success drops its payload
                         ref.task_id,
                         ref.fencing_token,
                     )
@@ -655,7 +693,7 @@ class SQLiteBackend(Backend):
         return await self._run(lambda c: self._write(c, settle), wrote=True)
 
     async def cancel(self, task_id: str, now: float) -> CancelOutcome:
-        """Cancel a pending task, or flag a running one."""
+        """Cancel a pending task (keeping its payload for a requeue), or flag a running one."""
 
         def cancel(conn: sqlite3.Connection) -> CancelOutcome:
             row = conn.execute(
@@ -668,7 +706,7 @@ class SQLiteBackend(Backend):
             if state == _PENDING:
                 conn.execute(
                     "UPDATE sitq_tasks SET state = 4, error = 'cancelled before it started', "
-                    "finished_at = ?, expires_at = ? + result_ttl, payload = NULL WHERE id = ?",
+                    "finished_at = ?, expires_at = ? + result_ttl WHERE id = ?",
                     (now, now, task_id),
                 )
                 if row[3] is not None:
@@ -687,25 +725,12 @@ class SQLiteBackend(Backend):
 
         def read(conn: sqlite3.Connection) -> TaskSnapshot | None:
             row = conn.execute(
-                "SELECT id, queue, state, attempts, enqueued_at, eta, started_at, finished_at, "
-                "value, error, traceback, expires_at FROM sitq_tasks WHERE id = ?",
+                f"SELECT {_listing.COLUMNS}, value, expires_at FROM sitq_tasks WHERE id = ?",
                 (task_id,),
             ).fetchone()
-            if row is None or (row[11] is not None and row[11] <= time.time()):
+            if row is None or (row[-1] is not None and row[-1] <= time.time()):
                 return None
-            return TaskSnapshot(
-                task_id=row[0],
-                queue=row[1],
-                status=CODE_STATUS[row[2]],
-                attempts=row[3],
-                enqueued_at=row[4],
-                eta=row[5],
-                started_at=row[6],
-                finished_at=row[7],
-                value=row[8],
-                error=row[9],
-                traceback=row[10],
-            )
+            return _listing.snapshot(row, row[-2])
 
         return await self._run(read)
 
@@ -754,7 +779,8 @@ class SQLiteBackend(Backend):
         await wait_on(changed, timeout)
 
     async def purge_expired(self, now: float, limit: int = 10_000) -> int:
-        """Delete expired results (and locks whose TTL ran out) in one transaction."""
+        """Delete expired results (and locks and worker records whose time ran out) in one
+        transaction."""
 
         def purge(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -762,8 +788,9 @@ class SQLiteBackend(Backend):
                 "WHERE expires_at <= ? LIMIT ?)",
                 (now, limit),
             )
-            # Locks whose holders died without releasing them.
+            # Locks whose holders died without releasing them, and workers that died.
             conn.execute("DELETE FROM sitq_locks WHERE expires_at <= ?", (time.time(),))
+            conn.execute("DELETE FROM sitq_live.sitq_workers WHERE expires_at <= ?", (now,))
             return cur.rowcount
 
         return await self._run(lambda c: self._write(c, purge))
@@ -784,6 +811,76 @@ class SQLiteBackend(Backend):
             )
 
         return await self._run(count)
+
+    # -- inspection and operator actions ----------------------------------------------------
+
+    async def list_tasks(
+        self, status: TaskStatus, queue: str | None, limit: int, after: str | None, now: float
+    ) -> SnapshotPage:
+        """One page of a status, read through an index in its order (see ``_listing``)."""
+
+        def read(conn: sqlite3.Connection) -> SnapshotPage:
+            return _listing.read_page(conn, status, queue, limit, after, now)
+
+        return await self._run(read)
+
+    async def requeue(self, task_ids: Sequence[str], now: float) -> list[RequeueOutcome]:
+        """Make failed and cancelled tasks pending again, each one conditional UPDATE, all in
+        one write transaction (which wakes idle workers like an enqueue)."""
+
+        def requeue(conn: sqlite3.Connection) -> list[RequeueOutcome]:
+            outcomes = []
+            for task_id in task_ids:
+                if conn.execute(_REQUEUE, {"id": task_id, "now": now}).rowcount == 1:
+                    outcomes.append(RequeueOutcome.REQUEUED)
+                    continue
+                row = conn.execute(
+                    "SELECT expires_at FROM sitq_tasks WHERE id = ?", (task_id,)
+                ).fetchone()
+                gone = row is None or (row[0] is not None and row[0] <= now)
+                outcomes.append(RequeueOutcome.NOT_FOUND if gone else RequeueOutcome.REFUSED)
+            return outcomes
+
+        return await self._run(lambda c: self._write(c, requeue), wrote=True)
+
+    async def purge_tasks(self, queue: str, status: TaskStatus, limit: int) -> int:
+        """Delete up to ``limit`` tasks of the queue in that state; never running ones."""
+        if status is TaskStatus.RUNNING:
+            return 0
+        params: tuple[Any, ...] = (queue, limit)
+        sql = _PURGE_PENDING
+        if status is not TaskStatus.PENDING:
+            sql, params = _PURGE_FINISHED, (STATUS_CODE[status], queue, limit)
+
+        def purge(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql, params).rowcount
+
+        return await self._run(lambda c: self._write(c, purge))
+
+    async def save_progress(self, updates: Sequence[Progress]) -> None:
+        """Store progress of current claims in one transaction (stale claims' is dropped)."""
+        rows = [(u.value, u.message, u.claim.task_id, u.claim.fencing_token) for u in updates]
+        if rows:
+            await self._run(lambda c: self._write(c, lambda w: w.executemany(_SAVE_PROGRESS, rows)))
+
+    async def put_worker(self, record: WorkerRecord) -> None:
+        """Create or replace the worker's row."""
+        row = (record.worker_id, record.data, record.expires_at)
+        await self._run(lambda c: self._write(c, lambda w: w.execute(_PUT_WORKER, row)))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete the worker's row."""
+        sql = "DELETE FROM sitq_live.sitq_workers WHERE worker_id = ?"
+        await self._run(lambda c: self._write(c, lambda w: w.execute(sql, (worker_id,))))
+
+    async def list_workers(self, now: float) -> list[WorkerRecord]:
+        """The rows not yet expired, by worker id (expired ones go with ``purge_expired``)."""
+
+        def read(conn: sqlite3.Connection) -> list[WorkerRecord]:
+            rows = conn.execute(_LIST_WORKERS, (now,)).fetchall()
+            return [WorkerRecord(worker_id=r[0], data=bytes(r[1]), expires_at=r[2]) for r in rows]
+
+        return await self._run(read)
 
     # -- cron -------------------------------------------------------------------------------
 

@@ -35,9 +35,11 @@ WHERE state = 0 AND concurrency_key IS NOT NULL AND queue = ? AND concurrency_ke
 AND parked = 1 ORDER BY priority DESC, eta, seq;
 
 -- name: finish
--- Settlements apply only to the claim holding the current fencing token.
+-- Settlements apply only to the claim holding the current fencing token. A success drops its
+-- payload (the last parameter before the id says so); a failure keeps it for a requeue.
 UPDATE sitq_tasks SET state = ?, value = ?, error = ?, traceback = ?, finished_at = ?,
-expires_at = ?, payload = NULL, worker_id = NULL, lease_until = NULL
+expires_at = ?, payload = CASE WHEN ? THEN NULL ELSE payload END, worker_id = NULL,
+lease_until = NULL
 WHERE id = ? AND fence = ? AND state = 1;
 
 -- name: reschedule
@@ -49,3 +51,36 @@ WHERE id = ? AND fence = ? AND state = 1;
 UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, worker_id = NULL,
 lease_until = NULL
 WHERE id = ? AND fence = ? AND state = 1;
+
+-- name: requeue
+-- A failed or cancelled task with its payload, whose record has not expired, becomes pending
+-- again, due now, with a new enqueue-order position; everything its runs left is cleared.
+UPDATE sitq_tasks SET state = 0, eta = :now, attempts = 0, retries = 0, cancel_requested = 0,
+started_at = NULL, finished_at = NULL, expires_at = NULL, value = NULL, error = NULL,
+traceback = NULL, progress = NULL, progress_message = NULL, worker_id = NULL,
+lease_until = NULL, parked = 0, seq = (SELECT MAX(seq) FROM sitq_tasks) + 1
+WHERE id = :id AND state IN (3, 4) AND payload IS NOT NULL
+AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: purge_pending
+-- Up to a limit of one queue's pending tasks (scheduled ones included).
+DELETE FROM sitq_tasks WHERE seq IN (SELECT seq FROM sitq_tasks INDEXED BY sitq_tasks_scheduled
+WHERE state = 0 AND queue = ? LIMIT ?);
+
+-- name: purge_finished
+-- Up to a limit of one queue's tasks in one finished state.
+DELETE FROM sitq_tasks WHERE seq IN (SELECT seq FROM sitq_tasks
+INDEXED BY sitq_tasks_queue_finished WHERE state >= 2 AND state = ? AND queue = ? LIMIT ?);
+
+-- name: save_progress
+-- Fenced like a settlement: a stale claim's progress is dropped.
+UPDATE sitq_tasks SET progress = ?, progress_message = ?
+WHERE id = ? AND fence = ? AND state = 1;
+
+-- name: put_worker
+-- Worker records are in the attached file of their own (see backend.py).
+INSERT INTO sitq_live.sitq_workers (worker_id, data, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (worker_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at;
+
+-- name: list_workers
+SELECT worker_id, data, expires_at FROM sitq_live.sitq_workers WHERE expires_at > ? ORDER BY worker_id;
