@@ -453,7 +453,7 @@ KINDS: list[Mutant] = [
     Mutant(
         "cli-kind-ignored",
         "sitq worker --kind runs that kind of worker",
-        "src/sitq/cli.py",
+        "src/sitq/cli/_worker.py",
         "kind = WORKER_KINDS[args.kind]",
         'kind = WORKER_KINDS["async"]',
         ("tests/conformance/test_at_least_once.py", "tests/conformance/test_many_workers.py"),

@@ -12,6 +12,7 @@ import pytest
 from sitq.errors import ConfigurationError
 from sitq.models import MAX_ETA_TIMESTAMP
 from sitq.options import (
+    DEFAULT_FAILURE_TTL,
     DEFAULT_MAX_DELIVERIES,
     OPTION_NAMES,
     EngineOptions,
@@ -198,6 +199,7 @@ def test_engine_options_default_round_trip() -> None:
         "timeout": None,
         "retry": None,
         "max_deliveries": DEFAULT_MAX_DELIVERIES,
+        "failure_ttl": DEFAULT_FAILURE_TTL,
     }
     parsed = parse_engine_options(text)
     assert parsed == EngineOptions(
@@ -224,6 +226,7 @@ def test_engine_options_leave_out_what_the_engine_does_not_need() -> None:
         "timeout",
         "retry",
         "max_deliveries",
+        "failure_ttl",
     }
 
 
