@@ -26,6 +26,11 @@
     by ``started_at``; ``...:fin:s|f|c`` finished tasks per status scored by ``-finished_at``
     (ties by id). Due tasks (the common case) need no index beyond ``ready``.
 
+* Tasks stored before the listing indexes existed are listed where an index of that version
+  serves, or once a later step indexes them: due pending tasks at once (``ready``), scheduled
+  and parked ones once they enter ``ready``, running ones at their next lease extension;
+  finished ones are not listed (they stay readable by id until they expire).
+
 * Worker records are one hash, ``<prefix>:{<prefix>:workers}``: worker id to ``<expires_at>
   <data>``.
 
