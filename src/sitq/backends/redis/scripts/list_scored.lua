@@ -10,13 +10,24 @@ local limit = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 local code = ARGV[4]
 local now = now_s()
-local lo, skip = '-inf', 0
+-- The index of the first entry after the position: the rank after its own entry if that is
+-- still there, else (the task left this status) a binary search among the entries that share
+-- its score (one claim or settle gives many tasks one time), each step O(log N).
+local start = 0
 if ARGV[5] ~= '' then
-  lo = ARGV[5]
-  -- ties at the position's score: pass over those up to its id
-  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], lo, lo, 'BYSCORE')) do
-    if lex_lt(ARGV[6], m) then break end
-    skip = skip + 1
+  local s, id = ARGV[5], ARGV[6]
+  local own = redis.call('ZSCORE', KEYS[1], id)
+  if own and tonumber(own) == tonumber(s) then
+    start = redis.call('ZRANK', KEYS[1], id) + 1
+  else
+    local lo = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. s)
+    local hi = lo + redis.call('ZCOUNT', KEYS[1], s, s)
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      local m = redis.call('ZRANGE', KEYS[1], mid, mid)[1]
+      if lex_lt(id, m) then hi = mid else lo = mid + 1 end
+    end
+    start = lo
   end
 end
 local function valid(h)
@@ -26,12 +37,11 @@ end
 local out = {''}
 local stale = {}
 local found, scanned, last = 0, 0, nil
-local off = skip
+local off = start
 local exhausted = false
 while found < limit and scanned < cap do
   local want = math.min(limit - found, cap - scanned)
-  local got = redis.call('ZRANGE', KEYS[1], lo, '+inf', 'BYSCORE', 'LIMIT', off, want,
-                         'WITHSCORES')
+  local got = redis.call('ZRANGE', KEYS[1], off, off + want - 1, 'WITHSCORES')
   off = off + #got / 2
   for j = 1, #got, 2 do
     scanned = scanned + 1
@@ -48,7 +58,7 @@ while found < limit and scanned < cap do
   end
 end
 if not exhausted and last then
-  local n = redis.call('ZRANGE', KEYS[1], lo, '+inf', 'BYSCORE', 'LIMIT', off, 1)
+  local n = redis.call('ZRANGE', KEYS[1], off, off)
   if #n > 0 then out[1] = last end
 end
 for _, id in ipairs(stale) do redis.call('ZREM', KEYS[1], id) end
