@@ -8,8 +8,10 @@ and ``..._big``, deleted afterwards with SCAN + UNLINK, never FLUSHDB), both thr
 public backend interface of ``RedisBackend``, so they hold exactly the structures the backend
 builds (task hashes, ``ready``/``sched``/``sl`` ranks, ``run``, ``fin:s|f|c`` and ``done:*``
 sets, id index entries). Filling is fast because each step is one pipelined round trip for a
-whole batch: ``enqueue`` of 10,000 tasks at a time (one script call per 100 tasks), ``claim``
-of 1,000 at a time with a one-hour lease, ``settle`` of those claims in one call.
+whole batch: ``enqueue`` of up to 10,000 tasks at a time (one script call per 100 tasks),
+``claim`` of 1,000 at a time with a one-hour lease, ``settle`` of those claims in one call. The
+queues take turns (10,000 tasks each on the big store, 40 on the small one), so each queue's
+tasks start and finish throughout the listing rather than in one block.
 
 Each store has four queues (``q0``..``q3``); each queue holds, as fractions of its tasks:
 60 % succeeded, 15 % failed, 5 % cancelled (finished by their worker), 5 % running (claimed,
@@ -144,18 +146,21 @@ async def claim_and_settle(
             await backend.settle(finishes(claims, status))
 
 
-async def fill(backend: RedisBackend, per_queue: dict[str, int]) -> None:
-    """Build one store: every queue gets ``per_queue`` tasks of each kind."""
+async def fill(backend: RedisBackend, per_queue: dict[str, int], chunk: int) -> None:
+    """Build one store: every queue gets ``per_queue`` tasks of each kind, in rounds of
+    ``chunk`` tasks per queue taking turns, so that each queue's tasks start and finish
+    throughout the listing (as with workers on several queues), not in one block."""
+    for kind in ("success", "failed", "cancelled", "running"):
+        status = None if kind == "running" else TaskStatus(kind)
+        for start in range(0, per_queue[kind], chunk):
+            for queue in QUEUES:
+                n = min(chunk, per_queue[kind] - start)
+                await enqueue(backend, queue, n)
+                await claim_and_settle(backend, queue, n, status)
+        log(f"  {kind} filled")
     for queue in QUEUES:
-        for status in (TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED):
-            n = per_queue[status.value]
-            await enqueue(backend, queue, n)
-            await claim_and_settle(backend, queue, n, status)
-        await enqueue(backend, queue, per_queue["running"])
-        await claim_and_settle(backend, queue, per_queue["running"], None)
         await enqueue(backend, queue, per_queue["due"])
         await enqueue(backend, queue, per_queue["scheduled"], eta_in=3600.0)
-        log(f"  {queue} filled")
 
 
 async def deep_after(
@@ -235,7 +240,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     stores: list[Store] = []
     results: dict[str, Any] = {}
     try:
-        for name, per_queue in (("small", SMALL), ("big", per_big)):
+        for name, per_queue, chunk in (("small", SMALL, 40), ("big", per_big, BATCH)):
             prefix = f"{base}_{name}"
             backend = RedisBackend(url=args.url, prefix=prefix)
             await backend.connect()
@@ -243,7 +248,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             stores.append(store)
             started = time.perf_counter()
             log(f"filling {name} ({sum(per_queue.values()) * len(QUEUES):,} tasks) ...")
-            await fill(backend, per_queue)
+            await fill(backend, per_queue, chunk)
             results[f"fill_{name}_s"] = round(time.perf_counter() - started, 1)
             log(f"  filled in {results[f'fill_{name}_s']} s; finding deep positions ...")
             for status in STATUSES:
