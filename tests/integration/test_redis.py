@@ -842,3 +842,80 @@ async def test_calls_beyond_max_connections_wait_for_one(
     finally:
         await queue.close()
         await admin.aclose()
+
+
+# -- tasks stored by the version before the operating steps ---------------------------------------
+
+
+async def _as_stored_before(admin: Any, backend: RedisBackend, task_id: str, queue: str) -> None:
+    """Turn a task stored by this version into what the previous version stored: no function,
+    no progress, no listing index entries, no rank while scheduled, no payload once
+    finished."""
+    k = backend._queue_keys(queue)
+    key = k.task + task_id
+    status, rank = await admin.hmget(key, "st", "rk")
+    await admin.hdel(key, "fn")
+    if status == b"0" and await admin.zscore(k.sched, task_id) is not None:
+        await admin.hdel(key, "rk")
+        await admin.zrem(k.sl, rank)
+    await admin.zrem(k.run, task_id)
+    if status in (b"2", b"3", b"4"):
+        await admin.hdel(key, "pl")
+        for fin in (k.fin_s, k.fin_f, k.fin_c):
+            await admin.zrem(fin, task_id)
+
+
+async def test_tasks_stored_before_the_listing_indexes_run_read_and_list_where_they_can(
+    servers: list[RedisProcess], tmp_path: Path
+) -> None:
+    server = await _start(servers, tmp_path / "redis")
+    queue = TaskQueue(f"redis://127.0.0.1:{server.port}/0?prefix=old")
+    await queue.connect()
+    admin = server.admin()
+    backend = queue.backend
+    assert isinstance(backend, RedisBackend)
+    try:
+        failed = await queue.enqueue(tasks.fail, "old")
+        running = await queue.enqueue(tasks.add, 0, 0)
+        claims = await backend.claim(["default"], 2, "old-worker", 30)
+        assert {c.task_id for c in claims} == {failed, running}
+        (failing,) = [c for c in claims if c.task_id == failed]
+        now = time.time()
+        finish = Finish(
+            failing.ref, TaskStatus.FAILED, None, "ValueError: old", None, now, now + 3600
+        )
+        assert await backend.settle([finish]) == [True]
+        due = await queue.enqueue(tasks.add, 1, 2)
+        scheduled = await queue.enqueue_in(1.0, tasks.add, 3, 4)
+        for task_id in (failed, running, due, scheduled):
+            await _as_stored_before(admin, backend, task_id, "default")
+
+        # Readable, without a function; listed where an index of the previous version serves.
+        for task_id in (failed, running, due, scheduled):
+            info = await queue.get_task(task_id)
+            assert info is not None and info.function == ""
+        pending = await queue.list_tasks(status="pending")
+        assert [i.task_id for i in pending.tasks] == [due]  # `ready` is the listing index
+        assert (await queue.list_tasks(status="running")).tasks == []
+        assert (await queue.list_tasks(status="failed")).tasks == []
+        # A running task is indexed at its next lease extension.
+        (held,) = [c for c in claims if c.task_id == running]
+        assert await backend.extend_lease([held.ref], 30) == [LeaseState.HELD]
+        listed = await queue.list_tasks(status="running")
+        assert [(i.task_id, i.worker_id) for i in listed.tasks] == [(running, "old-worker")]
+        assert await backend.settle([_settled(held)]) == [True]
+        # The previous version dropped a failed task's payload: it cannot run again.
+        assert await queue.requeue(failed) is False
+
+        # Both pending tasks run (the scheduled one once due) and are then listed.
+        async with AsyncWorker(backend, poll_interval=0.1):
+            assert await queue.get_value(due, timeout=30) == 3
+            assert await queue.get_value(scheduled, timeout=30) == 7
+        done = await queue.list_tasks(status="success")
+        assert {i.task_id for i in done.tasks} == {due, scheduled, running}
+        # Purging reaches an unindexed finished task too.
+        assert await queue.purge("default", "failed") == 1
+        assert await queue.get_task(failed) is None
+    finally:
+        await queue.close()
+        await admin.aclose()

@@ -81,6 +81,7 @@ def test_the_enqueue_call_is_the_plain_command() -> None:
         _task(0),
         _task(1, eta=200.5, fresh_id=True, concurrency_key="ck ✓", concurrency_limit=3),
         _task(2, payload=b"", options="", result_ttl=0.25, concurrency_key="x"),
+        _task(3, function="app.jobs.<locals>.ünïcode"),
     ]
     plain: list[Any] = ["EVALSHA", sha, 6 + len(chunk)]
     plain += [k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c]
@@ -97,6 +98,7 @@ def test_the_enqueue_call_is_the_plain_command() -> None:
             float(t.result_ttl),
             t.concurrency_key or "",
             "" if t.concurrency_limit is None else t.concurrency_limit,
+            t.function,
         ]
     assert encode_enqueue(sha, k, chunk) == _redis_py(tuple(plain))
 

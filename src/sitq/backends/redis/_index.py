@@ -78,6 +78,20 @@ class IdIndex:
         raise_errors([reply])
         return None if reply is None else entry_queue(reply)
 
+    async def lookup_many(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """The queue the id index names for each task id that has an entry (no remembered
+        queue is trusted: for operator actions, which must not act on a stale one)."""
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return {}
+        replies = await self._wire.exec([("GET", self.key(i)) for i in unique])
+        raise_errors(replies)
+        return {
+            task_id: entry_queue(reply)
+            for task_id, reply in zip(unique, replies, strict=True)
+            if reply is not None
+        }
+
     async def locate(self, task_ids: Iterable[str]) -> dict[str, str]:
         """The queue of each task id that has one (remembered, else from the id index)."""
         found: dict[str, str] = {}

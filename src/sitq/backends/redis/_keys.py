@@ -18,6 +18,21 @@
   - ``...:ck:r:<key>`` and ``...:ck:w:<key>``: per concurrency key, its running tasks scored
     by lease expiry and its parked tasks (popped from ``ready`` while the key was full, moved
     back when a settle or cancel frees a slot); ``...:ck`` lists the keys with parked tasks.
+  - The listing indexes (``list_tasks`` reads a page through them, at a cost that does not
+    grow with the number of tasks): pending tasks are listed from ``ready`` and two sets
+    ordered like it (score 0, the same rank members): ``...:sl`` (scheduled tasks, ranked when
+    they are enqueued; the rank, kept in the hash's ``rk``, goes to ``ready`` unchanged when
+    the task falls due) and ``...:pk`` (parked tasks). ``...:run`` holds running tasks scored
+    by ``started_at``; ``...:fin:s|f|c`` finished tasks per status scored by ``-finished_at``
+    (ties by id). Due tasks (the common case) need no index beyond ``ready``.
+
+* Tasks stored before the listing indexes existed are listed where an index of that version
+  serves, or once a later step indexes them: due pending tasks at once (``ready``), scheduled
+  and parked ones once they enter ``ready``, running ones at their next lease extension;
+  finished ones are not listed (they stay readable by id until they expire).
+
+* Worker records are one hash, ``<prefix>:{<prefix>:workers}``: worker id to ``<expires_at>
+  <data>``.
 
 * Cron schedules are one hash (``<prefix>:{<prefix>:crons}``) and each lock one key
   (``<prefix>:lock:<name>``, the owner's token with a TTL kept by the server).
@@ -49,6 +64,12 @@ def queue_keys(prefix: str, queue: str, work_prefix: str) -> QueueKeys:
         settles=f"{base}:settle:",
         ck=f"{base}:ck",
         fence=f"{base}:f:",
+        sl=f"{base}:sl",
+        pk=f"{base}:pk",
+        run=f"{base}:run",
+        fin_s=f"{base}:fin:s",
+        fin_f=f"{base}:fin:f",
+        fin_c=f"{base}:fin:c",
         work=f"{work_prefix}{queue}",
         index=f"{prefix}:id:",
         prefix=prefix,
@@ -71,9 +92,20 @@ class QueueKeys:
     settles: str
     ck: str
     fence: str  # the prefix of the fence keys of explicit ids (Redis Cluster)
+    sl: str  # scheduled tasks by rank (listing)
+    pk: str  # parked tasks by rank (listing)
+    run: str  # running tasks by started_at (listing)
+    fin_s: str  # finished tasks by -finished_at, per status (listing)
+    fin_f: str
+    fin_c: str
     work: str
     index: str  # the prefix of the id index keys (shared by every queue)
     prefix: str  # the backend's key prefix
+
+
+def workers_key(prefix: str) -> str:
+    """The hash of the worker records under ``prefix`` (one slot of its own)."""
+    return f"{prefix}:{{{prefix}:workers}}"
 
 
 def parse_entry(entry: str) -> tuple[str, str, int]:

@@ -83,6 +83,15 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def abandon(self) -> None:
+        """Drop the listening task, its connection and every subscription without any I/O
+        (their event loop has ended); the next ``start`` listens afresh."""
+        self._task = None
+        self._pubsub = None
+        self._closing = False
+        self._listening = asyncio.Event()
+        self.forget()
+
     def forget(self) -> None:
         """Drop every subscription (after the backend closed its client)."""
         self._wanted.clear()

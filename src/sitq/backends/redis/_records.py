@@ -1,6 +1,7 @@
 """The Redis backend's records as its scripts store and return them: a task's hash read back as
-a snapshot, a claim script's reply read as claims (a damaged task as a claim that names what is
-wrong), settlements and optional values written as script arguments, and the crons hash."""
+a snapshot (alone, or as a row of a listing page), a claim script's reply read as claims (a
+damaged task as a claim that names what is wrong), settlements, progress and optional values
+written as script arguments, listing positions, worker records and the crons hash."""
 
 from __future__ import annotations
 
@@ -9,34 +10,47 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sitq.backends.base import STATUS_CODE
+from sitq.errors import ConfigurationError
 from sitq.models import (
     Claim,
     CronRecord,
     Finish,
     LeaseState,
+    Progress,
     Release,
     Reschedule,
     Settlement,
     TaskSnapshot,
+    TaskStatus,
+    WorkerRecord,
 )
 
 __all__ = [
     "LEASE_STATES",
+    "LIST_FIELDS",
     "SNAPSHOT_FIELDS",
     "crons",
     "opt",
+    "page_rows",
+    "progress_args",
+    "read_after",
     "read_claim",
     "settle_args",
     "snapshot",
     "unreadable_claim",
+    "worker_record",
+    "workers",
 ]
 
 _STATUS_CODE = {status: b"%d" % code for status, code in STATUS_CODE.items()}
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 # The extend script's answer per claim, a digit: its index here.
 LEASE_STATES = (LeaseState.LOST, LeaseState.HELD, LeaseState.CANCEL_REQUESTED)
-# The fields of a task's hash that a snapshot reads, in the order ``snapshot`` takes them.
-SNAPSHOT_FIELDS = ("st", "att", "enq", "eta", "sa", "fa", "v", "err", "tb")
+# The fields of a task's hash that a listing row reads, in the order ``snapshot`` takes them:
+# status, attempts, enqueued/due/started/finished at, error, traceback, function, priority,
+# progress and its message, worker id. A snapshot reads the value too.
+LIST_FIELDS = ("st", "att", "enq", "eta", "sa", "fa", "err", "tb", "fn", "pri", "pg", "pm", "wid")
+SNAPSHOT_FIELDS = (*LIST_FIELDS, "v")
 
 
 def opt(value: bytes | str | None) -> bytes:
@@ -64,30 +78,75 @@ def _stamp(value: Any) -> float:
         return math.nan
 
 
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
 def snapshot(task_id: str, queue: str, row: Sequence[Any]) -> TaskSnapshot | None:
-    """The task from its hash's ``SNAPSHOT_FIELDS`` (``None`` if the hash does not exist)."""
+    """The task from its hash's ``SNAPSHOT_FIELDS``, or ``LIST_FIELDS`` (no value); ``None``
+    if the hash does not exist. A task stored before functions were kept has ``""``; the
+    worker and progress are reported only while the task runs."""
     if row[0] is None:
         return None
+    status = _CODE_STATUS[bytes(row[0])]
+    running = status is TaskStatus.RUNNING
+    value = row[13] if len(row) > 13 else None
     return TaskSnapshot(
         task_id=task_id,
         queue=queue,
-        status=_CODE_STATUS[bytes(row[0])],
+        status=status,
         attempts=int(row[1] or 0),
         enqueued_at=_stamp(row[2]),
         eta=_stamp(row[3]),
         started_at=_float(row[4]),
         finished_at=_float(row[5]),
-        value=None if row[6] is None else bytes(row[6]),
-        error=_text(row[7]),
-        traceback=_text(row[8]),
+        value=None if value is None else bytes(value),
+        error=_text(row[6]),
+        traceback=_text(row[7]),
+        function=_text(row[8]) or "",
+        priority=_int(row[9]),
+        progress=_float(row[10]) if running else None,
+        progress_message=_text(row[11]) if running else None,
+        worker_id=_text(row[12]) if running else None,
     )
 
 
+def page_rows(queue: str, reply: Sequence[Any]) -> list[tuple[bytes, TaskSnapshot]]:
+    """The rows of a listing script's reply after its first element: each task's position
+    (a rank, or a score) and snapshot."""
+    width = 2 + len(LIST_FIELDS)
+    rows = []
+    for j in range(1, len(reply), width):
+        snap = snapshot(bytes(reply[j + 1]).decode(), queue, reply[j + 2 : j + width])
+        if snap is not None:
+            rows.append((bytes(reply[j]), snap))
+    return rows
+
+
+def read_after(after: str, scored: bool) -> tuple[str, str]:
+    """A listing position as the scripts take it: a pending rank (and ``""``), or the score
+    and id of a scored listing."""
+    if not scored:
+        if len(after) < 35:
+            raise ConfigurationError(f"not a position of a pending listing: {after!r}")
+        return after, ""
+    score, _, task_id = after.partition(" ")
+    try:
+        float(score)
+    except ValueError:
+        raise ConfigurationError(f"not a position of this listing: {after!r}") from None
+    return score, task_id
+
+
 def read_claim(queue: str, raw: Sequence[Any], now: float) -> tuple[Claim, float]:
-    """One claim of a claim script's reply (id, payload, options, and the fields ``<fence>
-    <attempts> <priority> <retries> <enqueued_at> <result_ttl> <cancel> <eta>``) and its ETA;
-    a damaged task gives ``unreadable_claim`` (at ETA 0)."""
+    """One claim of a claim script's reply (id, payload, options, the fields ``<fence>
+    <attempts> <priority> <retries> <enqueued_at> <result_ttl> <cancel> <eta>``, and the
+    function) and its ETA; a damaged task gives ``unreadable_claim`` (at ETA 0)."""
     task_id = raw[0].decode()
+    function = bytes(raw[4]).decode(errors="replace")
     try:
         fence, att, pri, ret, enq, ttl, cancel, eta = raw[3].split()
         claim = Claim(
@@ -103,6 +162,7 @@ def read_claim(queue: str, raw: Sequence[Any], now: float) -> tuple[Claim, float
             started_at=now,
             result_ttl=float(ttl),
             cancel_requested=cancel == b"1",
+            function=function,
         )
         return claim, float(eta)
     except (ValueError, AttributeError, UnicodeDecodeError):
@@ -191,6 +251,29 @@ def settle_args(s: Settlement) -> list[Any]:
     if isinstance(s, Release):
         return [b"L", ref.task_id, ref.fencing_token]
     raise TypeError(f"not a settlement: {s!r}")  # pragma: no cover
+
+
+def progress_args(updates: Sequence[Progress]) -> list[Any]:
+    """The progress script's arguments for updates of one queue: id, fencing token, progress,
+    optional message, per update."""
+    args: list[Any] = []
+    for u in updates:
+        args += [u.claim.task_id, u.claim.fencing_token, repr(float(u.value)), opt(u.message)]
+    return args
+
+
+def worker_record(record: WorkerRecord) -> bytes:
+    """A worker record as its hash field holds it: ``<expires_at> <data>``."""
+    return repr(float(record.expires_at)).encode() + b" " + record.data
+
+
+def workers(reply: Sequence[Any]) -> list[WorkerRecord]:
+    """The worker records of the workers script's reply, sorted by worker id."""
+    out = []
+    for field, value in zip(reply[::2], reply[1::2], strict=True):
+        expires, _, data = bytes(value).partition(b" ")
+        out.append(WorkerRecord(bytes(field).decode(), data, float(expires)))
+    return sorted(out, key=lambda r: r.worker_id)
 
 
 def crons(reply: Any) -> list[CronRecord]:

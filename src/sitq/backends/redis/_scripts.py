@@ -22,7 +22,8 @@ FENCE_MS = 600_000
 
 # Each script and the fragments of scripts/lib/ it is preceded by, in this order: `common`
 # (the server's time, ready ranks), `requeue` (moving due tasks to `ready`, the next due
-# time), `keyed` (concurrency keys: declares `CK`, which the script then sets).
+# time: declares `SL`), `keyed` (concurrency keys: declares `CK` and `PK`), `listing` (rows of
+# a listing: declares `FIELDS`); the script then sets what they declare.
 LAYOUT: dict[str, tuple[str, ...]] = {
     "enqueue": ("common",),
     "claim": ("common", "requeue", "keyed"),
@@ -41,6 +42,12 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "lock_release": (),
     "cron_put": (),
     "cron_advance": (),
+    "list_pending": ("listing",),
+    "list_scored": ("common", "listing"),
+    "requeue_tasks": ("common", "requeue"),
+    "purge_tasks": (),
+    "progress": (),
+    "workers_list": (),
 }
 
 

@@ -35,10 +35,10 @@ class Raw:
     sha: str | None = None
 
 
-# The nine arguments of one task for the enqueue script, in RESP.
+# The ten arguments of one task for the enqueue script, in RESP.
 _TASK_RESP = (
     b"$%d\r\n%b\r\n$1\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+    b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 )
 
 
@@ -94,7 +94,7 @@ def encode_enqueue(sha: str, k: QueueKeys, chunk: Sequence[NewTask]) -> bytes:
     call, keys, argv = enqueue_head(sha, k, chunk[0].queue)
     nkeys = 6 + len(chunk)
     nk = b"%d" % nkeys
-    parts = [b"*%d\r\n" % (2 + 1 + nkeys + 4 + 9 * len(chunk)), call]
+    parts = [b"*%d\r\n" % (2 + 1 + nkeys + 4 + 10 * len(chunk)), call]
     parts += [b"$%d\r\n%b\r\n" % (len(nk), nk), keys]
     for t in chunk:
         key = (k.index + t.id).encode()
@@ -113,6 +113,9 @@ def encode_enqueue(sha: str, k: QueueKeys, chunk: Sequence[NewTask]) -> bytes:
             ttl = texts[t.result_ttl] = repr(float(t.result_ttl)).encode()
         ckey = t.concurrency_key.encode() if t.concurrency_key else b""
         climit = b"" if t.concurrency_limit is None else b"%d" % t.concurrency_limit
+        function = texts.get(t.function)
+        if function is None:
+            function = texts[t.function] = t.function.encode()
         payload = t.payload
         parts.append(
             _TASK_RESP
@@ -134,6 +137,8 @@ def encode_enqueue(sha: str, k: QueueKeys, chunk: Sequence[NewTask]) -> bytes:
                 ckey,
                 len(climit),
                 climit,
+                len(function),
+                function,
             )
         )
     return b"".join(parts)
@@ -282,6 +287,17 @@ class Wire:
         """Take no more calls; return the client for ``shutdown``."""
         client, self.client = self.client, None
         return client
+
+    def abandon(self) -> None:
+        """Drop the client, its connections and the calls waiting in a batch without any I/O
+        (their event loop has ended and can no longer run them); ``open`` starts afresh."""
+        self.client = None
+        self._pool = None
+        self._direct = None
+        self._direct_busy = False
+        self._slots = None
+        self._batch = None
+        self._batch_tasks = set()
 
     async def shutdown(self, client: Any) -> None:
         """End the calls still waiting in a batch and close ``client`` (from ``detach``)."""

@@ -43,24 +43,30 @@ import inspect
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from sitq.backends import redact_url, require
 from sitq.backends._options import Convert, UrlOptions, as_bool, as_int, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
-from sitq.backends.base import Backend
+from sitq.backends.base import STATUS_CODE, Backend
 from sitq.backends.redis._index import IdIndex
-from sitq.backends.redis._keys import PREFIX, QueueKeys, queue_keys
+from sitq.backends.redis._keys import PREFIX, QueueKeys, queue_keys, workers_key
+from sitq.backends.redis._listing import merge_pages, queue_page
 from sitq.backends.redis._pubsub import Listener
 from sitq.backends.redis._records import (
     LEASE_STATES,
+    LIST_FIELDS,
     SNAPSHOT_FIELDS,
     crons,
+    progress_args,
+    read_after,
     read_claim,
     settle_args,
     snapshot,
+    worker_record,
+    workers,
 )
 from sitq.backends.redis._scripts import SCRIPTS, evalsha
 from sitq.backends.redis._wire import Command, Raw, Wire, encode_enqueue, raise_errors
@@ -73,9 +79,14 @@ from sitq.models import (
     Finish,
     LeaseState,
     NewTask,
+    Progress,
     QueueStats,
+    RequeueOutcome,
     Settlement,
+    SnapshotPage,
     TaskSnapshot,
+    TaskStatus,
+    WorkerRecord,
 )
 
 _ENQUEUE_CHUNK = 100
@@ -84,6 +95,10 @@ _RANK_LEN = 34
 _MAX_PARK = 1000
 # A claim on several queues plans again when a queue's share was parked instead of taken.
 _CLAIM_ROUNDS = 4
+# The most tasks one purge script deletes (the caller repeats).
+_PURGE_BATCH = 1000
+# The requeue script's answer per task, a digit: its index here.
+_REQUEUE_OUTCOMES = (RequeueOutcome.NOT_FOUND, RequeueOutcome.REFUSED, RequeueOutcome.REQUEUED)
 
 
 def _millis(seconds: float) -> int:
@@ -225,6 +240,7 @@ class RedisBackend(Backend):
         self._work_prefix = f"{prefix}:work:"
         # One slot for all cron schedules (and the records of their compare-and-sets).
         self._crons = f"{prefix}:{{{prefix}:crons}}"
+        self._workers = workers_key(prefix)
         self._changes = ChangeSignal()
         self._waiters = ResultWaiters()
         # When the last single-queue claim found the next task due (time.monotonic()).
@@ -236,7 +252,7 @@ class RedisBackend(Backend):
             done_prefix=self._done_prefix,
             work_prefix=self._work_prefix,
             on_work=self._on_work,
-            on_done=self._waiters.finished,
+            on_done=self._on_done,
             on_gap=self._signal_all,
         )
 
@@ -306,6 +322,15 @@ class RedisBackend(Backend):
             ) from exc
         await self._wire.open(client)
 
+    def detach(self) -> None:
+        """Drop the client, its connections, the pub/sub listener and every waiter of an event
+        loop that has ended, without any I/O; the next ``connect()`` opens new ones."""
+        self._wire.abandon()
+        self._listener.abandon()
+        self._changes = ChangeSignal()
+        self._waiters = ResultWaiters()
+        self._due_hint = None
+
     async def close(self) -> None:
         """Close the connections and the pub/sub listener; wake every waiter. Idempotent."""
         client = self._wire.detach()
@@ -322,6 +347,9 @@ class RedisBackend(Backend):
 
     def _on_work(self) -> None:
         self._changes.signal()
+
+    def _on_done(self, task_ids: Iterable[str]) -> None:
+        self._waiters.finished(task_ids)
 
     def _poll_cap(self) -> float:
         """The longest a waiter goes without re-reading the store (a push may be missed)."""
@@ -415,6 +443,7 @@ class RedisBackend(Backend):
                         repr(float(t.result_ttl)),
                         t.concurrency_key or b"",
                         b"" if t.concurrency_limit is None else t.concurrency_limit,
+                        t.function,
                     ]
                 keys = [k.ready, k.sched, k.seq, k.done_s, k.done_f, k.done_c]
                 commands.append(evalsha("enqueue", keys, args))
@@ -479,7 +508,17 @@ class RedisBackend(Backend):
             commands.append(
                 evalsha(
                     "claim",
-                    [k.ready, k.sched, k.leases, k.seq, f"{k.claims}{request}", k.ck],
+                    [
+                        k.ready,
+                        k.sched,
+                        k.leases,
+                        k.seq,
+                        f"{k.claims}{request}",
+                        k.ck,
+                        k.sl,
+                        k.pk,
+                        k.run,
+                    ],
                     [k.task, n, repr(lease), worker_id, k.work, _MAX_PARK],
                 )
             )
@@ -496,8 +535,8 @@ class RedisBackend(Backend):
                 due_at = min(due_at, float(reply[2]) - now)
             if reply[3]:
                 parked = True
-            for j in range(4, len(reply), 4):
-                claim, etas[claim.task_id] = read_claim(queue, reply[j : j + 4], now)
+            for j in range(4, len(reply), 5):
+                claim, etas[claim.task_id] = read_claim(queue, reply[j : j + 5], now)
                 self._index.remember(claim.task_id, queue)
                 claims.append(claim)
         if hint:
@@ -508,7 +547,9 @@ class RedisBackend(Backend):
         commands = []
         for queue in queues:
             k = self._queue_keys(queue)
-            commands.append(evalsha("peek", [k.ready, k.sched, k.leases, k.seq], [k.task, limit]))
+            commands.append(
+                evalsha("peek", [k.ready, k.sched, k.leases, k.seq, k.sl], [k.task, limit])
+            )
         replies = await self._wire.exec(commands)
         raise_errors(replies)
         counts: dict[str, int] = {}
@@ -544,7 +585,7 @@ class RedisBackend(Backend):
             args: list[Any] = [k.task, repr(lease)]
             for i in indices:
                 args += [claims[i].task_id, claims[i].fencing_token]
-            commands.append(evalsha("extend", [k.leases, k.ck], args))
+            commands.append(evalsha("extend", [k.leases, k.ck, k.run], args))
         replies = await self._wire.exec(commands)
         raise_errors(replies)
         states = [LeaseState.LOST] * len(claims)
@@ -584,6 +625,12 @@ class RedisBackend(Backend):
                         k.done_c,
                         f"{k.settles}{request}",
                         k.ck,
+                        k.sl,
+                        k.pk,
+                        k.run,
+                        k.fin_s,
+                        k.fin_f,
+                        k.fin_c,
                     ],
                     args,
                 )
@@ -628,7 +675,7 @@ class RedisBackend(Backend):
             [
                 evalsha(
                     "cancel",
-                    [k.ready, k.sched, k.done_c, k.ck],
+                    [k.ready, k.sched, k.done_c, k.ck, k.sl, k.pk, k.fin_c],
                     [k.task, task_id, self._done_prefix, k.work],
                 )
             ],
@@ -724,7 +771,11 @@ class RedisBackend(Backend):
                 break
             k = self._queue_keys(queue)
             (reply,) = await self._wire.exec(
-                [evalsha("purge", [k.done_s, k.done_f, k.done_c], [left])]
+                [
+                    evalsha(
+                        "purge", [k.done_s, k.done_f, k.done_c, k.fin_s, k.fin_f, k.fin_c], [left]
+                    )
+                ]
             )
             raise_errors([reply])
             removed += [(queue, bytes(i).decode()) for i in reply]
@@ -754,6 +805,161 @@ class RedisBackend(Backend):
             if any(counts):
                 out.append(QueueStats(queue, *counts))
         return out
+
+    # -- inspection and operator actions ----------------------------------------------------
+
+    async def list_tasks(
+        self, status: TaskStatus, queue: str | None, limit: int, after: str | None, now: float
+    ) -> SnapshotPage:
+        """A page from each queue's listing index (pending: ``ready``, ``sl`` and ``pk``
+        merged by rank; running: ``run``; finished: the status's ``fin`` set), one script per
+        queue in one round trip, merged (see ``_listing``). A task stored before these
+        indexes existed is listed once a step of this version has indexed it (see
+        ``_keys``)."""
+        self._check()
+        queues = [queue] if queue is not None else await self._queues()
+        if not queues or limit <= 0:
+            return SnapshotPage([], None)
+        scored = status is not TaskStatus.PENDING
+        position, task_id = ("", "") if after is None else read_after(after, scored)
+        cap = 2 * limit + 100
+        commands = []
+        for name in queues:
+            k = self._queue_keys(name)
+            if not scored:
+                commands.append(
+                    evalsha(
+                        "list_pending",
+                        [k.ready, k.sl, k.pk],
+                        [k.task, limit, cap, position, *LIST_FIELDS],
+                    )
+                )
+                continue
+            index = {
+                TaskStatus.RUNNING: k.run,
+                TaskStatus.SUCCESS: k.fin_s,
+                TaskStatus.FAILED: k.fin_f,
+                TaskStatus.CANCELLED: k.fin_c,
+            }[status]
+            code = STATUS_CODE[status]
+            commands.append(
+                evalsha(
+                    "list_scored",
+                    [index],
+                    [k.task, limit, cap, code, position, task_id, *LIST_FIELDS],
+                )
+            )
+        replies = await self._wire.exec(commands)
+        raise_errors(replies)
+        pages = [queue_page(name, reply) for name, reply in zip(queues, replies, strict=True)]
+        return merge_pages(pages, limit, scored)
+
+    async def requeue(self, task_ids: Sequence[str], now: float) -> list[RequeueOutcome]:
+        """One script per queue (named by the id index), in one round trip: each failed or
+        cancelled task with its payload becomes pending with a new rank, atomically."""
+        self._check()
+        if not task_ids:
+            return []
+        where = await self._index.lookup_many(task_ids)
+        groups: dict[str, list[int]] = {}
+        for i, task_id in enumerate(task_ids):
+            queue = where.get(task_id)
+            if queue is not None:
+                groups.setdefault(queue, []).append(i)
+        commands = []
+        for queue, indices in groups.items():
+            k = self._queue_keys(queue)
+            commands.append(
+                evalsha(
+                    "requeue_tasks",
+                    [k.ready, k.sched, k.leases, k.seq, k.sl, k.done_f, k.done_c, k.fin_f, k.fin_c],
+                    [k.task, k.work, *(task_ids[i] for i in indices)],
+                )
+            )
+        # Not retried: a requeue that ran twice would report "refused" for what it requeued.
+        replies = await self._wire.exec(commands, retry=False)
+        raise_errors(replies)
+        outcomes = [RequeueOutcome.NOT_FOUND] * len(task_ids)
+        for (queue, indices), reply in zip(groups.items(), replies, strict=True):
+            for i, code in zip(indices, bytes(reply), strict=True):
+                outcomes[i] = _REQUEUE_OUTCOMES[code - 48]
+                if code == 50:  # b"2"
+                    self._index.remember(task_ids[i], queue)
+        return outcomes
+
+    async def purge_tasks(self, queue: str, status: TaskStatus, limit: int) -> int:
+        """Delete up to ``limit`` tasks of the queue in ``status`` with one bounded script
+        (never a running task), then drop their id index entries."""
+        self._check()
+        if status is TaskStatus.RUNNING or limit <= 0:
+            return 0
+        k = self._queue_keys(queue)
+        keys = [k.ready, k.sched, k.sl, k.pk, k.ck]
+        if status is TaskStatus.SUCCESS:
+            keys += [k.done_s, k.fin_s]
+        elif status is TaskStatus.FAILED:
+            keys += [k.done_f, k.fin_f]
+        elif status is TaskStatus.CANCELLED:
+            keys += [k.done_c, k.fin_c]
+        batch = min(limit, _PURGE_BATCH)
+        while True:
+            # Not retried: a purge that ran twice would delete more than it reports.
+            (reply,) = await self._wire.exec(
+                [
+                    evalsha(
+                        "purge_tasks", keys, [k.task, STATUS_CODE[status], batch, 2 * batch + 100]
+                    )
+                ],
+                retry=False,
+            )
+            raise_errors([reply])
+            removed = [(queue, bytes(i).decode()) for i in reply[2:]]
+            if removed:
+                await self._index.unindex(removed, cluster=self.cluster)
+            deleted = int(reply[1])
+            # Only stale entries were met: read on (each call removes what it looked at).
+            if deleted or bytes(reply[0]) == b"0":
+                return deleted
+
+    async def save_progress(self, updates: Sequence[Progress]) -> None:
+        """Store progress fenced by each claim's token, one script per queue, one round trip."""
+        self._check()
+        if not updates:
+            return
+        where = await self._index.locate(u.claim.task_id for u in updates)
+        groups: dict[str, list[Progress]] = {}
+        for update in updates:
+            queue = where.get(update.claim.task_id)
+            if queue is not None:
+                groups.setdefault(queue, []).append(update)
+        commands = []
+        for queue, items in groups.items():
+            k = self._queue_keys(queue)
+            commands.append(evalsha("progress", [k.leases], [k.task, *progress_args(items)]))
+        raise_errors(await self._wire.exec(commands))
+
+    async def put_worker(self, record: WorkerRecord) -> None:
+        """Set the worker's field of the worker records hash."""
+        self._check()
+        (reply,) = await self._wire.exec(
+            [("HSET", self._workers, record.worker_id, worker_record(record))]
+        )
+        raise_errors([reply])
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete the worker's field of the worker records hash."""
+        self._check()
+        (reply,) = await self._wire.exec([("HDEL", self._workers, worker_id)])
+        raise_errors([reply])
+
+    async def list_workers(self, now: float) -> list[WorkerRecord]:
+        """The unexpired records (one script, which deletes the expired ones)."""
+        self._check()
+        (reply,) = await self._wire.exec(
+            [evalsha("workers_list", [self._workers], [repr(float(now))])]
+        )
+        raise_errors([reply])
+        return workers(reply)
 
     # -- cron -------------------------------------------------------------------------------
 

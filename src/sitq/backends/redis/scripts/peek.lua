@@ -1,5 +1,6 @@
--- KEYS: ready, sched, leases, seq. ARGV: task key prefix, limit.
+-- KEYS: ready, sched, leases, seq, sl. ARGV: task key prefix, limit.
 -- Returns: number of expired leases (up to limit), then the first `limit` ready members.
+SL = KEYS[5]
 local now = now_s()
 promote(now)
 local limit = tonumber(ARGV[2])

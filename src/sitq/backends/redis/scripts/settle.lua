@@ -1,4 +1,5 @@
--- KEYS: ready, sched, leases, seq, done:s, done:f, done:c, settle record (per request), ck
+-- KEYS: ready, sched, leases, seq, done:s, done:f, done:c, settle record (per request), ck,
+--       sl, pk, run, fin:s, fin:f, fin:c
 -- ARGV: task key prefix, work channel, done channel prefix, then entries:
 --   F id fence status(2|3|4) value error traceback ttl   (optional values: '' or '=' .. data)
 --   R id fence eta error traceback
@@ -7,8 +8,13 @@
 -- The settle record keeps the request's answer for 10 s, so a retry whose first reply was lost
 -- gets the same answer (a new request with the same settlements is refused, as it must be).
 -- Settling a keyed task frees its slot: parked tasks of its key go back to `ready` if they now
--- fit, and idle workers are woken.
+-- fit, and idle workers are woken. A settled task leaves `run`; a finished one enters the
+-- `fin` set of its status, scored by -finished_at, and only a success drops its payload (a
+-- failed task may be requeued). Progress is kept until the next claim (snapshots show it only
+-- while the task runs), except that a finish drops it.
 CK = KEYS[9]
+SL = KEYS[10]
+PK = KEYS[11]
 local previous = redis.call('GET', KEYS[8])
 if previous then
   -- a retry of a request that ran: its answer again, nothing applied twice
@@ -32,6 +38,7 @@ while i <= #ARGV do
   local tk = ARGV[1] .. id
   local h = redis.call('HMGET', tk, 'st', 'fence', 'pri', 'eta', 'ck')
   local ok = h[1] == '1' and h[2] == ARGV[i + 2]
+  if ok then redis.call('ZREM', KEYS[12], id) end
   if ok and h[5] then
     redis.call('ZREM', CK .. ':r:' .. h[5], id)
     keys[h[5]] = true
@@ -44,10 +51,15 @@ while i <= #ARGV do
       opt(tk, 'v', ARGV[i + 4])
       opt(tk, 'err', ARGV[i + 5])
       opt(tk, 'tb', ARGV[i + 6])
-      redis.call('HDEL', tk, 'pl', 'lu', 'wid')
+      if code == 2 then
+        redis.call('HDEL', tk, 'pl', 'lu', 'wid', 'pg', 'pm')
+      else
+        redis.call('HDEL', tk, 'lu', 'wid', 'pg', 'pm')
+      end
       redis.call('ZREM', KEYS[3], id)
       redis.call('PEXPIREAT', tk, string.format('%d', math.ceil(ex * 1000)))
       redis.call('ZADD', KEYS[3 + code], ex, id)
+      redis.call('ZADD', KEYS[11 + code], -now, id)
       redis.call('PUBLISH', ARGV[3] .. id, ARGV[i + 3])
     end
     i = i + 8
