@@ -32,6 +32,7 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import sqlite3
@@ -385,6 +386,21 @@ class SQLiteBackend(Backend):
         except sqlite3.Error:
             return None
         return fast
+
+    def detach(self) -> None:
+        """Close the connections of an event loop that has ended (closing a SQLite connection
+        is a local call, so nothing is left open), ready for ``connect()`` on the next one."""
+        conn, thread, fast, watch = self._conn, self._thread, self._fast, self._watch
+        self._conn = self._thread = self._fast = self._watch = self._echo = None
+        self._changes = ChangeSignal()
+        for closing in (fast, conn):
+            if closing is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    closing.close()
+        if watch is not None:
+            watch.close()
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     async def close(self) -> None:
         """Close the file and wake every waiter. Idempotent."""
