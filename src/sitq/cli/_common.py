@@ -61,13 +61,16 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: int = 1) -> None:
-    """Rows under a header, columns aligned (from column ``numeric`` on, right-aligned)."""
+def print_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
+) -> None:
+    """Rows under a header, columns aligned; the columns numbered in ``right`` (counts) are
+    right-aligned."""
     table = [list(header), *[list(r) for r in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for row in table:
         cells = [
-            cell.ljust(w) if i < numeric else cell.rjust(w)
+            cell.rjust(w) if i in right else cell.ljust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())

@@ -82,7 +82,7 @@ async def info(args: argparse.Namespace) -> int:
         (s.pending, s.scheduled, s.running, s.succeeded, s.failed, s.cancelled) for s in stats
     ]
     rows = [(s.queue, *(str(n) for n in c)) for s, c in zip(stats, counts, strict=True)]
-    print_table(header, rows)
+    print_table(header, rows, right=range(1, len(header)))
     if not stats:
         print("(no tasks)")
     print()
@@ -136,7 +136,7 @@ async def tasks(args: argparse.Namespace) -> int:
             for i in found
         ]
         print_table(
-            ("task", "status", "queue", "function", "tries", "when", "detail"), rows, numeric=4
+            ("task", "status", "queue", "function", "tries", "when", "detail"), rows, right=(4,)
         )
         if not found:
             print("(no tasks)")
@@ -189,7 +189,7 @@ async def workers(args: argparse.Namespace) -> int:
     print_table(
         ("worker", "kind", "queues", "concurrency", "running", "processed", "failed", "seen"),
         rows,
-        numeric=3,
+        right=(3, 4, 5, 6),
     )
     if not found:
         print("(no workers)")
