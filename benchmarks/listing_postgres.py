@@ -26,9 +26,9 @@ round, after one untimed call; the rounds alternate the stores; the figure is th
 the round medians, in milliseconds. The table also gives the shared buffers each page's
 statement touched (``EXPLAIN (ANALYZE, BUFFERS)``, a measure of cost that ignores the machine's
 noise) and the plan check: the indexes the plan reads, and a failure if it has a sequential
-scan, or a sort of more rows than the merged per-queue pages can hold, in the custom plan or
-in the generic plan (``plan_cache_mode = force_generic_plan``: the plan a prepared statement
-keeps after five runs).
+scan, a sort of more rows than the merged per-queue pages can hold, or JIT compilation, in
+the custom plan or in the generic plan (``plan_cache_mode = force_generic_plan``: the plan
+a prepared statement keeps after five runs).
 
 Speed is measured here and only here; the test suite asserts no timings.
 """
@@ -200,7 +200,10 @@ async def explain(store: Store, status: TaskStatus, queue: str | None, after: st
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"SET plan_cache_mode = {mode}")
             text = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
-            plan = json.loads(text)[0]["Plan"]
+            explained = json.loads(text)[0]
+            if "JIT" in explained:
+                out["problems"].append(f"{mode}: JIT compilation")
+            plan = explained["Plan"]
             for node in _walk(plan):
                 kind = node["Node Type"]
                 if "Index Name" in node:
