@@ -50,7 +50,8 @@ class WorkerProcess:
     """A worker in its own process, driven over stdin."""
 
     def __init__(self, url: str, kind: str = "async", concurrency: int = 10) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # This checkout's sitq, not whichever one the interpreter has installed.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks._worker", url, kind, str(concurrency)],
             stdin=subprocess.PIPE,
