@@ -15,7 +15,11 @@ Design:
   Settling a keyed task notifies its queue's work channel, so a waiting worker takes the freed
   slot.
 * Cron schedules (``crons``) and locks (``locks``, expiry by the server's ``now()``) are one
-  row each, changed by single conditional statements.
+  row each, changed by single conditional statements; so are worker records (``workers``).
+* Operator steps: a listing page is one statement through an index per kind of state
+  (``listing.py``, migrations/0003_operating.sql); a requeue moves a failed or cancelled
+  result, which keeps its payload, back to ``tasks`` in one statement that notifies the work
+  channel; progress is stored on the running row, fenced by the claim's token.
 * Leases and ``enqueued_at``/``started_at``/``finished_at`` use the server's clock, so workers on
   hosts with skewed clocks agree on who holds a task.
 * The statements that make tasks due ``NOTIFY`` a work channel, and those that finish tasks a
