@@ -159,11 +159,33 @@ async def test_postgres_store_is_upgraded_to_the_fresh_schema(
                 row["payload"],
                 row["options"],
             )
+            # A task whose worker was lost (its lease long expired) and a failed result.
+            await conn.execute(
+                f'INSERT INTO "{old}".tasks (id, queue, state, priority, payload, options,'
+                " result_ttl, attempts, fence, lease_until, worker_id, started_at)"
+                " VALUES ('old-running', 'default', 1, 0, $1, $2, 3600, 1, 1, 0, 'lost', 0)",
+                row["payload"],
+                row["options"],
+            )
+            await conn.execute(
+                f'INSERT INTO "{old}".results (id, queue, status, attempts, enqueued_at, eta,'
+                " finished_at, expires_at, error) VALUES ('old-failed', 'default', 3, 1, 0, 0,"
+                " 1, 'Infinity', 'ValueError: before')"
+            )
         assert await _pg_schema(conn, old) != await _pg_schema(conn, fresh)
 
         async with TaskQueue(with_query(dsn, schema=old)) as queue:
             assert await _pg_schema(conn, old) == await _pg_schema(conn, fresh)
+            listed = (await queue.list_tasks(status="failed")).tasks
+            assert [(i.task_id, i.function, i.error) for i in listed] == [
+                ("old-failed", "", "ValueError: before")
+            ]
+            # Stored before results kept payloads: it cannot run again.
+            assert await queue.requeue("old-failed") is False
             async with AsyncWorker(queue.backend, poll_interval=0.2):
                 assert await queue.get_value("old", timeout=20) == 5
+                assert await queue.get_value("old-running", timeout=20) == 5
+            info = await queue.get_task("old-running")
+            assert info is not None and info.attempts == 2 and info.worker_id is None
     finally:
         await conn.close()

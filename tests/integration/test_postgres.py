@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 
 from sitq import AsyncWorker, BackendError, PostgresBackend, TaskQueue, TaskStatus
-from sitq.models import CancelOutcome, Claim, ClaimRef, Finish, LeaseState, NewTask, Release
+from sitq.models import (
+    CancelOutcome,
+    Claim,
+    ClaimRef,
+    Finish,
+    LeaseState,
+    NewTask,
+    Progress,
+    Release,
+)
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, drop_postgres_schema, wait_until, with_query
 from tests.services import postgres_dsn, require, require_module
@@ -620,3 +629,67 @@ async def test_cancel_waiting_on_a_claim_flags_the_running_task(pg_url: str) -> 
         assert await backend.extend_lease([ClaimRef("t", 1)], 30) == [LeaseState.CANCEL_REQUESTED]
     finally:
         await backend.close()
+
+
+def _failed(claim: Claim) -> Finish:
+    now = time.time()
+    return Finish(
+        claim=claim.ref,
+        status=TaskStatus.FAILED,
+        value=None,
+        error="ValueError: x",
+        traceback=None,
+        finished_at=now,
+        expires_at=now + 60,
+    )
+
+
+async def test_requeue_wakes_the_workers_of_the_task_queue(pg_url: str) -> None:
+    """A requeue notifies the work channel with the task's queue, as an enqueue does, so an
+    idle worker claims it at once rather than at its next fallback poll."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    async with _backends(pg_url, 1) as (backend,), conn_batch(postgres_dsn()) as conn:
+        await backend.enqueue([_new("t", queue="rq")])
+        (claim,) = await backend.claim(["rq"], 1, "w", 30)
+        assert await backend.settle([_failed(claim)]) == [True]
+        await conn.add_listener(
+            f"sitq_work_{_schema(pg_url)}", lambda *args: heard.put_nowait(args[3])
+        )
+        await backend.enqueue([_new("other", queue="elsewhere")])
+        assert await asyncio.wait_for(heard.get(), 10) == "elsewhere"
+        assert [o.value for o in await backend.requeue(["t"], time.time())] == ["requeued"]
+        assert await asyncio.wait_for(heard.get(), 10) == "rq"
+
+
+async def test_a_claim_from_before_a_requeue_stays_stale(pg_url: str) -> None:
+    """A requeued task's fencing tokens go on from where they were: a worker that lost its
+    claim before the task failed cannot extend, progress or settle a claim after the requeue."""
+    async with _backends(pg_url, 1) as (backend,):
+        await backend.enqueue([_new("t")])
+        (lost,) = await backend.claim(["q"], 1, "w1", 0.05)
+        async with conn_batch(postgres_dsn()) as conn:
+
+            async def expired() -> bool:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT lease_until <= extract(epoch FROM clock_timestamp()) "
+                        f'FROM "{_schema(pg_url)}".tasks WHERE id = $1',
+                        "t",
+                    )
+                )
+
+            await wait_until(expired, timeout=10, message="the first lease to run out")
+        (second,) = await backend.claim(["q"], 1, "w2", 30)
+        assert await backend.settle([_failed(second)]) == [True]
+        assert [o.value for o in await backend.requeue(["t"], time.time())] == ["requeued"]
+        (third,) = await backend.claim(["q"], 1, "w3", 30)
+        assert third.fencing_token > second.fencing_token > lost.fencing_token
+        assert await backend.extend_lease([lost.ref], 30) == [LeaseState.LOST]
+        await backend.save_progress([Progress(lost.ref, 0.9, "stale")])
+        snap = await backend.get_task("t")
+        assert snap is not None and (snap.progress, snap.progress_message) == (None, None)
+        await backend.save_progress([Progress(third.ref, 0.5, "half")])
+        assert await backend.settle([Release(lost.ref)]) == [False]
+        snap = await backend.get_task("t")
+        assert snap is not None and snap.worker_id == "w3" and snap.attempts == 1
+        assert (snap.progress, snap.progress_message) == (0.5, "half")

@@ -9,10 +9,10 @@
 -- name: enqueue_fresh_one
 WITH ins AS (
     INSERT INTO "{schema}".tasks (id, queue, priority, eta, payload, options, enqueued_at,
-                           result_ttl, concurrency_key, concurrency_limit)
+                           result_ttl, concurrency_key, concurrency_limit, function)
     VALUES ($1, $2, $3,
             CASE WHEN $10 THEN (extract(epoch FROM clock_timestamp())::float8) ELSE $4 END,
-            $5, $6, (extract(epoch FROM clock_timestamp())::float8), $7, $8, $9)
+            $5, $6, (extract(epoch FROM clock_timestamp())::float8), $7, $8, $9, $11)
     RETURNING id
 )
 SELECT id, pg_notify('sitq_work_{schema}', $2) FROM ins;
@@ -20,16 +20,17 @@ SELECT id, pg_notify('sitq_work_{schema}', $2) FROM ins;
 -- name: enqueue_fresh
 WITH ins AS (
     INSERT INTO "{schema}".tasks (id, queue, priority, eta, payload, options, enqueued_at,
-                           result_ttl, concurrency_key, concurrency_limit)
+                           result_ttl, concurrency_key, concurrency_limit, function)
     SELECT x.id, x.queue, x.priority,
            CASE WHEN x.immediate THEN (extract(epoch FROM clock_timestamp())::float8)
                 ELSE x.eta END,
            x.payload, x.options,
-           (extract(epoch FROM clock_timestamp())::float8), x.result_ttl, x.ckey, x.climit
+           (extract(epoch FROM clock_timestamp())::float8), x.result_ttl, x.ckey, x.climit,
+           x.function
     FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::bytea[],
-                $6::text[], $7::float8[], $8::text[], $9::int[], $10::bool[])
+                $6::text[], $7::float8[], $8::text[], $9::int[], $10::bool[], $11::text[])
         AS x(id, queue, priority, eta, payload, options, result_ttl, ckey, climit,
-             immediate)
+             immediate, function)
     RETURNING id, queue
 ),
 notified AS (
@@ -40,7 +41,7 @@ SELECT id FROM ins UNION ALL SELECT NULL FROM notified;
 -- name: enqueue
 SELECT * FROM "{schema}".enqueue_ids($1::text[], $2::text[], $3::int[], $4::float8[],
                               $5::bytea[], $6::text[], $7::float8[], $8::text[],
-                              $9::int[], $10::bool[]);
+                              $9::int[], $10::bool[], $11::text[]);
 
 -- name: claim_one
 -- Claims and lease extensions commit without waiting for the WAL flush: if the server
@@ -83,16 +84,16 @@ chosen AS (
 claimed AS (
     UPDATE "{schema}".tasks t SET state = 1, attempts = t.attempts + 1,
         fence = t.fence + 1, lease_until = now.t + $3, worker_id = $4,
-        started_at = now.t
+        started_at = now.t, progress = NULL, progress_message = NULL
     FROM chosen, now WHERE t.id = chosen.id
     RETURNING t.id, t.queue, t.payload, t.options, t.priority, t.fence, t.attempts,
               t.retries, t.enqueued_at, t.result_ttl, t.cancel_requested, t.eta,
-              t.seq, now.t AS now, false AS keyed
+              t.seq, now.t AS now, false AS keyed, t.function
 )
 SELECT * FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, true FROM keyed WHERE keyed.found;
+       NULL, true, NULL FROM keyed WHERE keyed.found;
 
 -- name: claim_many
 WITH now AS (
@@ -128,16 +129,16 @@ chosen AS (
 claimed AS (
     UPDATE "{schema}".tasks t SET state = 1, attempts = t.attempts + 1,
         fence = t.fence + 1, lease_until = now.t + $3, worker_id = $4,
-        started_at = now.t
+        started_at = now.t, progress = NULL, progress_message = NULL
     FROM chosen, now WHERE t.id = chosen.id
     RETURNING t.id, t.queue, t.payload, t.options, t.priority, t.fence, t.attempts,
               t.retries, t.enqueued_at, t.result_ttl, t.cancel_requested, t.eta,
-              t.seq, now.t AS now, false AS keyed
+              t.seq, now.t AS now, false AS keyed, t.function
 )
 SELECT * FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, true FROM keyed WHERE keyed.found;
+       NULL, true, NULL FROM keyed WHERE keyed.found;
 
 -- name: claim_keyed
 SELECT * FROM "{schema}".claim_keyed($1::text[], $2, $3, $4);
@@ -162,21 +163,29 @@ moved AS (
     DELETE FROM "{schema}".tasks t USING fin_in i
     WHERE t.id = i.id AND t.fence = i.fence AND t.state = 1
     RETURNING t.id, t.fence, t.queue, t.attempts, t.enqueued_at, t.eta, t.started_at,
-              t.concurrency_key
+              t.concurrency_key, t.concurrency_limit, t.priority, t.function, t.result_ttl,
+              -- A success drops what a requeue would need; a failure keeps it.
+              CASE WHEN i.status = 2 THEN NULL ELSE t.payload END AS payload,
+              CASE WHEN i.status = 2 THEN NULL ELSE t.options END AS options
 ),
 finished AS (
-    INSERT INTO "{schema}".results (id, queue, status, attempts, enqueued_at, eta,
+    INSERT INTO "{schema}".results AS r (id, queue, status, attempts, enqueued_at, eta,
                              started_at, finished_at, expires_at, value, error,
-                             traceback)
+                             traceback, function, priority, fence, payload, options,
+                             result_ttl, concurrency_key, concurrency_limit)
     SELECT m.id, m.queue, i.status, m.attempts, m.enqueued_at, m.eta, m.started_at,
-           now.t, now.t + i.ttl, i.value, i.error, i.traceback
+           now.t, now.t + i.ttl, i.value, i.error, i.traceback, m.function, m.priority,
+           m.fence, m.payload, m.options, m.result_ttl, m.concurrency_key,
+           m.concurrency_limit
     FROM moved m JOIN fin_in i ON i.id = m.id AND i.fence = m.fence, now
-    ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, status = excluded.status,
-        attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
-        eta = excluded.eta, started_at = excluded.started_at,
-        finished_at = excluded.finished_at, expires_at = excluded.expires_at,
-        value = excluded.value, error = excluded.error,
-        traceback = excluded.traceback
+    ON CONFLICT (id) DO UPDATE SET (queue, status, attempts, enqueued_at, eta, started_at,
+        finished_at, expires_at, value, error, traceback, function, priority, fence,
+        payload, options, result_ttl, concurrency_key, concurrency_limit)
+      = ROW(excluded.queue, excluded.status, excluded.attempts, excluded.enqueued_at,
+        excluded.eta, excluded.started_at, excluded.finished_at, excluded.expires_at,
+        excluded.value, excluded.error, excluded.traceback, excluded.function,
+        excluded.priority, excluded.fence, excluded.payload, excluded.options,
+        excluded.result_ttl, excluded.concurrency_key, excluded.concurrency_limit)
     RETURNING id
 ),
 rescheduled AS (
@@ -215,19 +224,28 @@ UNION ALL SELECT 'n', NULL, NULL FROM work_note;
 WITH now AS (SELECT (extract(epoch FROM clock_timestamp())::float8) AS t),
 pending AS (
     DELETE FROM "{schema}".tasks WHERE id = $1 AND state = 0
-    RETURNING id, queue, attempts, enqueued_at, eta, started_at, result_ttl
+    RETURNING id, queue, attempts, enqueued_at, eta, started_at, result_ttl, function,
+              priority, fence, payload, options, concurrency_key, concurrency_limit
 ),
 cancelled AS (
+    -- The payload stays, so that a requeue can run the task after all.
     INSERT INTO "{schema}".results (id, queue, status, attempts, enqueued_at, eta,
-                             started_at, finished_at, expires_at, error)
+                             started_at, finished_at, expires_at, error, function,
+                             priority, fence, payload, options, result_ttl,
+                             concurrency_key, concurrency_limit)
     SELECT p.id, p.queue, 4, p.attempts, p.enqueued_at, p.eta, p.started_at, now.t,
-           now.t + p.result_ttl, 'cancelled before it started'
+           now.t + p.result_ttl, 'cancelled before it started', p.function, p.priority,
+           p.fence, p.payload, p.options, p.result_ttl, p.concurrency_key,
+           p.concurrency_limit
     FROM pending p, now
-    ON CONFLICT (id) DO UPDATE SET status = 4, queue = excluded.queue,
-        attempts = excluded.attempts, enqueued_at = excluded.enqueued_at,
-        eta = excluded.eta, started_at = excluded.started_at,
-        finished_at = excluded.finished_at, expires_at = excluded.expires_at,
-        value = NULL, error = excluded.error, traceback = NULL
+    ON CONFLICT (id) DO UPDATE SET (status, queue, attempts, enqueued_at, eta, started_at,
+        finished_at, expires_at, value, error, traceback, function, priority, fence,
+        payload, options, result_ttl, concurrency_key, concurrency_limit)
+      = ROW(4, excluded.queue, excluded.attempts, excluded.enqueued_at, excluded.eta,
+        excluded.started_at, excluded.finished_at, excluded.expires_at, NULL,
+        excluded.error, NULL, excluded.function, excluded.priority, excluded.fence,
+        excluded.payload, excluded.options, excluded.result_ttl,
+        excluded.concurrency_key, excluded.concurrency_limit)
     RETURNING id
 ),
 note AS (SELECT pg_notify('sitq_done_{schema}', id) FROM cancelled),
@@ -243,11 +261,12 @@ SELECT (SELECT count(*) FROM note) AS cancelled,
 
 -- name: get
 SELECT id, queue, state, attempts, enqueued_at, eta, started_at,
-       NULL::float8 AS finished_at, NULL::bytea AS value, error, traceback
+       NULL::float8 AS finished_at, NULL::bytea AS value, error, traceback, function,
+       priority, progress, progress_message, worker_id
 FROM "{schema}".tasks WHERE id = $1
 UNION ALL
 SELECT id, queue, status, attempts, enqueued_at, eta, started_at, finished_at,
-       value, error, traceback
+       value, error, traceback, function, priority, NULL, NULL, NULL
 FROM "{schema}".results
 WHERE id = $1 AND expires_at > (extract(epoch FROM clock_timestamp())::float8);
 
@@ -268,8 +287,12 @@ SELECT least(
 ) - now.t FROM now;
 
 -- name: purge
+-- Expired worker records go too ($2: the caller's clock, which wrote their expiry).
 WITH stale_locks AS (
     DELETE FROM "{schema}".locks WHERE expires_at <= now()
+),
+stale_workers AS (
+    DELETE FROM "{schema}".workers WHERE expires_at <= $2
 )
 DELETE FROM "{schema}".results WHERE id IN (
     SELECT id FROM "{schema}".results
@@ -318,3 +341,207 @@ UNION ALL
 SELECT queue, CASE status WHEN 2 THEN 'succeeded' WHEN 3 THEN 'failed'
                           ELSE 'cancelled' END, count(*)::int
 FROM "{schema}".results, now WHERE expires_at > now.t GROUP BY 1, 2;
+
+-- Listings: one page of a status, after a position ($2.. below; the first page starts
+-- from a position before every task), never reading a payload. Each statement fetches one
+-- row more than the page, to tell whether another page follows. The indexes they read are
+-- described in migrations/0003_operating.sql.
+
+-- name: list_pending_queue
+-- $1 queue, ($2 priority, $3 eta, $4 seq) the position, $5 rows. Priority runs down and
+-- due time up: the rest of the position's priority, then the lower ones, each a range of
+-- the claim indexes (unkeyed and keyed rows apart).
+SELECT p.* FROM (
+    (SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+            NULL::float8 AS finished_at, t.error, t.traceback, t.function, t.priority,
+            t.progress, t.progress_message, t.worker_id, t.seq
+     FROM "{schema}".tasks t
+     WHERE t.state = 0 AND t.concurrency_key IS NULL AND t.queue = $1::text
+       AND t.priority = $2::integer AND (t.eta, t.seq) > ($3::float8, $4::bigint)
+     ORDER BY t.priority DESC, t.eta, t.seq LIMIT $5)
+    UNION ALL
+    (SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+            NULL::float8, t.error, t.traceback, t.function, t.priority,
+            t.progress, t.progress_message, t.worker_id, t.seq
+     FROM "{schema}".tasks t
+     WHERE t.state = 0 AND t.concurrency_key IS NULL AND t.queue = $1::text
+       AND t.priority < $2::integer
+     ORDER BY t.priority DESC, t.eta, t.seq LIMIT $5)
+    UNION ALL
+    (SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+            NULL::float8, t.error, t.traceback, t.function, t.priority,
+            t.progress, t.progress_message, t.worker_id, t.seq
+     FROM "{schema}".tasks t
+     WHERE t.state = 0 AND t.concurrency_key IS NOT NULL AND t.queue = $1::text
+       AND t.priority = $2::integer AND (t.eta, t.seq) > ($3::float8, $4::bigint)
+     ORDER BY t.priority DESC, t.eta, t.seq LIMIT $5)
+    UNION ALL
+    (SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+            NULL::float8, t.error, t.traceback, t.function, t.priority,
+            t.progress, t.progress_message, t.worker_id, t.seq
+     FROM "{schema}".tasks t
+     WHERE t.state = 0 AND t.concurrency_key IS NOT NULL AND t.queue = $1::text
+       AND t.priority < $2::integer
+     ORDER BY t.priority DESC, t.eta, t.seq LIMIT $5)
+) p
+ORDER BY p.priority DESC, p.eta, p.seq LIMIT $5;
+
+-- name: list_pending_all
+-- ($1 priority, $2 eta, $3 seq) the position, $4 rows; through tasks_pending_order.
+SELECT p.* FROM (
+    (SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+            NULL::float8 AS finished_at, t.error, t.traceback, t.function, t.priority,
+            t.progress, t.progress_message, t.worker_id, t.seq
+     FROM "{schema}".tasks t
+     WHERE t.state = 0 AND t.priority = $1::integer
+       AND (t.eta, t.seq) > ($2::float8, $3::bigint)
+     ORDER BY t.priority DESC, t.eta, t.seq LIMIT $4)
+    UNION ALL
+    (SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+            NULL::float8, t.error, t.traceback, t.function, t.priority,
+            t.progress, t.progress_message, t.worker_id, t.seq
+     FROM "{schema}".tasks t
+     WHERE t.state = 0 AND t.priority < $1::integer
+     ORDER BY t.priority DESC, t.eta, t.seq LIMIT $4)
+) p
+ORDER BY p.priority DESC, p.eta, p.seq LIMIT $4;
+
+-- name: list_running_queue
+-- $1 queue, ($2 started_at, $3 seq) the position, $4 rows; through tasks_running.
+SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+       NULL::float8 AS finished_at, t.error, t.traceback, t.function, t.priority,
+       t.progress, t.progress_message, t.worker_id, t.seq
+FROM "{schema}".tasks t
+WHERE t.state = 1 AND t.queue = $1::text
+  AND (t.started_at, t.seq) > ($2::float8, $3::bigint)
+ORDER BY t.started_at, t.seq LIMIT $4;
+
+-- name: list_running_all
+-- ($1 started_at, $2 seq) the position, $3 rows: the queues with running tasks, one index
+-- probe each, then a page of each, merged.
+WITH RECURSIVE queues (q) AS (
+    (SELECT t.queue FROM "{schema}".tasks t WHERE t.state = 1 ORDER BY t.queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.queue FROM "{schema}".tasks t
+            WHERE t.state = 1 AND t.queue > queues.q ORDER BY t.queue LIMIT 1)
+    FROM queues WHERE queues.q IS NOT NULL
+)
+SELECT p.* FROM queues CROSS JOIN LATERAL (
+    SELECT t.id, t.queue, t.state, t.attempts, t.enqueued_at, t.eta, t.started_at,
+           NULL::float8 AS finished_at, t.error, t.traceback, t.function, t.priority,
+           t.progress, t.progress_message, t.worker_id, t.seq
+    FROM "{schema}".tasks t
+    WHERE t.state = 1 AND t.queue = queues.q
+      AND (t.started_at, t.seq) > ($1::float8, $2::bigint)
+    ORDER BY t.started_at, t.seq LIMIT $3
+) p
+ORDER BY p.started_at, p.seq LIMIT $3;
+
+-- name: list_finished_queue
+-- $1 queue, $2 status, ($3 finished_at, $4 id) the position, $5 rows; most recent first,
+-- through results_listing. Expired results are passed over.
+SELECT r.id, r.queue, r.status AS state, r.attempts, r.enqueued_at, r.eta, r.started_at,
+       r.finished_at, r.error, r.traceback, r.function, r.priority,
+       NULL::float8 AS progress, NULL::text AS progress_message, NULL::text AS worker_id,
+       NULL::bigint AS seq
+FROM "{schema}".results r
+WHERE r.queue = $1::text AND r.status = $2::smallint
+  AND (r.finished_at, r.id) < ($3::float8, $4::text)
+  AND r.expires_at > (extract(epoch FROM clock_timestamp())::float8)
+ORDER BY r.finished_at DESC, r.id DESC LIMIT $5;
+
+-- name: list_finished_all
+-- $1 status, ($2 finished_at, $3 id) the position, $4 rows: the queues with results, one
+-- index probe each, then a page of each, merged.
+WITH RECURSIVE queues (q) AS (
+    (SELECT r.queue FROM "{schema}".results r ORDER BY r.queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.queue FROM "{schema}".results r
+            WHERE r.queue > queues.q ORDER BY r.queue LIMIT 1)
+    FROM queues WHERE queues.q IS NOT NULL
+)
+SELECT p.* FROM queues CROSS JOIN LATERAL (
+    SELECT r.id, r.queue, r.status AS state, r.attempts, r.enqueued_at, r.eta,
+           r.started_at, r.finished_at, r.error, r.traceback, r.function, r.priority,
+           NULL::float8 AS progress, NULL::text AS progress_message,
+           NULL::text AS worker_id, NULL::bigint AS seq
+    FROM "{schema}".results r
+    WHERE r.queue = queues.q AND r.status = $1::smallint
+      AND (r.finished_at, r.id) < ($2::float8, $3::text)
+      AND r.expires_at > (extract(epoch FROM clock_timestamp())::float8)
+    ORDER BY r.finished_at DESC, r.id DESC LIMIT $4
+) p
+ORDER BY p.finished_at DESC, p.id DESC LIMIT $4;
+
+-- name: requeue
+-- Moves each failed or cancelled result that still has its payload back to tasks, due
+-- now, as a new enqueue (a new seq; attempts, retries and progress from their defaults),
+-- with its fence, and wakes the workers of its queue. The row lock of the DELETE makes
+-- each task requeue once however many callers race. Per id: whether it was requeued, and
+-- whether it was known (live, or with an unexpired result) to tell refused from unknown.
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp())::float8) AS t),
+taken AS (
+    DELETE FROM "{schema}".results r USING now
+    WHERE r.id = ANY ($1::text[]) AND r.status IN (3, 4) AND r.payload IS NOT NULL
+      AND r.expires_at > now.t
+    RETURNING r.id, r.queue, r.priority, r.payload, r.options, r.enqueued_at, r.result_ttl,
+              r.concurrency_key, r.concurrency_limit, r.function, r.fence
+),
+requeued AS (
+    INSERT INTO "{schema}".tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                           result_ttl, concurrency_key, concurrency_limit, function,
+                           fence)
+    SELECT k.id, k.queue, k.priority, now.t, k.payload, k.options, k.enqueued_at,
+           coalesce(k.result_ttl, 0), k.concurrency_key, k.concurrency_limit, k.function,
+           coalesce(k.fence, 0)
+    FROM taken k, now
+    RETURNING id, queue
+),
+notified AS (
+    SELECT pg_notify('sitq_work_{schema}', d.q) FROM (SELECT DISTINCT queue AS q FROM requeued) d
+)
+SELECT x.id, x.id IN (SELECT requeued.id FROM requeued) AS requeued,
+       EXISTS (SELECT FROM "{schema}".tasks t WHERE t.id = x.id)
+       OR EXISTS (SELECT FROM "{schema}".results r, now
+                  WHERE r.id = x.id AND r.expires_at > now.t) AS known
+FROM unnest($1::text[]) AS x(id)
+UNION ALL SELECT NULL, NULL, NULL FROM notified;
+
+-- name: purge_pending
+-- $1 queue, $2 rows. Scheduled tasks are pending too; a task claimed meanwhile is not
+-- deleted (the DELETE checks its state again).
+DELETE FROM "{schema}".tasks WHERE state = 0 AND id IN (
+    SELECT p.id FROM (
+        (SELECT t.id FROM "{schema}".tasks t
+         WHERE t.state = 0 AND t.concurrency_key IS NULL AND t.queue = $1::text LIMIT $2)
+        UNION ALL
+        (SELECT t.id FROM "{schema}".tasks t
+         WHERE t.state = 0 AND t.concurrency_key IS NOT NULL AND t.queue = $1::text LIMIT $2)
+    ) p LIMIT $2
+);
+
+-- name: purge_finished
+-- $1 queue, $2 status, $3 rows; through results_listing.
+DELETE FROM "{schema}".results WHERE id IN (
+    SELECT r.id FROM "{schema}".results r
+    WHERE r.queue = $1::text AND r.status = $2::smallint LIMIT $3
+);
+
+-- name: save_progress
+-- Fenced like a lease extension, and as lightly committed: a lost progress report is
+-- replaced by the next.
+UPDATE "{schema}".tasks t SET progress = p.value, progress_message = p.message
+FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[])
+        AS p(id, fence, value, message),
+     (SELECT set_config('synchronous_commit', 'off', true)) AS cfg
+WHERE t.id = p.id AND t.fence = p.fence AND t.state = 1;
+
+-- name: put_worker
+INSERT INTO "{schema}".workers (worker_id, data, expires_at) VALUES ($1, $2, $3)
+ON CONFLICT (worker_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at;
+
+-- name: remove_worker
+DELETE FROM "{schema}".workers WHERE worker_id = $1;
+
+-- name: list_workers
+SELECT worker_id, data, expires_at FROM "{schema}".workers WHERE expires_at > $1;
