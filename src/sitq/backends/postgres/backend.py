@@ -47,7 +47,7 @@ from sitq.backends._migrations import Migration, Migrations, load_queries, with_
 from sitq.backends._options import UrlOptions, as_int, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
 from sitq.backends.base import STATUS_CODE, Backend, stats_from_counts
-from sitq.backends.postgres.listing import ListingStatements, page_of, page_query, snapshot
+from sitq.backends.postgres._listing import ListingStatements, page_of, page_query, snapshot
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
