@@ -271,6 +271,21 @@ class PostgresBackend(Backend):
                 current, f"PostgreSQL schema {self.schema!r} is at version", run
             )
 
+    def detach(self) -> None:
+        """Forget the pool, the kept connection and the listener of an event loop that has
+        ended (their sockets close with the process), ready for ``connect()`` on this one."""
+        for conn in (self._pool, self._direct, self._listener):
+            if conn is not None:
+                with contextlib.suppress(Exception):  # the loop is closed: best effort
+                    conn.terminate()
+        self._pool = self._direct = self._listener = None
+        self._listener_task = None
+        self._background = set()
+        self._direct_busy = self._direct_opening = False
+        self._listening = asyncio.Event()
+        self._changes = ChangeSignal()
+        self._waiters = ResultWaiters()
+
     async def close(self) -> None:
         """Close the pool and the listening connection; wake every waiter. Idempotent."""
         pool, self._pool = self._pool, None
