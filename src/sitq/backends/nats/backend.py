@@ -36,6 +36,16 @@ Design:
   worker that gets it once it is ``_claim.ORPHAN_GRACE`` old) or, for a generated id nobody
   has seen, a pending record without a message. An explicit ``task_id`` is always safe to
   enqueue again.
+* **Payloads.** A pending record keeps the task's payload as its tail, with the engine's
+  options and the ``function``; a claim's record leaves them to the work message and the
+  claim's holder, which writes them back into a failed, cancelled, retried or released record
+  (a success keeps only its value). So ``cancel`` and ``requeue`` have what they need, and a
+  heartbeat never rewrites a payload.
+* **Listing.** JetStream has no secondary index: the stream ``IX_<stream>`` holds one entry
+  per task on a subject per state and queue (pending: per queue and priority), written by the
+  step that changes the task's state, and deleted by the next one; ``list_tasks`` reads a
+  subject from a sequence on (finished ones backwards) and checks each entry against its
+  record. Worker records are entries there too. See ``_index``, ``_listing``, ``_workers``.
 * **Expiry.** A finished record carries ``expires_at`` and is invisible once it has passed.
   Finishing also appends ``(key, revision, expires_at)`` to an expiry index,
   ``sitq.<stream>.x.<ttl class>``: tasks with the same ``result_ttl`` (to 10 s) expire in the order
@@ -72,7 +82,8 @@ makes) in ``_records``; the JetStream API's replies, ack subjects and per-consum
 deletes) in ``_client``; the server's clock in ``_clock``; the pull consumers, long polls and
 parked messages in ``_consumers``; the slots records of concurrency keys in ``_slots``. The
 steps: ``_enqueue``, ``_claim`` (and the claims held), ``_settle`` (leases and settlements),
-``_expiry`` (the expiry index and purge), ``_stats``, ``_cron`` and ``_locks``. This module
+``_expiry`` (the expiry index and purge), ``_stats``, ``_cron``, ``_locks``, ``_index`` (the
+listing index), ``_listing`` (listing and purging tasks), ``_requeue`` and ``_workers``. This module
 holds the backend's configuration, its life cycle, cancel and the reads and waits.
 """
 
