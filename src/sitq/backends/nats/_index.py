@@ -49,6 +49,7 @@ _LETTER: Final = {
     TaskStatus.CANCELLED: "c",
 }
 _FETCH: Final = 256
+_SPLIT: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +300,8 @@ class Index:
         before sequence ``before`` (``None``: the end), most recent first.
 
         A consumer only reads forward, but its ``num_pending`` counts the entries from its
-        start: the window read is widened or narrowed until it holds about ``count`` entries
-        (a few counting round trips), so a page reads about a page of entries.
+        start: the start of the window read is searched for with counts (eight per round trip)
+        until the window holds at most two pages, so a page reads at most two pages of entries.
         """
         first, last = await self.bounds()
         if not last or (before is not None and before <= first):
@@ -318,21 +319,21 @@ class Index:
             total = base[1] - above
             if total <= 0:
                 return []
-            # The narrowest window found that still holds ``count`` entries: at first all.
-            name, inside = base[0], total
-            width = max(int((top - first) * count * 2 / total), count)
-            for _ in range(6):
-                if inside <= 4 * count:
-                    break
-                guess = max(top - width, first)
-                ((probe, pending),) = await self._consumers(subject, [guess])
-                names.append(probe)
-                found = pending - above
-                if found >= count:
-                    name, inside = probe, found
-                    width = max(int(width * count * 2 / found), count)
-                else:
-                    width = int(width * max(2.0, count * 2 / max(found, 1)))
+            # Narrow the window [lo, top) while it holds more than a few pages: eight counts
+            # per round trip, each cutting the span where the page starts by eight.
+            lo, name, inside = first, base[0], total
+            hi = top
+            while inside > 2 * count and hi - lo > 1:
+                step = max((hi - lo) // _SPLIT, 1)
+                starts = list(range(lo + step, hi, step))[: _SPLIT - 1]
+                probes = await self._consumers(subject, starts)
+                names += [n for n, _ in probes]
+                for start, (probe, pending) in zip(starts, probes, strict=True):
+                    if pending - above >= count:
+                        lo, name, inside = start, probe, pending - above
+                    else:
+                        hi = start
+                        break
             entries = await self._fetch(name, inside, top)
         finally:
             self._delete_consumers(names)
