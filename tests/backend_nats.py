@@ -25,7 +25,7 @@ async def delete_nats_stream(url: str, stream: str) -> None:
 
     nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=1)
     try:
-        for name in (stream, f"KV_{stream}"):
+        for name in (stream, f"KV_{stream}", f"IX_{stream}"):
             reply = await nc.request(f"$JS.API.STREAM.DELETE.{name}", b"", timeout=10)
             error = json.loads(reply.data).get("error")
             if error and error.get("err_code") != 10059:  # 10059: stream not found

@@ -13,6 +13,7 @@ from typing import Any, Final
 from sitq.backends.nats._client import CAS_TRIES, Client
 from sitq.backends.nats._clock import ServerClock
 from sitq.backends.nats._consumers import MAX_FETCH, PRIORITY_REFRESH, Consumers
+from sitq.backends.nats._index import Index
 from sitq.backends.nats._jetstream import ack_info, ack_seq
 from sitq.backends.nats._records import (
     CONCURRENCY_KEY,
@@ -22,6 +23,8 @@ from sitq.backends.nats._records import (
     FINAL,
     GENERATION,
     LEASE_UNTIL,
+    LIST_SEQ,
+    LIST_TOKEN,
     OPTIONS,
     QUEUE,
     REVISION,
@@ -37,7 +40,7 @@ from sitq.backends.nats._records import (
     task_key,
 )
 from sitq.backends.nats._slots import KeySlots, free_slots, slot_key
-from sitq.models import Claim
+from sitq.models import Claim, TaskStatus
 
 log = logging.getLogger("sitq.nats")
 
@@ -49,11 +52,14 @@ _BLOCKED_MAX: Final = 1.0
 
 @dataclass(slots=True)
 class Held:
-    """A claim this backend handed out: the message to ack or nak, and the record as written."""
+    """A claim this backend handed out: the message to ack or nak, the record as written, the
+    sequence of its listing entry, and the payload and options (kept by a failure)."""
 
     reply: str | None
     rev: int
     rec: dict[str, Any]
+    entry: int = 0
+    kept: tuple[bytes, str] | None = None
 
 
 class Holdings:
@@ -67,13 +73,20 @@ class Holdings:
         """The claim (task id, fencing token), if this backend holds it."""
         return self._held.get(key)
 
-    def hand_out(self, reply: str | None, rec: dict[str, Any], rev: int) -> None:
+    def hand_out(
+        self,
+        reply: str | None,
+        rec: dict[str, Any],
+        rev: int,
+        entry: int,
+        kept: tuple[bytes, str] | None,
+    ) -> None:
         """Hold a new claim of the record's task (any older one of the task is forgotten)."""
         task_id, fence = rec[TASK_ID], rec[FENCE]
         previous = self._fence.pop(task_id, None)
         if previous is not None:
             self._held.pop((task_id, previous), None)
-        self._held[(task_id, fence)] = Held(reply, rev, rec)
+        self._held[(task_id, fence)] = Held(reply, rev, rec, entry, kept)
         self._fence[task_id] = fence
 
     def forget(self, key: tuple[str, int]) -> Held | None:
@@ -116,11 +129,13 @@ class Claimer:
         clock: ServerClock,
         consumers: Consumers,
         holdings: Holdings,
+        index: Index,
         *,
         owner: str,
         ack_wait: float,
     ) -> None:
         self._client = client
+        self._index = index
         self._clock = clock
         self._consumers = consumers
         self._holdings = holdings
@@ -244,16 +259,35 @@ class Claimer:
                 # that then fails sets the message's timer again below.
                 for d, _ in writes:
                     await client.nak(d.msg.reply, lease)
-            acks = await client.many(client.write(d.key, encode(rec), d.rev) for d, rec in writes)
+            # Each claim writes its running task's listing entry in the same flush; the entry
+            # of the state it leaves goes once the claim is stored, the new one if it is not.
+            replies = await client.many(
+                [client.write(d.key, encode(rec), d.rev) for d, rec in writes]
+                + [
+                    self._index.entry(
+                        self._index.state_subject(TaskStatus.RUNNING, str(rec[QUEUE])),
+                        d.key,
+                        str(rec[LIST_TOKEN]),
+                    )
+                    for d, rec in writes
+                ]
+            )
+            acks, entries = replies[: len(writes)], replies[len(writes) :]
             todo = []
-            for (d, rec), ack in zip(writes, acks, strict=True):
+            dropped = []
+            for (d, rec), ack, entry_ack in zip(writes, acks, entries, strict=True):
                 rev = ack_seq(ack)
+                entry = ack_seq(entry_ack)
                 if not rev:
+                    dropped.append(entry)
                     d.known = False
                     d.tries += 1
                     todo.append(d)
                     continue
-                claims.append(self._hand_out(d, rec, rev))
+                assert d.rec is not None
+                dropped.append(int(d.rec.get(LIST_SEQ) or 0))
+                claims.append(self._hand_out(d, rec, rev, entry))
+            self._index.drop(dropped)
         for d in todo:  # lost every race for it: let it come back
             await client.publish(d.msg.reply, b"-NAK")
         if admitted:
@@ -395,6 +429,7 @@ class Claimer:
         assert d.rec is not None
         return running(d.rec, d.rev, now, worker_id, lease)
 
-    def _hand_out(self, d: _Delivery, rec: dict[str, Any], rev: int) -> Claim:
-        self._holdings.hand_out(d.msg.reply, rec, rev)
-        return claim_of(rec, d.payload, str(d.head.get(OPTIONS, "")), d.problem)
+    def _hand_out(self, d: _Delivery, rec: dict[str, Any], rev: int, entry: int) -> Claim:
+        options = str(d.head.get(OPTIONS, ""))
+        self._holdings.hand_out(d.msg.reply, rec, rev, entry, (d.payload, options))
+        return claim_of(rec, d.payload, options, d.problem)

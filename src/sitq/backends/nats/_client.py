@@ -93,6 +93,11 @@ class Client:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
+    def forget_requests(self) -> None:
+        """Forget every request still waiting (its event loop has ended: nothing can be
+        resolved there any more)."""
+        self._replies = {}
+
     def fail_requests(self, error: BackendError) -> None:
         """Fail every request still waiting for its reply (connection closed or lost)."""
         for fut in self._replies.values():
@@ -318,6 +323,10 @@ class Client:
 
     async def delete_many(self, seqs: Sequence[int]) -> int:
         """Delete records by revision; one already rewritten (enqueued again) stays."""
+        return sum(await self.delete_many_each(seqs))
+
+    async def delete_many_each(self, seqs: Sequence[int]) -> list[bool]:
+        """Delete records by revision; per revision, whether it was still there."""
         replies = await self.many(
             (
                 f"$JS.API.STREAM.MSG.DELETE.{self.kv_stream}",
@@ -326,8 +335,8 @@ class Client:
             )
             for seq in seqs
         )
-        count = 0
+        out = []
         for reply in replies:
             result = api_result(reply, (ERR_DELETE_NO_MESSAGE, ERR_NO_MESSAGE))
-            count += bool(result and result.get("success"))
-        return count
+            out.append(bool(result and result.get("success")))
+        return out

@@ -56,6 +56,10 @@ class ServerClock:
             if self.offset:
                 log.info("NATS server clock is %.3f s from ours; leases use the server's", offset)
 
+    def forget(self) -> None:
+        """Forget a measurement in flight on an event loop that has ended."""
+        self._remeasure = None
+
     async def _measure_again(self) -> None:
         try:
             await self.measure()

@@ -340,6 +340,16 @@ class Consumers:
                 waiter.set_result(None)
         self.work.set()
 
+    def forget(self) -> None:
+        """Forget every consumer, message and task of an event loop that has ended (no I/O:
+        that loop cannot run any)."""
+        self.by_name.clear()
+        self.priorities.clear()
+        self._refreshed.clear()
+        self.parked.clear()
+        self._background = set()
+        self.work = asyncio.Event()
+
     async def close(self, nc: Any) -> None:
         """Give back every message no claim took, end the fetches and forget the consumers."""
         for consumer in self.by_name.values():

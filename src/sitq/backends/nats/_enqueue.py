@@ -1,4 +1,5 @@
-"""Enqueue on the NATS backend: per task a record in the bucket and a message on
+"""Enqueue on the NATS backend: per task a listing entry (``_index``), a record in the bucket
+(which keeps the entry's sequence and the payload) and a message on
 ``sitq.<stream>.q.<queue>.<priority>``. NATS 2.9 cannot write the two atomically; the order of
 the writes makes a failure between them harmless (see "Two writes per enqueue" in
 ``backend``)."""
@@ -8,12 +9,23 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from sitq.backends.nats._client import Client, Request
 from sitq.backends.nats._clock import ServerClock
 from sitq.backends.nats._consumers import Consumers
+from sitq.backends.nats._index import Index
 from sitq.backends.nats._jetstream import ack_seq
-from sitq.backends.nats._records import encode, expired, message_body, new_record, task_key
+from sitq.backends.nats._records import (
+    LIST_SEQ,
+    LIST_TOKEN,
+    encode,
+    expired,
+    message_body,
+    new_record,
+    task_key,
+)
 from sitq.errors import BackendError
 from sitq.models import NewTask
 
@@ -21,8 +33,11 @@ from sitq.models import NewTask
 class Enqueuer:
     """The enqueue step of one backend."""
 
-    def __init__(self, client: Client, clock: ServerClock, consumers: Consumers) -> None:
+    def __init__(
+        self, client: Client, clock: ServerClock, consumers: Consumers, index: Index
+    ) -> None:
         self._client = client
+        self._index = index
         self._clock = clock
         self._consumers = consumers
         self._generation_prefix = secrets.token_hex(4)
@@ -61,29 +76,45 @@ class Enqueuer:
         await self._consumers.announce({(t.queue, t.priority) for t in tasks})
         return stored
 
-    def _new_record(self, task: NewTask, now: float) -> bytes:
-        """The first record of a task, encoded."""
+    def _new_record(self, task: NewTask, now: float) -> _Built:
+        """The first record of a task, and its listing entry's subject."""
         enqueued = now if self._clock.offset else task.enqueued_at
         eta = enqueued if task.eta <= task.enqueued_at else task.eta
-        return encode(new_record(task, enqueued, eta, self._generation()))
+        rec = new_record(task, enqueued, eta, self.generation(), self._index.token())
+        subject = self._index.pending_subject(task.queue, task.priority, eta > now)
+        return _Built(rec, subject)
 
-    def _generation(self) -> str:
+    def generation(self) -> str:
         """A token unique to one life of a task id (its record and its message share it)."""
         self._generations += 1
         return f"{self._generation_prefix}{self._generations:x}"
 
-    def _message(self, task: NewTask, record: bytes, rev: int) -> Request:
-        """The work message of a task: its first record, its options (and the record's
-        revision when known), then the payload."""
-        subject = f"{self._client.subject_prefix}.q.{task.queue}.{task.priority}"
-        return (subject, message_body(task, record, rev), None)
+    def _entry(self, task: NewTask, built: _Built) -> Request:
+        return self._index.entry(built.subject, task_key(task.id), built.rec[LIST_TOKEN])
 
-    async def _enqueue_one(self, task: NewTask, record: bytes) -> None:
-        """Record and message in one round trip. A message that arrives before its record
-        waits for it (see ``_claim``); a record whose message failed is removed again."""
+    def _message(self, task: NewTask, built: _Built, rev: int) -> Request:
+        """The work message of a task: its first record, with the record's revision when
+        known, then the payload."""
+        subject = f"{self._client.subject_prefix}.q.{task.queue}.{task.priority}"
+        return (subject, message_body(encode(built.rec), task.payload, rev), None)
+
+    def _record(self, task: NewTask, built: _Built, last: int | None) -> Request:
+        return self._client.write(task_key(task.id), encode(built.rec, task.payload), last)
+
+    async def _entries(self, tasks: Sequence[NewTask], built: list[_Built], idx: list[int]) -> None:
+        """Write the listing entries of the tasks ``idx``; each record then keeps its own."""
+        acks = await self._client.many(self._entry(tasks[i], built[i]) for i in idx)
+        for i, ack in zip(idx, acks, strict=True):
+            built[i].rec[LIST_SEQ] = ack_seq(ack)
+
+    async def _enqueue_one(self, task: NewTask, built: _Built) -> None:
+        """The listing entry, then record and message in one round trip. A message that
+        arrives before its record waits for it (see ``_claim``); a record whose message
+        failed is removed again."""
         client = self._client
+        await self._entries([task], [built], [0])
         write, publish = await client.many(
-            [client.write(task_key(task.id), record, 0), self._message(task, record, 0)]
+            [self._record(task, built, 0), self._message(task, built, 0)]
         )
         rev = ack_seq(write)
         try:
@@ -91,20 +122,21 @@ class Enqueuer:
         except BackendError:
             if rev:
                 await client.delete_seq(rev)
+            await self._index.drop_now([built.rec[LIST_SEQ]])
             raise
         if not rev:
+            await self._index.drop_now([built.rec[LIST_SEQ]])
             raise BackendError(f"task id {task.id!r} exists already although it was generated")
 
     async def _enqueue_fresh(
-        self, tasks: Sequence[NewTask], built: list[bytes], indexes: list[int], stored: list[bool]
+        self, tasks: Sequence[NewTask], built: list[_Built], indexes: list[int], stored: list[bool]
     ) -> None:
-        """Records first, then the messages, which carry each record's revision so that a
-        worker claims without reading the record first. (A generated id is new: its record
-        needs no check that the key is free.)"""
+        """Listing entries, records, then the messages, which carry each record's revision so
+        that a worker claims without reading the record first. (A generated id is new: its
+        record needs no check that the key is free.)"""
         client = self._client
-        acks = await client.many(
-            client.write(task_key(tasks[i].id), built[i], None) for i in indexes
-        )
+        await self._entries(tasks, built, indexes)
+        acks = await client.many(self._record(tasks[i], built[i], None) for i in indexes)
         revs = [ack_seq(a) for a in acks]
         ok = [(i, rev) for i, rev in zip(indexes, revs, strict=True) if rev]
         try:
@@ -113,6 +145,7 @@ class Enqueuer:
                 ack_seq(reply)
         except BackendError:
             await asyncio.gather(*(client.delete_seq(rev) for _, rev in ok), return_exceptions=True)
+            await self._index.drop_now(built[i].rec[LIST_SEQ] for i in indexes)
             raise
         for i, _ in ok:
             stored[i] = True
@@ -120,13 +153,14 @@ class Enqueuer:
     async def _enqueue_explicit(
         self,
         tasks: Sequence[NewTask],
-        built: list[bytes],
+        built: list[_Built],
         indexes: list[int],
         stored: list[bool],
         now: float,
     ) -> None:
-        """Ids the caller chose: skip those still known; publish the messages, then create
-        (or replace an expired) record. A message whose record lost a race is dropped."""
+        """Ids the caller chose: skip those still known; publish the listing entries and the
+        messages, then create (or replace an expired) record. A message whose record lost a
+        race is dropped, and so is its entry."""
         client = self._client
         targets: list[tuple[int, int]] = []  # (task index, revision the write expects)
         found = await client.get_many([task_key(tasks[i].id) for i in indexes])
@@ -137,10 +171,27 @@ class Enqueuer:
                 targets.append((i, got[2]))
         if not targets:
             return
-        for reply in await client.many(self._message(tasks[i], built[i], 0) for i, _ in targets):
-            ack_seq(reply)
-        acks = await client.many(
-            client.write(task_key(tasks[i].id), built[i], last) for i, last in targets
+        replies = await client.many(
+            [self._entry(tasks[i], built[i]) for i, _ in targets]
+            + [self._message(tasks[i], built[i], 0) for i, _ in targets]
         )
+        for (i, _), reply in zip(targets, replies, strict=False):
+            built[i].rec[LIST_SEQ] = ack_seq(reply)
+        for reply in replies[len(targets) :]:
+            ack_seq(reply)
+        acks = await client.many(self._record(tasks[i], built[i], last) for i, last in targets)
+        lost = []
         for (i, _), ack in zip(targets, acks, strict=True):
             stored[i] = bool(ack_seq(ack))
+            if not stored[i]:
+                lost.append(built[i].rec[LIST_SEQ])
+        self._index.drop(lost)
+
+
+@dataclass(slots=True)
+class _Built:
+    """A task's first record (its ``LIST_SEQ`` set once its entry is written) and the
+    subject of its listing entry."""
+
+    rec: dict[str, Any]
+    subject: str

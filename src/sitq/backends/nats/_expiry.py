@@ -1,4 +1,5 @@
-"""The NATS backend's expiry index: finishing a task appends ``(key, revision, expires_at)`` to
+"""The NATS backend's expiry index: finishing a task appends ``(key, revision, expires_at,
+listing entry)`` to
 ``sitq.<stream>.x.<ttl class>``, so that tasks with the same ``result_ttl`` (to 10 s) expire in
 the order they finish, and a purge reads each class from its oldest entry and stops at the first
 one still alive. A record is deleted by its revision, which does nothing if the id has been
@@ -13,6 +14,7 @@ from typing import Any
 from sitq.backends.nats._client import Client
 from sitq.backends.nats._clock import ServerClock
 from sitq.backends.nats._consumers import MAX_FETCH, Consumers
+from sitq.backends.nats._index import Index
 from sitq.backends.nats._jetstream import ack_seq
 from sitq.backends.nats._records import INDEX_EXPIRES, INDEX_KEYS
 from sitq.errors import BackendError
@@ -23,8 +25,11 @@ log = logging.getLogger("sitq.nats")
 class ExpiryIndex:
     """Appends to the expiry index and purges what it lists as expired."""
 
-    def __init__(self, client: Client, clock: ServerClock, consumers: Consumers) -> None:
+    def __init__(
+        self, client: Client, clock: ServerClock, consumers: Consumers, index: Index
+    ) -> None:
         self._client = client
+        self._index = index
         self._clock = clock
         self._consumers = consumers
         self.unindexed: dict[str, list[list[Any]]] = {}
@@ -99,6 +104,10 @@ class ExpiryIndex:
                 revs = [int(entry[1]) for _, keys in due for entry in keys]
                 if revs:
                     removed += await client.delete_many(revs)
+                    # Their listing entries (a record requeued since has left its entry).
+                    await self._index.drop_now(
+                        int(entry[3]) for _, keys in due for entry in keys if len(entry) > 3
+                    )
                 for msg, _ in due:
                     await client.publish(msg.reply, b"+ACK")
                 if alive:

@@ -47,13 +47,38 @@ ERROR: Final = "e"
 TRACEBACK: Final = "tb"
 HAS_VALUE: Final = "hv"
 """True when the result value follows the JSON head."""
+HAS_PAYLOAD: Final = "hp"
+"""True when the task's payload follows the JSON head (pending, failed and cancelled records;
+a running record leaves it to the work message and its claim's holder)."""
+FUNCTION: Final = "fn"
+"""The callable's ``module.qualname`` as enqueued (for listings)."""
+PROGRESS: Final = "pg"
+PROGRESS_MESSAGE: Final = "pm"
+LIST_TOKEN: Final = "lt"
+"""The token of the task's listing entry: an entry names its record by key and token, and stands
+for the task only while the record still holds that token in that state (see ``_listing``)."""
+LIST_SEQ: Final = "ix"
+"""The stream sequence of the task's listing entry, when the writer knew it (so that the next
+change of state deletes that entry)."""
 VALUE: Final = "_value"
 """In memory only: the result value, written as the record's tail (see ``split``)."""
-RUNNING_FIELDS: Final = (LEASE_UNTIL, WORKER, CANCEL_REQUESTED, HAS_VALUE)
+RUNNING_FIELDS: Final = (
+    LEASE_UNTIL,
+    WORKER,
+    CANCEL_REQUESTED,
+    HAS_VALUE,
+    PROGRESS,
+    PROGRESS_MESSAGE,
+    LIST_SEQ,
+)
 """Fields of a running claim, dropped when it settles."""
+WAITING_FIELDS: Final = ("o", HAS_PAYLOAD, LIST_SEQ, PROGRESS, PROGRESS_MESSAGE)
+"""Fields of a waiting (pending) record that a claim drops: the options and payload stay with
+the work message and the claim's holder."""
 
 # -- work message fields (besides the first record's) ----------------------------------------
 OPTIONS: Final = "o"
+"""The engine's options: in the work message, and in records that keep the payload."""
 REVISION: Final = "rev"
 
 # -- sitq's own records ----------------------------------------------------------------------
@@ -70,7 +95,16 @@ HOLDERS: Final = "h"
 INDEX_EXPIRES: Final = "exp"
 """Expiry index message: the latest expiry among its entries."""
 INDEX_KEYS: Final = "keys"
-"""Expiry index message: ``[task key, revision, expires_at]`` per finished record."""
+"""Expiry index message: ``[task key, revision, expires_at, listing entry]`` per finished
+record (the listing entry's sequence, 0 if unknown; older messages have three fields)."""
+ENTRY_KEY: Final = "k"
+"""Listing entry: the task's bucket key."""
+ENTRY_TOKEN: Final = "t"
+"""Listing entry: the record's ``LIST_TOKEN`` when the entry was written."""
+WORKER_ID: Final = "id"
+"""Worker entry: the worker's id (its data is the tail)."""
+WORKER_EXPIRES: Final = "exp"
+"""Worker entry: when it expires."""
 
 CRON_INDEX: Final = "_.crons"
 """The bucket key of the index of cron schedule names."""
@@ -136,10 +170,12 @@ def decode(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def split(rec: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-    """A record to write as (JSON head, value tail)."""
+    """A record to write as (JSON head, tail): the tail is the value (``HAS_VALUE``) or the
+    payload (``HAS_PAYLOAD``) held in memory under ``VALUE``."""
     if VALUE in rec:
         head = {k: v for k, v in rec.items() if k != VALUE}
-        head[HAS_VALUE] = True
+        if not head.get(HAS_PAYLOAD):
+            head[HAS_VALUE] = True
         value: bytes = rec[VALUE]
         return head, value
     return rec, None
@@ -163,8 +199,10 @@ def keyed(rec: dict[str, Any] | None) -> bool:
 # -- building records ----------------------------------------------------------------------
 
 
-def new_record(task: NewTask, enqueued: float, eta: float, generation: str) -> dict[str, Any]:
-    """The first record of a task (``STATE`` first)."""
+def new_record(
+    task: NewTask, enqueued: float, eta: float, generation: str, token: str
+) -> dict[str, Any]:
+    """The first record of a task (``STATE`` first); its payload is written as the tail."""
     rec: dict[str, Any] = {
         STATE: "pending",
         TASK_ID: task.id,
@@ -177,6 +215,10 @@ def new_record(task: NewTask, enqueued: float, eta: float, generation: str) -> d
         ATTEMPTS: 0,
         RETRIES: 0,
         FENCE: 0,
+        FUNCTION: task.function,
+        OPTIONS: task.options,
+        HAS_PAYLOAD: True,
+        LIST_TOKEN: token,
     }
     if task.concurrency_key is not None:
         rec[CONCURRENCY_KEY] = task.concurrency_key
@@ -184,18 +226,16 @@ def new_record(task: NewTask, enqueued: float, eta: float, generation: str) -> d
     return rec
 
 
-def message_body(task: NewTask, record: bytes, rev: int) -> bytes:
-    """The body of a task's work message: its first ``record`` (encoded, no tail) with the
-    task's options (and the record's revision when known), then the payload."""
-    extra = b',"%s":' % OPTIONS.encode() + json.dumps(task.options).encode()
-    if rev:
-        extra += b',"%s":%d' % (REVISION.encode(), rev)
-    return record[:-1] + extra + b"}\n" + task.payload
+def message_body(head: bytes, payload: bytes, rev: int) -> bytes:
+    """The body of a task's work message: its first record's JSON ``head`` (which holds the
+    options), with the record's revision when known, then the payload."""
+    extra = b',"%s":%d' % (REVISION.encode(), rev) if rev else b""
+    return head[:-1] + extra + b"}\n" + payload
 
 
 def message_record(head: dict[str, Any]) -> dict[str, Any]:
     """The record a work message carries (its head without the message's own fields)."""
-    return {k: v for k, v in head.items() if k not in (OPTIONS, REVISION)}
+    return {k: v for k, v in head.items() if k != REVISION}
 
 
 def settled(rec: dict[str, Any]) -> dict[str, Any]:
@@ -209,8 +249,9 @@ def settled(rec: dict[str, Any]) -> dict[str, Any]:
 def running(
     rec: dict[str, Any], fence: int, now: float, worker_id: str, lease: float
 ) -> dict[str, Any]:
-    """The record of a new claim with fencing token ``fence``."""
-    new = dict(rec)
+    """The record of a new claim with fencing token ``fence`` (its listing token is the
+    fence: unique to the claim)."""
+    new = {k: v for k, v in rec.items() if k not in WAITING_FIELDS}
     new.update(
         {
             STATE: "running",
@@ -219,9 +260,15 @@ def running(
             LEASE_UNTIL: now + lease,
             WORKER: worker_id,
             STARTED_AT: now,
+            LIST_TOKEN: f"r{fence}",
         }
     )
     return new
+
+
+def running_token(rec: dict[str, Any]) -> str:
+    """The listing token of a running record (see ``running``)."""
+    return f"r{rec[FENCE]}"
 
 
 def leased(rec: dict[str, Any], until: float) -> dict[str, Any]:
@@ -229,10 +276,24 @@ def leased(rec: dict[str, Any], until: float) -> dict[str, Any]:
     return {**rec, LEASE_UNTIL: until}
 
 
-def finished(rec: dict[str, Any], item: Finish, now: float) -> dict[str, Any]:
-    """The record of a task finished by ``item`` at ``now``."""
-    ttl = max(item.expires_at - item.finished_at, 0.0)
+def waiting(rec: dict[str, Any], kept: tuple[bytes, str] | None) -> dict[str, Any]:
+    """A settled copy of ``rec`` that keeps the payload and options (``kept``, when its
+    holder has them) for a later requeue or cancel."""
     new = settled(rec)
+    if kept is not None:
+        new[VALUE] = kept[0]
+        new[OPTIONS] = kept[1]
+        new[HAS_PAYLOAD] = True
+    return new
+
+
+def finished(
+    rec: dict[str, Any], item: Finish, now: float, kept: tuple[bytes, str] | None
+) -> dict[str, Any]:
+    """The record of a task finished by ``item`` at ``now``: a success keeps its value, a
+    failure its payload (``kept``)."""
+    ttl = max(item.expires_at - item.finished_at, 0.0)
+    new = waiting(rec, None if item.status is TaskStatus.SUCCESS else kept)
     new.update(
         {
             STATE: item.status.value,
@@ -247,9 +308,11 @@ def finished(rec: dict[str, Any], item: Finish, now: float) -> dict[str, Any]:
     return new
 
 
-def rescheduled(rec: dict[str, Any], item: Reschedule) -> dict[str, Any]:
+def rescheduled(
+    rec: dict[str, Any], item: Reschedule, kept: tuple[bytes, str] | None
+) -> dict[str, Any]:
     """The record of a task to be retried at ``item.eta``."""
-    new = settled(rec)
+    new = waiting(rec, kept)
     new.update(
         {
             STATE: "pending",
@@ -262,9 +325,9 @@ def rescheduled(rec: dict[str, Any], item: Reschedule) -> dict[str, Any]:
     return new
 
 
-def released(rec: dict[str, Any]) -> dict[str, Any]:
+def released(rec: dict[str, Any], kept: tuple[bytes, str] | None) -> dict[str, Any]:
     """The record of a task given back without counting the attempt."""
-    new = settled(rec)
+    new = waiting(rec, kept)
     new.update({STATE: "pending", ATTEMPTS: max(rec[ATTEMPTS] - 1, 0)})
     return new
 
@@ -275,7 +338,7 @@ def cancel_flagged(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def cancelled(rec: dict[str, Any], now: float) -> dict[str, Any]:
-    """The record of a pending task cancelled at ``now``."""
+    """The record of a pending task cancelled at ``now`` (its payload, the tail, is kept)."""
     new = settled(rec)
     new.update(
         {
@@ -308,12 +371,14 @@ def claim_of(rec: dict[str, Any], payload: bytes, options: str, problem: str | N
         result_ttl=rec[RESULT_TTL],
         cancel_requested=bool(rec.get(CANCEL_REQUESTED)),
         corrupt=problem,
+        function=str(rec.get(FUNCTION) or ""),
     )
 
 
 def snapshot_of(rec: dict[str, Any], tail: bytes) -> TaskSnapshot:
-    """What a reader sees of a record."""
+    """What a reader sees of a record (``tail`` is its value only when ``HAS_VALUE``)."""
     status = TaskStatus(rec[STATE])
+    running_now = status is TaskStatus.RUNNING
     return TaskSnapshot(
         task_id=rec[TASK_ID],
         queue=rec[QUEUE],
@@ -326,7 +391,42 @@ def snapshot_of(rec: dict[str, Any], tail: bytes) -> TaskSnapshot:
         value=tail if rec.get(HAS_VALUE) and status.is_final else None,
         error=rec.get(ERROR),
         traceback=rec.get(TRACEBACK),
+        function=str(rec.get(FUNCTION) or ""),
+        priority=rec.get(PRIORITY, 0),
+        progress=rec.get(PROGRESS) if running_now else None,
+        progress_message=rec.get(PROGRESS_MESSAGE) if running_now else None,
+        worker_id=rec.get(WORKER) if running_now else None,
     )
+
+
+def requeued(rec: dict[str, Any], now: float, generation: str, token: str) -> dict[str, Any]:
+    """The record of a failed or cancelled task made pending again, due ``now``, as a new life
+    of its id (``generation``): attempts, retries, result, error and expiry cleared; the
+    payload (the tail) and options kept."""
+    new = settled(rec)
+    for field_name in (
+        STARTED_AT,
+        FINISHED_AT,
+        EXPIRES_AT,
+        ERROR,
+        TRACEBACK,
+        HAS_VALUE,
+        PROGRESS,
+        PROGRESS_MESSAGE,
+    ):
+        new.pop(field_name, None)
+    new.update(
+        {
+            STATE: "pending",
+            GENERATION: generation,
+            ETA: now,
+            ATTEMPTS: 0,
+            RETRIES: 0,
+            HAS_PAYLOAD: True,
+            LIST_TOKEN: token,
+        }
+    )
+    return new
 
 
 def _number(value: Any) -> bool:

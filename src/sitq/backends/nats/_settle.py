@@ -13,12 +13,18 @@ from sitq.backends.nats._client import Client
 from sitq.backends.nats._clock import ServerClock
 from sitq.backends.nats._consumers import Consumers
 from sitq.backends.nats._expiry import ExpiryIndex
+from sitq.backends.nats._index import Index
 from sitq.backends.nats._jetstream import ack_seq
 from sitq.backends.nats._records import (
     CANCEL_REQUESTED,
     CONCURRENCY_KEY,
     EXPIRES_AT,
     FENCE,
+    LIST_SEQ,
+    LIST_TOKEN,
+    PRIORITY,
+    PROGRESS,
+    PROGRESS_MESSAGE,
     QUEUE,
     RESULT_TTL,
     STATE,
@@ -34,7 +40,7 @@ from sitq.backends.nats._records import (
     task_key,
 )
 from sitq.backends.nats._slots import extend_slots, free_slots, slot_key
-from sitq.models import ClaimRef, Finish, LeaseState, Reschedule, Settlement
+from sitq.models import ClaimRef, Finish, LeaseState, Progress, Reschedule, Settlement
 
 _State = tuple[Held | None, dict[str, Any] | None, int]
 """Per claim: (held, record to build on, its revision)."""
@@ -52,8 +58,10 @@ class Settler:
         consumers: Consumers,
         holdings: Holdings,
         expiry: ExpiryIndex,
+        index: Index,
     ) -> None:
         self._client = client
+        self._index = index
         self._clock = clock
         self._consumers = consumers
         self._holdings = holdings
@@ -126,11 +134,8 @@ class Settler:
     async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
         """Rewrite each current claim's lease and push its message's redelivery out to match."""
         now = self._clock.now()
-
-        def extend(rec: dict[str, Any]) -> dict[str, Any]:
-            return leased(rec, now + lease)
-
         state = await self._current(claims)
+        builders = [_with_entry(state[i][0], _extender(now + lease)) for i in range(len(claims))]
         # A task with a concurrency key keeps its slot first: a claim whose slot lapsed (its
         # lease ran out and another task may hold the slot now) is lost.
         slotted = [
@@ -151,7 +156,7 @@ class Settler:
             lapsed = {i for i, ok in zip(slotted, extended, strict=True) if not ok}
             for i in lapsed:
                 state[i] = (state[i][0], None, 0)
-        results = await self._fenced_writes(claims, [extend] * len(claims), state)
+        results = await self._fenced_writes(claims, builders, state)
         drops: dict[str, set[tuple[str, int]]] = {}
         states = []
         for i, (ref, (rev, rec)) in enumerate(zip(claims, results, strict=True)):
@@ -175,6 +180,47 @@ class Settler:
             await free_slots(self._client, drops)
         return states
 
+    async def save_progress(self, updates: Sequence[Progress]) -> None:
+        """Write each current claim's progress into its record."""
+        if not updates:
+            return
+        refs = [u.claim for u in updates]
+        state = await self._current(refs)
+        builders = [
+            _with_entry(state[i][0], _progress(u.value, u.message)) for i, u in enumerate(updates)
+        ]
+        results = await self._fenced_writes(refs, builders, state)
+        for ref, (rev, rec) in zip(refs, results, strict=True):
+            held = self._holdings.get((ref.task_id, ref.fencing_token))
+            if rev and rec is not None and held is not None:
+                held.rev, held.rec = rev, rec
+
+    async def _new_entries(
+        self, settlements: Sequence[Settlement], state: list[_State], now: float
+    ) -> list[tuple[str, int]]:
+        """Write the listing entry of the state each current claim's settlement leads to
+        (before the records, which keep its sequence): per settlement (token, sequence), or
+        ("", 0) where the claim is not current."""
+        index = self._index
+        out: list[tuple[str, int]] = [("", 0)] * len(settlements)
+        requests = []
+        todo = []
+        for i, (item, (_, rec, _)) in enumerate(zip(settlements, state, strict=True)):
+            if rec is None or rec[STATE] != "running" or rec.get(FENCE) != item.claim.fencing_token:
+                continue
+            queue = str(rec[QUEUE])
+            if isinstance(item, Finish):
+                subject = index.state_subject(item.status, queue)
+            else:
+                eta = item.eta if isinstance(item, Reschedule) else now
+                subject = index.pending_subject(queue, int(rec[PRIORITY]), eta > now)
+            token = index.token()
+            todo.append((i, token))
+            requests.append(index.entry(subject, task_key(item.claim.task_id), token))
+        for (i, token), ack in zip(todo, await self._client.many(requests), strict=True):
+            out[i] = (token, ack_seq(ack))
+        return out
+
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Write each outcome if its claim is current, then ack (finish) or nak (retry, release)
         the message; finished tasks go into the expiry index."""
@@ -182,9 +228,24 @@ class Settler:
             return []
         client = self._client
         now = self._clock.now()
-        builders = [_settler(s, now) for s in settlements]
         refs = [s.claim for s in settlements]
-        results = await self._fenced_writes(refs, builders)
+        state = await self._current(refs)
+        entries = await self._new_entries(settlements, state, now)
+        builders = [
+            _settler(s, now, held.kept if held else None, entry)
+            for s, (held, _, _), entry in zip(settlements, state, entries, strict=True)
+        ]
+        before = [rec for _, rec, _ in state]
+        results = await self._fenced_writes(refs, builders, state)
+        gone = []
+        for (rev, _), (token, seq), held, old in zip(
+            results, entries, (h for h, _, _ in state), before, strict=True
+        ):
+            if rev:
+                gone.append(held.entry if held and held.entry else _entry_of(old))
+            elif token:
+                gone.append(seq)
+        self._index.drop(gone)
         applied: list[bool] = []
         expiring: dict[str, list[list[Any]]] = {}
         drops: dict[str, set[tuple[str, int]]] = {}
@@ -209,7 +270,7 @@ class Settler:
                 if reply:
                     await client.publish(reply, b"+ACK")
                 expiring.setdefault(expiry_class(rec[RESULT_TTL]), []).append(
-                    [task_key(rec[TASK_ID]), rev, rec[EXPIRES_AT]]
+                    [task_key(rec[TASK_ID]), rev, rec[EXPIRES_AT], rec.get(LIST_SEQ) or 0]
                 )
             elif isinstance(item, Reschedule):
                 await client.nak(reply, max(item.eta - now, 0.0))
@@ -227,20 +288,65 @@ class Settler:
         return applied
 
 
-def _settler(item: Settlement, now: float) -> _Build:
+def _entry_of(rec: dict[str, Any] | None) -> int:
+    """The sequence of the listing entry a record keeps (0: unknown)."""
+    return int(rec.get(LIST_SEQ) or 0) if rec is not None else 0
+
+
+def _extender(until: float) -> _Build:
+    def extend(rec: dict[str, Any]) -> dict[str, Any]:
+        return leased(rec, until)
+
+    return extend
+
+
+def _progress(value: float, message: str | None) -> _Build:
+    def progress(rec: dict[str, Any]) -> dict[str, Any]:
+        return {**rec, PROGRESS: value, PROGRESS_MESSAGE: message}
+
+    return progress
+
+
+def _with_entry(held: Held | None, build: _Build) -> _Build:
+    """``build``, also recording the claim's listing entry in the record when its holder knows
+    it (a claim writes its entry in the same flush as the record, so the record learns it with
+    its first later write)."""
+    if held is None or not held.entry:
+        return build
+    entry = held.entry
+
+    def with_entry(rec: dict[str, Any]) -> dict[str, Any]:
+        new = build(rec)
+        new[LIST_SEQ] = entry
+        return new
+
+    return with_entry
+
+
+def _settler(
+    item: Settlement, now: float, kept: tuple[bytes, str] | None, entry: tuple[str, int]
+) -> _Build:
     """The change a settlement makes of the record (named after it: finish, reschedule,
-    release)."""
+    release); ``kept`` is the payload and options its holder has, ``entry`` the token and
+    sequence of the listing entry of the state it leads to."""
+    token, seq = entry
+
+    def listed(new: dict[str, Any]) -> dict[str, Any]:
+        new[LIST_TOKEN] = token
+        if seq:
+            new[LIST_SEQ] = seq
+        return new
 
     def finish(rec: dict[str, Any]) -> dict[str, Any]:
         assert isinstance(item, Finish)
-        return finished(rec, item, now)
+        return listed(finished(rec, item, now, kept))
 
     def reschedule(rec: dict[str, Any]) -> dict[str, Any]:
         assert isinstance(item, Reschedule)
-        return rescheduled(rec, item)
+        return listed(rescheduled(rec, item, kept))
 
     def release(rec: dict[str, Any]) -> dict[str, Any]:
-        return released(rec)
+        return listed(released(rec, kept))
 
     if isinstance(item, Finish):
         return finish

@@ -36,6 +36,16 @@ Design:
   worker that gets it once it is ``_claim.ORPHAN_GRACE`` old) or, for a generated id nobody
   has seen, a pending record without a message. An explicit ``task_id`` is always safe to
   enqueue again.
+* **Payloads.** A pending record keeps the task's payload as its tail, with the engine's
+  options and the ``function``; a claim's record leaves them to the work message and the
+  claim's holder, which writes them back into a failed, cancelled, retried or released record
+  (a success keeps only its value). So ``cancel`` and ``requeue`` have what they need, and a
+  heartbeat never rewrites a payload.
+* **Listing.** JetStream has no secondary index: the stream ``IX_<stream>`` holds one entry
+  per task on a subject per state and queue (pending: per queue and priority), written by the
+  step that changes the task's state, and deleted by the next one; ``list_tasks`` reads a
+  subject from a sequence on (finished ones backwards) and checks each entry against its
+  record. Worker records are entries there too. See ``_index``, ``_listing``, ``_workers``.
 * **Expiry.** A finished record carries ``expires_at`` and is invisible once it has passed.
   Finishing also appends ``(key, revision, expires_at)`` to an expiry index,
   ``sitq.<stream>.x.<ttl class>``: tasks with the same ``result_ttl`` (to 10 s) expire in the order
@@ -72,7 +82,8 @@ makes) in ``_records``; the JetStream API's replies, ack subjects and per-consum
 deletes) in ``_client``; the server's clock in ``_clock``; the pull consumers, long polls and
 parked messages in ``_consumers``; the slots records of concurrency keys in ``_slots``. The
 steps: ``_enqueue``, ``_claim`` (and the claims held), ``_settle`` (leases and settlements),
-``_expiry`` (the expiry index and purge), ``_stats``, ``_cron`` and ``_locks``. This module
+``_expiry`` (the expiry index and purge), ``_stats``, ``_cron``, ``_locks``, ``_index`` (the
+listing index), ``_listing`` (listing and purging tasks), ``_requeue`` and ``_workers``. This module
 holds the backend's configuration, its life cycle, cancel and the reads and waits.
 """
 
@@ -101,11 +112,16 @@ from sitq.backends.nats._clock import ServerClock
 from sitq.backends.nats._consumers import PRIORITY_REFRESH, Consumers
 from sitq.backends.nats._enqueue import Enqueuer
 from sitq.backends.nats._expiry import ExpiryIndex
+from sitq.backends.nats._index import Index
 from sitq.backends.nats._jetstream import NS, ack_seq
+from sitq.backends.nats._listing import Lister
 from sitq.backends.nats._records import (
     CANCEL_REQUESTED,
     EXPIRES_AT,
     FINAL,
+    LIST_SEQ,
+    LIST_TOKEN,
+    QUEUE,
     RESULT_TTL,
     STATE,
     UNFINISHED,
@@ -115,10 +131,13 @@ from sitq.backends.nats._records import (
     expired,
     expiry_class,
     snapshot_of,
+    split,
     task_key,
 )
+from sitq.backends.nats._requeue import Requeuer
 from sitq.backends.nats._settle import Settler
 from sitq.backends.nats._stats import count_tasks
+from sitq.backends.nats._workers import Workers
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -127,9 +146,14 @@ from sitq.models import (
     CronRecord,
     LeaseState,
     NewTask,
+    Progress,
     QueueStats,
+    RequeueOutcome,
     Settlement,
+    SnapshotPage,
     TaskSnapshot,
+    TaskStatus,
+    WorkerRecord,
 )
 
 log = logging.getLogger("sitq.nats")
@@ -218,19 +242,26 @@ class NATSBackend(Backend):
         self._clock = ServerClock(self._client)
         self._consumers = Consumers(self._client, self.ack_wait)
         self._holdings = Holdings()
-        self._expiry = ExpiryIndex(self._client, self._clock, self._consumers)
-        self._enqueuer = Enqueuer(self._client, self._clock, self._consumers)
+        self._index = Index(self._client)
+        self._expiry = ExpiryIndex(self._client, self._clock, self._consumers, self._index)
+        self._enqueuer = Enqueuer(self._client, self._clock, self._consumers, self._index)
         self._claimer = Claimer(
             self._client,
             self._clock,
             self._consumers,
             self._holdings,
+            self._index,
             owner=secrets.token_hex(6),
             ack_wait=self.ack_wait,
         )
         self._settler = Settler(
-            self._client, self._clock, self._consumers, self._holdings, self._expiry
+            self._client, self._clock, self._consumers, self._holdings, self._expiry, self._index
         )
+        self._lister = Lister(self._client, self._index)
+        self._requeuer = Requeuer(
+            self._client, self._clock, self._consumers, self._index, self._enqueuer.generation
+        )
+        self._workers = Workers(self._client, self._index)
 
     @classmethod
     def from_url(cls, url: str) -> NATSBackend:
@@ -383,6 +414,7 @@ class NATSBackend(Backend):
                 "duplicate_window": 120 * NS,
             },
         )
+        await client.ensure_stream(self._index.stream, self._index.config(self.replicas))
         subjects = set(work["config"].get("subjects") or ())
         if work["config"].get("retention") != "workqueue" or f"{client.subject_prefix}.q.>" not in (
             subjects
@@ -405,6 +437,8 @@ class NATSBackend(Backend):
         if self._client.nc is not None and self._expiry.unindexed:
             with contextlib.suppress(Exception):
                 await self._expiry.add({})
+        if self._client.nc is not None:
+            await self._index.settle_background()
         nc, self._client.nc = self._client.nc, None
         self._closing = True
         self._consumers.work.set()
@@ -416,6 +450,20 @@ class NATSBackend(Backend):
         self._subs = []
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 10)
+
+    def detach(self) -> None:
+        """Drop the connection, its subscriptions, the consumers' state, the claims held and
+        every request and task of an event loop that has ended, without any I/O; the next
+        ``connect()`` opens a new connection on the running loop. Claims held are left to
+        their leases."""
+        self._client.nc = None
+        self._closing = True
+        self._client.forget_requests()
+        self._consumers.forget()
+        self._holdings.clear()
+        self._clock.forget()
+        self._index.forget_background()
+        self._subs = []
 
     async def _on_error(self, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -468,23 +516,28 @@ class NATSBackend(Backend):
             now = self._clock.now()
             if got is None or expired(got[0], now):
                 return CancelOutcome.NOT_FOUND
-            rec, _, rev = got
+            rec, tail, rev = got
             if rec[STATE] in FINAL:
                 return CancelOutcome.ALREADY_FINISHED
             if rec[STATE] == "running":
                 if rec.get(CANCEL_REQUESTED):
                     return CancelOutcome.REQUESTED
                 new = cancel_flagged(rec)
-                if ack_seq(await client.one(*client.write(key, encode(new), rev))):
+                if ack_seq(await client.one(*client.write(key, encode(*split(new)), rev))):
                     return CancelOutcome.REQUESTED
                 continue
-            new = cancelled(rec, now)
-            new_rev = ack_seq(await client.one(*client.write(key, encode(new), rev)))
+            token = self._index.token()
+            subject = self._index.state_subject(TaskStatus.CANCELLED, str(rec[QUEUE]))
+            entry = ack_seq(await client.one(*self._index.entry(subject, key, token)))
+            new = {**cancelled(rec, now), LIST_TOKEN: token, LIST_SEQ: entry}
+            new_rev = ack_seq(await client.one(*client.write(key, encode(new, tail), rev)))
             if new_rev:
+                self._index.drop([int(rec.get(LIST_SEQ) or 0)])
                 await self._expiry.add(
-                    {expiry_class(rec[RESULT_TTL]): [[key, new_rev, new[EXPIRES_AT]]]}
+                    {expiry_class(rec[RESULT_TTL]): [[key, new_rev, new[EXPIRES_AT], entry]]}
                 )
                 return CancelOutcome.CANCELLED
+            await self._index.drop_now([entry])
         raise BackendError(f"could not cancel task {task_id!r}: its record kept changing")
 
     # -- reads and waits --------------------------------------------------------------------
@@ -581,3 +634,44 @@ class NATSBackend(Backend):
         """Count tasks per queue and state by reading every record (an ephemeral consumer)."""
         self._client.connection()
         return await count_tasks(self._client, self._clock.now())
+
+    # -- inspection and operator actions ---------------------------------------------------
+
+    async def list_tasks(
+        self, status: TaskStatus, queue: str | None, limit: int, after: str | None, now: float
+    ) -> SnapshotPage:
+        """A page read through the listing index (see ``_listing`` for its order)."""
+        return await self._lister.list_tasks(status, queue, limit, after, self._clock.now())
+
+    async def requeue(self, task_ids: Sequence[str], now: float) -> list[RequeueOutcome]:
+        """Make failed and cancelled records pending again and publish their work messages
+        (see ``_requeue``)."""
+        self._client.connection()
+        return await self._requeuer.requeue(task_ids)
+
+    async def purge_tasks(self, queue: str, status: TaskStatus, limit: int) -> int:
+        """Delete records of the queue in that state found through the listing index (never
+        running ones); a pending task's message left behind is dropped by the worker that
+        receives it."""
+        count, _ = await self._lister.purge_tasks(queue, status, limit, self._clock.now())
+        return count
+
+    async def save_progress(self, updates: Sequence[Progress]) -> None:
+        """Write each current claim's progress into its record (fenced)."""
+        self._client.connection()
+        await self._settler.save_progress(updates)
+
+    async def put_worker(self, record: WorkerRecord) -> None:
+        """Write the worker's entry (see ``_workers``)."""
+        self._client.connection()
+        await self._workers.put(record)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete the worker's entries."""
+        self._client.connection()
+        await self._workers.remove(worker_id)
+
+    async def list_workers(self, now: float) -> list[WorkerRecord]:
+        """The unexpired worker entries, by worker id."""
+        self._client.connection()
+        return await self._workers.list(now)
