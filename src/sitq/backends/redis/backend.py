@@ -29,6 +29,8 @@ module of its own:
   poll covers anything missed, and idle workers also wake at the next ETA or lease expiry
   (which a claim returns, so an idle cycle costs one round trip).
 * ``_records``: a task's hash read back as a snapshot, a claim script's reply as claims.
+* ``_migration``: the store's format version, checked on connect; a store written by an
+  earlier version is migrated (in bounded, resumable batches, one client at a time).
 
 A step whose connection failed is retried only where that cannot act twice: claim and settle
 carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets the
@@ -826,9 +828,9 @@ class RedisBackend(Backend):
     ) -> SnapshotPage:
         """A page from each queue's listing index (pending: ``ready``, ``sl`` and ``pk``
         merged by rank; running: ``run``; finished: the status's ``fin`` set), one script per
-        queue in one round trip, merged (see ``_listing``). A task stored before these
-        indexes existed is listed once a step of this version has indexed it (see
-        ``_keys``)."""
+        queue in one round trip, merged (see ``_listing``). Tasks stored before these
+        indexes existed were entered in them when the store was migrated (see
+        ``_migration``)."""
         self._check()
         queues = [queue] if queue is not None else await self._queues()
         if not queues or limit <= 0:
