@@ -635,8 +635,11 @@ async def test_locks_and_crons_keep_to_the_server_and_survive_script_flush(
         ]
         assert await backend.delete_cron("nightly")
         assert await backend.list_crons() == []
-        # What is left is the record of the advance (for a retry), which expires by itself.
-        (record,) = [k async for k in admin.scan_iter(match="lc:*")]
+        # What is left is the store's format version and the record of the advance (for a
+        # retry), which expires by itself.
+        left = {k async for k in admin.scan_iter(match="lc:*")}
+        assert b"lc:{lc:queues}:format" in left
+        (record,) = left - {b"lc:{lc:queues}:format"}
         assert b":advance:" in record and 0 < await admin.pttl(record) <= 10_000
     finally:
         await backend.close()
@@ -858,6 +861,8 @@ async def _as_stored_before(admin: Any, backend: RedisBackend, task_id: str, que
     if status == b"0" and await admin.zscore(k.sched, task_id) is not None:
         await admin.hdel(key, "rk")
         await admin.zrem(k.sl, rank)
+    if status == b"0" and rank is not None:
+        await admin.zrem(k.pk, rank)  # a parked task keeps its rank, in `ck:w:<key>` only
     await admin.zrem(k.run, task_id)
     if status in (b"2", b"3", b"4"):
         await admin.hdel(key, "pl")
@@ -865,57 +870,154 @@ async def _as_stored_before(admin: Any, backend: RedisBackend, task_id: str, que
             await admin.zrem(fin, task_id)
 
 
-async def test_tasks_stored_before_the_listing_indexes_run_read_and_list_where_they_can(
+async def _stored(admin: Any, backend: RedisBackend, queues: tuple[str, ...]) -> list[Any]:
+    """Every set, counter and task hash of the queues, to compare two moments."""
+    out: list[Any] = []
+    for queue in queues:
+        k = backend._queue_keys(queue)
+        sets = (k.ready, k.sched, k.leases, k.done_s, k.done_f, k.done_c, k.sl, k.pk, k.run)
+        for key in (*sets, k.fin_s, k.fin_f, k.fin_c):
+            out.append(await admin.zrange(key, 0, -1, withscores=True))
+        out.append(await admin.get(k.seq))
+        for raw in await admin.zrange(k.done_s, 0, -1) + await admin.zrange(k.leases, 0, -1):
+            out.append(await admin.hgetall(k.task + raw.decode()))
+    return out
+
+
+async def _old_tasks_are_listed_after_connect(url: str, admin: Any, prefix: str) -> None:
+    """Store a task in each state the way the previous version did, with no format version,
+    then connect clients of this version: one of them migrates the store, after which each
+    task is listed in its state; a second migration changes nothing; the tasks run."""
+    first, second = _queues_on_different_nodes(prefix)
+    queue = TaskQueue(url, queue=first)
+    await queue.connect()
+    backend = queue.backend
+    assert isinstance(backend, RedisBackend)
+    format_key = f"{prefix}:{{{prefix}:queues}}:format"
+    assert await admin.get(format_key) == b"2"  # a new store starts in this version's format
+    clients: list[TaskQueue] = []
+    try:
+        failed = await queue.enqueue(tasks.fail, "old")
+        succeeded = await queue.enqueue(tasks.add, 5, 5)
+        running = await queue.enqueue(tasks.add, 0, 0)
+        claims = await backend.claim([first], 3, "old-worker", 30)
+        assert {c.task_id for c in claims} == {failed, succeeded, running}
+        by_id = {c.task_id: c for c in claims}
+        now = time.time()
+        assert await backend.settle(
+            [
+                Finish(
+                    by_id[failed].ref,
+                    TaskStatus.FAILED,
+                    None,
+                    "ValueError: old",
+                    None,
+                    now,
+                    now + 3600,
+                ),
+                _settled(by_id[succeeded]),
+            ]
+        ) == [True, True]
+        keyed = queue.options(queue=second, concurrency_key="k", concurrency_limit=1)
+        holding = await keyed.enqueue(tasks.add, 1, 1)
+        parked = await keyed.enqueue(tasks.add, 2, 2)
+        (held,) = await backend.claim([second], 2, "old-worker", 30)
+        assert held.task_id == holding  # and `parked` is parked: its key is full
+        assert await admin.zcard(backend._queue_keys(second).ck + ":w:k") == 1
+        cancelled = await queue.enqueue(tasks.add, 3, 3)
+        assert await queue.cancel(cancelled) is True
+        due = await queue.enqueue(tasks.add, 1, 2)
+        scheduled = await queue.enqueue_in(1.0, tasks.add, 3, 4)
+        old = {
+            first: (failed, succeeded, running, cancelled, due, scheduled),
+            second: (holding, parked),
+        }
+        for name, ids in old.items():
+            for task_id in ids:
+                await _as_stored_before(admin, backend, task_id, name)
+        await admin.delete(format_key)
+        assert (await queue.list_tasks(status="failed")).tasks == []  # not migrated yet
+
+        # Clients connecting at once: one migrates, the others wait for it.
+        clients = [TaskQueue(url) for _ in range(3)]
+        await asyncio.gather(*(c.connect() for c in clients))
+        migrated = [c.backend.migrated for c in clients if isinstance(c.backend, RedisBackend)]
+        assert sorted(migrated, key=str) == [7, None, None], migrated  # 3 fin, 2 run, sl, pk
+        assert await admin.get(format_key) == b"2"
+        reader = clients[0]
+        expected = {
+            "pending": {due, scheduled, parked},
+            "running": {running, holding},
+            "failed": {failed},
+            "success": {succeeded},
+            "cancelled": {cancelled},
+        }
+        for status, ids in expected.items():
+            page = await reader.list_tasks(status=status)
+            assert {i.task_id for i in page.tasks} == ids, status
+            assert all(i.function == "" for i in page.tasks)
+        (run_row,) = [
+            i for i in (await reader.list_tasks(status="running")).tasks if i.task_id == running
+        ]
+        assert run_row.worker_id == "old-worker"
+        # No migration state is left behind, and a store up to date is not migrated again.
+        for name in old:
+            assert await admin.exists(backend._queue_keys(name).migration) == 0
+        later = TaskQueue(url)
+        clients.append(later)
+        await later.connect()
+        assert isinstance(later.backend, RedisBackend) and later.backend.migrated is None
+
+        # Migrating again (the format key lost) finds everything indexed: nothing changes.
+        before = await _stored(admin, backend, tuple(old))
+        await admin.delete(format_key)
+        again = TaskQueue(url)
+        clients.append(again)
+        await again.connect()
+        assert isinstance(again.backend, RedisBackend) and again.backend.migrated == 0
+        assert await _stored(admin, backend, tuple(old)) == before
+
+        # The previous version dropped a failed task's payload: it cannot run again.
+        assert await queue.requeue(failed) is False
+        assert await backend.settle([_settled(by_id[running]), _settled(held)]) == [True, True]
+        # The pending tasks run (the scheduled one once due, the parked one once let out).
+        async with AsyncWorker(backend, queues=(first, second), poll_interval=0.1):
+            assert await queue.get_value(due, timeout=30) == 3
+            assert await queue.get_value(scheduled, timeout=30) == 7
+            assert await queue.get_value(parked, timeout=30) == 4
+        done = await queue.list_tasks(status="success")
+        assert {i.task_id for i in done.tasks} == {
+            due,
+            scheduled,
+            parked,
+            running,
+            holding,
+            succeeded,
+        }
+        assert (await queue.list_tasks(status="pending")).tasks == []
+        assert await queue.purge(first, "failed") == 1
+        assert await queue.get_task(failed) is None
+    finally:
+        for client in clients:
+            await client.close()
+        await queue.close()
+        await admin.aclose()
+
+
+async def test_tasks_stored_before_the_listing_indexes_are_listed_after_connect(
     servers: list[RedisProcess], tmp_path: Path
 ) -> None:
     server = await _start(servers, tmp_path / "redis")
-    queue = TaskQueue(f"redis://127.0.0.1:{server.port}/0?prefix=old")
-    await queue.connect()
-    admin = server.admin()
-    backend = queue.backend
-    assert isinstance(backend, RedisBackend)
-    try:
-        failed = await queue.enqueue(tasks.fail, "old")
-        running = await queue.enqueue(tasks.add, 0, 0)
-        claims = await backend.claim(["default"], 2, "old-worker", 30)
-        assert {c.task_id for c in claims} == {failed, running}
-        (failing,) = [c for c in claims if c.task_id == failed]
-        now = time.time()
-        finish = Finish(
-            failing.ref, TaskStatus.FAILED, None, "ValueError: old", None, now, now + 3600
-        )
-        assert await backend.settle([finish]) == [True]
-        due = await queue.enqueue(tasks.add, 1, 2)
-        scheduled = await queue.enqueue_in(1.0, tasks.add, 3, 4)
-        for task_id in (failed, running, due, scheduled):
-            await _as_stored_before(admin, backend, task_id, "default")
+    url = f"redis://127.0.0.1:{server.port}/0?prefix=old"
+    await _old_tasks_are_listed_after_connect(url, server.admin(), "old")
 
-        # Readable, without a function; listed where an index of the previous version serves.
-        for task_id in (failed, running, due, scheduled):
-            info = await queue.get_task(task_id)
-            assert info is not None and info.function == ""
-        pending = await queue.list_tasks(status="pending")
-        assert [i.task_id for i in pending.tasks] == [due]  # `ready` is the listing index
-        assert (await queue.list_tasks(status="running")).tasks == []
-        assert (await queue.list_tasks(status="failed")).tasks == []
-        # A running task is indexed at its next lease extension.
-        (held,) = [c for c in claims if c.task_id == running]
-        assert await backend.extend_lease([held.ref], 30) == [LeaseState.HELD]
-        listed = await queue.list_tasks(status="running")
-        assert [(i.task_id, i.worker_id) for i in listed.tasks] == [(running, "old-worker")]
-        assert await backend.settle([_settled(held)]) == [True]
-        # The previous version dropped a failed task's payload: it cannot run again.
-        assert await queue.requeue(failed) is False
 
-        # Both pending tasks run (the scheduled one once due) and are then listed.
-        async with AsyncWorker(backend, poll_interval=0.1):
-            assert await queue.get_value(due, timeout=30) == 3
-            assert await queue.get_value(scheduled, timeout=30) == 7
-        done = await queue.list_tasks(status="success")
-        assert {i.task_id for i in done.tasks} == {due, scheduled, running}
-        # Purging reaches an unindexed finished task too.
-        assert await queue.purge("default", "failed") == 1
-        assert await queue.get_task(failed) is None
-    finally:
-        await queue.close()
-        await admin.aclose()
+async def test_tasks_stored_before_the_listing_indexes_are_listed_after_connect_on_a_cluster(
+    cluster_url: str, redis_cluster: RedisCluster
+) -> None:
+    from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+    admin = ClusterClient(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    await _old_tasks_are_listed_after_connect(
+        cluster_url, admin, cluster_url.rsplit("prefix=", 1)[1]
+    )

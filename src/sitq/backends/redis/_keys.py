@@ -26,10 +26,12 @@
     by ``started_at``; ``...:fin:s|f|c`` finished tasks per status scored by ``-finished_at``
     (ties by id). Due tasks (the common case) need no index beyond ``ready``.
 
-* Tasks stored before the listing indexes existed are listed where an index of that version
-  serves, or once a later step indexes them: due pending tasks at once (``ready``), scheduled
-  and parked ones once they enter ``ready``, running ones at their next lease extension;
-  finished ones are not listed (they stay readable by id until they expire).
+* ``<prefix>:queues`` is the set of the known queues, and ``<prefix>:{<prefix>:queues}:format``
+  (in the same slot) the store's format version: absent in a store written before the listing
+  indexes existed (format 1), 2 since. ``connect()`` brings an older store up to date (see
+  ``_migration``): ``...:mig`` and ``...:mig:ck`` per queue keep that migration's progress
+  while it runs, and ``<prefix>:{<prefix>:queues}:migrating`` is the lock of the client that
+  runs it.
 
 * Worker records are one hash, ``<prefix>:{<prefix>:workers}``: worker id to ``<expires_at>
   <data>``.
@@ -70,6 +72,8 @@ def queue_keys(prefix: str, queue: str, work_prefix: str) -> QueueKeys:
         fin_s=f"{base}:fin:s",
         fin_f=f"{base}:fin:f",
         fin_c=f"{base}:fin:c",
+        migration=f"{base}:mig",
+        migration_keys=f"{base}:mig:ck",
         work=f"{work_prefix}{queue}",
         index=f"{prefix}:id:",
         prefix=prefix,
@@ -98,9 +102,27 @@ class QueueKeys:
     fin_s: str  # finished tasks by -finished_at, per status (listing)
     fin_f: str
     fin_c: str
+    migration: str  # the progress of the store format migration on this queue (a hash)
+    migration_keys: str  # the concurrency keys that migration has still to look at (a set)
     work: str
     index: str  # the prefix of the id index keys (shared by every queue)
     prefix: str  # the backend's key prefix
+
+
+def queues_key(prefix: str) -> str:
+    """The set of the known queues under ``prefix``."""
+    return f"{prefix}:queues"
+
+
+def format_key(prefix: str) -> str:
+    """The store's format version under ``prefix``. Its hash tag is the name of the known
+    queues set, so that both share one slot on a Redis Cluster."""
+    return f"{prefix}:{{{queues_key(prefix)}}}:format"
+
+
+def migration_lock_key(prefix: str) -> str:
+    """The lock held by the client that migrates the store (in the known queues' slot)."""
+    return f"{prefix}:{{{queues_key(prefix)}}}:migrating"
 
 
 def workers_key(prefix: str) -> str:

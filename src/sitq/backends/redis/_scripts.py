@@ -48,6 +48,8 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "purge_tasks": (),
     "progress": (),
     "workers_list": (),
+    "migrate": ("common",),
+    "format_set": (),
 }
 
 

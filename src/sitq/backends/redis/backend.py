@@ -29,6 +29,8 @@ module of its own:
   poll covers anything missed, and idle workers also wake at the next ETA or lease expiry
   (which a claim returns, so an idle cycle costs one round trip).
 * ``_records``: a task's hash read back as a snapshot, a claim script's reply as claims.
+* ``_migration``: the store's format version, checked on connect; a store written by an
+  earlier version is migrated (in bounded, resumable batches, one client at a time).
 
 A step whose connection failed is retried only where that cannot act twice: claim and settle
 carry a request id whose answer their script keeps for 10 s (a retry after a lost reply gets the
@@ -52,8 +54,9 @@ from sitq.backends._options import Convert, UrlOptions, as_bool, as_int, as_seco
 from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
 from sitq.backends.base import STATUS_CODE, Backend
 from sitq.backends.redis._index import IdIndex
-from sitq.backends.redis._keys import PREFIX, QueueKeys, queue_keys, workers_key
+from sitq.backends.redis._keys import PREFIX, QueueKeys, queue_keys, queues_key, workers_key
 from sitq.backends.redis._listing import merge_pages, queue_page
+from sitq.backends.redis._migration import StoreFormat
 from sitq.backends.redis._pubsub import Listener
 from sitq.backends.redis._records import (
     LEASE_STATES,
@@ -236,6 +239,10 @@ class RedisBackend(Backend):
         self._keys: dict[str, QueueKeys] = {}
         self._registered: set[str] = set()
         self._index = IdIndex(self._wire, prefix, self._queue_keys, self.describe)
+        self._format = StoreFormat(self._wire, prefix, self._queue_keys)
+        self.migrated: int | None = None
+        """The listing entries that the store format migration run by this object's
+        ``connect()`` added (``None``: it ran none, the store was up to date)."""
         self._done_prefix = f"{prefix}:done:"
         self._work_prefix = f"{prefix}:work:"
         # One slot for all cron schedules (and the records of their compare-and-sets).
@@ -309,7 +316,9 @@ class RedisBackend(Backend):
         )
 
     async def connect(self) -> None:
-        """Connect, and load the Lua scripts into the server's script cache. Idempotent."""
+        """Connect, load the Lua scripts into the server's script cache, and bring a store
+        written by an earlier version up to this version's format (see ``_migration``; one
+        client migrates, the others wait for it). Idempotent."""
         if self._wire.client is not None:
             return
         self._changes = ChangeSignal()
@@ -321,6 +330,12 @@ class RedisBackend(Backend):
                 f"invalid Redis settings for {self.describe()}: {exc}"
             ) from exc
         await self._wire.open(client)
+        try:
+            if not self._format.current:
+                self.migrated = await self._format.ensure()
+        except BaseException:
+            await self.close()
+            raise
 
     def detach(self) -> None:
         """Drop the client, its connections, the pub/sub listener and every waiter of an event
@@ -383,7 +398,7 @@ class RedisBackend(Backend):
         stored = [False] * len(tasks)
         queues = {t.queue for t in tasks}
         commands: list[Command] = [
-            ("SADD", f"{self.prefix}:queues", queue) for queue in queues - self._registered
+            ("SADD", queues_key(self.prefix), queue) for queue in queues - self._registered
         ]
         if self.cluster:
             # Each id's index key has a slot of its own: one SET per generated id (redis-py
@@ -755,7 +770,7 @@ class RedisBackend(Backend):
         return due
 
     async def _queues(self) -> list[str]:
-        (members,) = await self._wire.exec([("SMEMBERS", f"{self.prefix}:queues")])
+        (members,) = await self._wire.exec([("SMEMBERS", queues_key(self.prefix))])
         raise_errors([members])
         return sorted(bytes(m).decode() for m in members)
 
@@ -813,9 +828,9 @@ class RedisBackend(Backend):
     ) -> SnapshotPage:
         """A page from each queue's listing index (pending: ``ready``, ``sl`` and ``pk``
         merged by rank; running: ``run``; finished: the status's ``fin`` set), one script per
-        queue in one round trip, merged (see ``_listing``). A task stored before these
-        indexes existed is listed once a step of this version has indexed it (see
-        ``_keys``)."""
+        queue in one round trip, merged (see ``_listing``). Tasks stored before these
+        indexes existed were entered in them when the store was migrated (see
+        ``_migration``)."""
         self._check()
         queues = [queue] if queue is not None else await self._queues()
         if not queues or limit <= 0:
