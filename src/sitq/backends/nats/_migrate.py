@@ -16,8 +16,9 @@ migrated in its new state, or skipped if its writer listed it; the losing entry 
 
 A migrated finished record has a new revision, so it is added to the expiry index again (its
 old expiry entry names a revision that is gone, which a purge skips). Records of format 1 did
-not keep the payload of a pending task: a failed or cancelled task stored before the upgrade
-cannot be requeued (``requeue`` refuses it), though it is listed like any other.
+not keep the payload of a pending task: a failed or cancelled task stored before the upgrade,
+or a pending one of then cancelled before it runs, cannot be requeued (``requeue`` refuses it),
+though it is listed like any other.
 """
 
 from __future__ import annotations
