@@ -25,7 +25,9 @@ from sitq import (
     backend_from_url,
 )
 from sitq.backends.nats import NATSBackend
+from sitq.backends.nats._records import expiry_class
 from sitq.models import Claim, Finish, LeaseState
+from sitq.options import TaskOptions
 from tests import services
 from tests.backend_nats import delete_nats_stream, unique_stream
 from tests.conformance import tasks
@@ -637,3 +639,184 @@ async def test_cluster_cron_locks_and_keys(cluster_queue: TaskQueue) -> None:
     assert await backend.claim(["default"], 5, "w", 30) == []
     assert await backend.settle([_done(first)]) == [True]
     assert len(await backend.claim(["default"], 5, "w", 30)) == 1
+
+
+# -- a store written before the listing index -------------------------------------------------
+
+
+class _OldStore:
+    """Writes records, work messages and expiry entries as sitq's NATS backend did before the
+    listing index (format 1): no listing entry, no ``fn``/``hp``/``lt``/``ix`` fields, and no
+    payload kept in a pending record."""
+
+    def __init__(self, nc: Any, stream: str, queue: TaskQueue) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.serializer = queue.serializer
+        self.options = TaskOptions().engine_options()
+        self.now = time.time()
+        self.ids: dict[str, list[str]] = {}
+
+    async def _publish(self, subject: str, data: bytes) -> int:
+        reply = json.loads((await self.nc.request(subject, data, timeout=5)).data)
+        assert "error" not in reply, reply
+        return int(reply["seq"])
+
+    async def add(
+        self,
+        label: str,
+        state: str,
+        *,
+        priority: int = 0,
+        eta: float | None = None,
+        fields: dict[str, Any] | None = None,
+        tail: bytes | None = None,
+        message: bool = False,
+        x: int = 0,
+    ) -> str:
+        """Store one task of ``state`` (and its work message, as enqueue published it)."""
+        task_id = f"old-{label}"
+        rec: dict[str, Any] = {
+            "s": state,
+            "id": task_id,
+            "q": "default",
+            "p": priority,
+            "g": "oldgen" + label,
+            "eta": self.now if eta is None else eta,
+            "enq": self.now,
+            "ttl": 3600.0,
+            "a": 0,
+            "r": 0,
+            "f": 0,
+            **(fields or {}),
+        }
+        head = json.dumps(rec, separators=(",", ":")).encode()
+        data = head if tail is None else head + b"\n" + tail
+        rev = await self._publish(f"$KV.{self.stream}.{task_id}", data)
+        if message:
+            first = {**rec, "s": "pending", "a": 0, "f": 0}
+            for field in ("lu", "w", "st"):
+                first.pop(field, None)
+            body = json.dumps({**first, "o": self.options, "rev": rev}, separators=(",", ":"))
+            payload = self.serializer.dumps_call(tasks.add, (x, x), {})
+            await self._publish(
+                f"sitq.{self.stream}.q.default.{priority}", body.encode() + b"\n" + payload
+            )
+        if state in ("success", "failed", "cancelled"):
+            entry = [task_id, rev, rec["exp"]]
+            ttl_class = expiry_class(rec["ttl"])
+            body = json.dumps({"exp": rec["exp"], "keys": [entry]}).encode()
+            await self._publish(f"sitq.{self.stream}.x.{ttl_class}", body)
+        self.ids.setdefault(state, []).append(task_id)
+        return task_id
+
+
+async def _listed(queue: TaskQueue, status: str) -> list[str]:
+    """Every task id of ``status``, page by page."""
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await queue.list_tasks(status, limit=2, cursor=cursor)
+        ids += [t.task_id for t in page.tasks]
+        cursor = page.next_cursor
+        if cursor is None:
+            return ids
+
+
+async def _index_size(nc: Any, stream: str) -> int:
+    reply = await nc.request(f"$JS.API.STREAM.INFO.IX_{stream}", b"", timeout=5)
+    return int(json.loads(reply.data)["state"]["messages"])
+
+
+async def test_a_store_of_the_previous_version_is_listed_after_connect(nats_url: str) -> None:
+    """Tasks stored in every state without listing entries (the format before the listing
+    index) are listed once clients connect (three at once), in their states, in order; a second
+    connect changes nothing; the pending ones still run, and migrated results still expire."""
+    import nats
+
+    stream = nats_url.rsplit("=", 1)[1]
+    async with TaskQueue(nats_url) as first:  # creates the streams (and marks the format)
+        pass
+    nc = await nats.connect(nats_url.split("?")[0])
+    try:
+        old = _OldStore(nc, stream, first)
+        now = old.now
+        await old.add("due1", "pending", message=True, x=1)
+        await old.add("due2", "pending", message=True, x=2)
+        await old.add("urgent", "pending", priority=5, message=True, x=3)
+        await old.add("later", "pending", eta=now + 3600, message=True, x=4)
+        running = {"a": 1, "f": 7, "lu": now + 600, "w": "old-worker", "st": now}
+        await old.add("running", "running", fields=running, message=True, x=5)
+        done = {"a": 1, "f": 9, "st": now, "fin": now, "e": None, "tb": None}
+        value = old.serializer.dumps(42)
+        await old.add(
+            "success", "success", fields={**done, "exp": now + 3600, "hv": True}, tail=value
+        )
+        await old.add(
+            "failed", "failed", fields={**done, "exp": now + 3600, "e": "boom", "tb": "Traceback"}
+        )
+        await old.add(
+            "cancelled",
+            "cancelled",
+            fields={"fin": now, "exp": now + 3600, "e": "cancelled before it started", "tb": None},
+        )
+        await old.add(
+            "short", "success", fields={**done, "ttl": 8.0, "exp": now + 8, "hv": True}, tail=value
+        )
+        await nc.request(
+            f"$JS.API.STREAM.PURGE.KV_{stream}",
+            json.dumps({"filter": f"$KV.{stream}._.format"}).encode(),
+            timeout=5,
+        )
+        assert await _index_size(nc, stream) == 0
+
+        backends = await _connected(nats_url, 3)  # several clients migrate at once
+        try:
+            queue = TaskQueue(backends[0])
+            assert await _listed(queue, "pending") == [
+                "old-urgent",
+                "old-due1",
+                "old-due2",
+                "old-later",
+            ]
+            assert await _listed(queue, "running") == ["old-running"]
+            assert set(await _listed(queue, "success")) == {"old-success", "old-short"}
+            assert await _listed(queue, "failed") == ["old-failed"]
+            assert await _listed(queue, "cancelled") == ["old-cancelled"]
+            assert await _index_size(nc, stream) == 9  # one entry each, none left by a race
+            assert await queue.get_value("old-success") == 42
+            # Their payload was not kept before the upgrade: requeue refuses them.
+            assert await queue.requeue("old-failed") is False
+            assert await queue.requeue("old-cancelled") is False
+        finally:
+            await asyncio.gather(*(b.close() for b in backends))
+
+        async with TaskQueue(nats_url) as again:  # the format is marked: nothing to do
+            assert await again.backend._migrator.migrate() == 0
+            assert await _index_size(nc, stream) == 9
+            assert await _listed(again, "pending") == [
+                "old-urgent",
+                "old-due1",
+                "old-due2",
+                "old-later",
+            ]
+            async with AsyncWorker(again.backend, poll_interval=0.2):
+                for task_id, x in (("old-urgent", 3), ("old-due1", 1), ("old-due2", 2)):
+                    assert await again.get_value(task_id, timeout=15) == 2 * x
+            assert await _listed(again, "pending") == ["old-later"]
+            assert await _listed(again, "running") == ["old-running"]
+            succeeded = await _listed(again, "success")
+            assert {"old-urgent", "old-due1", "old-due2", "old-success"} <= set(succeeded)
+
+            purged = 0
+
+            async def short_purged() -> bool:
+                nonlocal purged
+                purged += await again.backend.purge_expired(time.time())
+                return purged >= 1
+
+            await wait_until(short_purged, timeout=30, message="the migrated result to expire")
+            assert await again.get_status("old-short") is None
+            assert await again.get_status("old-success") == TaskStatus.SUCCESS
+    finally:
+        await nc.close()

@@ -108,6 +108,13 @@ WORKER_EXPIRES: Final = "exp"
 
 CRON_INDEX: Final = "_.crons"
 """The bucket key of the index of cron schedule names."""
+FORMAT_KEY: Final = "_.format"
+"""The bucket key of the store's format marker: ``{FORMAT_VERSION: n}`` once every record
+written before format ``n`` has been brought up to it (see ``_migrate``)."""
+FORMAT_VERSION: Final = "v"
+FORMAT: Final = 2
+"""The current format: 2 lists every task (a listing entry per record, ``LIST_TOKEN`` and
+``LIST_SEQ`` in the record); 1, without a marker, had no listing index."""
 
 FINAL = {s.value for s in TaskStatus if s.is_final}
 _STATES = {s.value for s in TaskStatus}

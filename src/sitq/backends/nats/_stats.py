@@ -1,5 +1,6 @@
 """Queue statistics on the NATS backend: every record of the bucket read once through an
-ephemeral consumer, and counted per queue and state."""
+ephemeral consumer, and counted per queue and state. The walk itself (``each_record``) also
+serves the format migration (``_migrate``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import asyncio
 import contextlib
 import json
 import secrets
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from sitq.backends.nats._client import Client
-from sitq.backends.nats._jetstream import NS
+from sitq.backends.nats._jetstream import NS, stream_seq
 from sitq.backends.nats._records import ETA, QUEUE, STATE, decode, expired
 from sitq.errors import BackendError
 from sitq.models import QueueStats
@@ -44,7 +47,23 @@ async def count_tasks(client: Client, now: float) -> list[QueueStats]:
 
 
 async def _read_records(client: Client) -> list[bytes]:
-    """Every record of the bucket (deletion markers left out), in fetches of up to 1000."""
+    """Every record of the bucket (deletion markers left out)."""
+    return [raw.data async for batch in each_record(client) for raw in batch]
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A record of the bucket as stored: its key, revision and encoded data."""
+
+    key: str
+    rev: int
+    data: bytes
+
+
+async def each_record(client: Client, batch_size: int = 1000) -> AsyncGenerator[list[Raw], None]:
+    """Every record of the bucket (deletion markers left out) in the order of their last
+    writes, in batches of up to ``batch_size`` as fetched by an ephemeral consumer. Records
+    written after the walk starts may or may not be included."""
     nc = client.connection()
     name = "stats_" + secrets.token_hex(8)
     config = {
@@ -64,7 +83,8 @@ async def _read_records(client: Client) -> list[bytes]:
     name = created.get("name", name)
     total = int(created.get("num_pending", 0))
     inbox = nc.new_inbox()
-    records: list[bytes] = []
+    records: list[Raw] = []
+    skip = len(client.kv_prefix)
     loop = asyncio.get_running_loop()
     # Per fetch: messages still expected, and a future resolved when they are all in (a
     # fetch that is exactly satisfied ends without a status message).
@@ -79,7 +99,7 @@ async def _read_records(client: Client) -> list[bytes]:
             return
         state["received"] += 1
         if not msg.headers or msg.headers.get("KV-Operation") is None:
-            records.append(bytes(msg.data))
+            records.append(Raw(msg.subject[skip:], stream_seq(msg.reply), bytes(msg.data)))
         state["left"] -= 1
         if state["left"] <= 0 and done is not None and not done.done():
             done.set_result(None)
@@ -88,7 +108,7 @@ async def _read_records(client: Client) -> list[bytes]:
     try:
         while state["received"] < total:
             before = state["received"]
-            batch = min(total - before, 1000)
+            batch = min(total - before, batch_size)
             state.update(left=batch, done=loop.create_future(), last=loop.time())
             await nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{client.kv_stream}.{name}",
@@ -102,9 +122,11 @@ async def _read_records(client: Client) -> list[bytes]:
                     raise BackendError("NATS: reading the task records timed out")
             if state["received"] == before:
                 break  # records removed meanwhile
+            got, records = records, []
+            if got:
+                yield got
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         with contextlib.suppress(Exception):
             await client.api(f"CONSUMER.DELETE.{client.kv_stream}.{name}", None)
-    return records

@@ -59,8 +59,9 @@ Design:
 * **sitq's own records** share the bucket under keys that start with ``_.`` (a task key never
   has a ``.``): ``_.cron.<name>`` per cron schedule plus ``_.crons``, the index of their names;
   ``_.lock.<name>`` per held lock; ``_.ck.<queue>.<key>`` per (queue, concurrency key), the
-  list of its slot holders. Names are encoded as task ids are. Every change to them is a write
-  conditioned on the revision read, and a delete removes one exact revision.
+  list of its slot holders; ``_.format``, the format of the store's records. Names are encoded
+  as task ids are. Every change to them is a write conditioned on the revision read, and a
+  delete removes one exact revision.
 * **Locks.** A lock record holds its token and TTL; the TTL counts from the server's timestamp
   of the write that took or last extended the lock, judged against this client's estimate of
   the server's clock (the one leases use), so the holder's own clock never matters.
@@ -75,6 +76,9 @@ Design:
   lease end.
 * Streams and consumers are created on ``connect()`` (and consumers when a queue or priority is
   first seen), idempotently: any number of workers may start at once.
+* **Format.** ``connect()`` reads ``_.format``; on a store of an earlier format it gives every
+  task record its listing entry first, idempotently and by conditioned writes, then sets the
+  marker (``_migrate``).
 
 The layers, one per module: the record format (field names, encoding, the changes each step
 makes) in ``_records``; the JetStream API's replies, ack subjects and per-consumer state in
@@ -83,8 +87,9 @@ deletes) in ``_client``; the server's clock in ``_clock``; the pull consumers, l
 parked messages in ``_consumers``; the slots records of concurrency keys in ``_slots``. The
 steps: ``_enqueue``, ``_claim`` (and the claims held), ``_settle`` (leases and settlements),
 ``_expiry`` (the expiry index and purge), ``_stats``, ``_cron``, ``_locks``, ``_index`` (the
-listing index), ``_listing`` (listing and purging tasks), ``_requeue`` and ``_workers``. This module
-holds the backend's configuration, its life cycle, cancel and the reads and waits.
+listing index), ``_listing`` (listing and purging tasks), ``_requeue``, ``_workers`` and
+``_migrate`` (the format migration). This module holds the backend's configuration, its life
+cycle, cancel and the reads and waits.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ from sitq.backends.nats._expiry import ExpiryIndex
 from sitq.backends.nats._index import Index
 from sitq.backends.nats._jetstream import NS, ack_seq
 from sitq.backends.nats._listing import Lister
+from sitq.backends.nats._migrate import Migrator
 from sitq.backends.nats._records import (
     CANCEL_REQUESTED,
     EXPIRES_AT,
@@ -262,6 +268,7 @@ class NATSBackend(Backend):
             self._client, self._clock, self._consumers, self._index, self._enqueuer.generation
         )
         self._workers = Workers(self._client, self._index)
+        self._migrator = Migrator(self._client, self._clock, self._index, self._expiry)
 
     @classmethod
     def from_url(cls, url: str) -> NATSBackend:
@@ -312,7 +319,8 @@ class NATSBackend(Backend):
         return self._client.nc is not None
 
     async def connect(self) -> None:
-        """Connect, check JetStream, and create the stream and the bucket if they are missing."""
+        """Connect, check JetStream, create the stream and the bucket if they are missing, and
+        bring a store written by an earlier version up to the current format."""
         if self._client.nc is not None:
             return
         self._closing = False
@@ -431,6 +439,7 @@ class NATSBackend(Backend):
             await nc.subscribe(f"{client.subject_prefix}.n.>", cb=self._consumers.on_notification)
         )
         await self._clock.measure()
+        await self._migrator.ensure()
 
     async def close(self) -> None:
         """Give back prefetched messages, close the connection and wake every waiter."""
