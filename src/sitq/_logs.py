@@ -9,9 +9,12 @@ failure with its traceback. A start is logged at DEBUG. Each record carries the 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 import time
+from json.encoder import encode_basestring as _encode_string
 from typing import Any
 
 from sitq.models import Claim, Finish, Release, Reschedule, Settlement, TaskStatus
@@ -128,23 +131,155 @@ def refused(claim: Claim, duration: float) -> None:
     )
 
 
+class _SecondCache:
+    """The text of the current second, made once per second (``strftime`` is the dearest
+    part of a line)."""
+
+    __slots__ = ("_fmt", "_second", "_text", "_utc")
+
+    def __init__(self, fmt: str, *, utc: bool) -> None:
+        self._second = -1
+        self._text = ""
+        self._fmt = fmt
+        self._utc = utc
+
+    def text(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            moment = time.gmtime(second) if self._utc else time.localtime(second)
+            self._second, self._text = second, time.strftime(self._fmt, moment)
+        return self._text
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-12-07 10:12:03,512 INFO sitq.task: message`` (local time), with a traceback
+    on the lines that carry one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._seconds = _SecondCache("%Y-%m-%d %H:%M:%S", utc=False)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The record's local time to the millisecond."""
+        return f"{self._seconds.text(record.created)},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line (one f-string: the same text as the format above, made faster)."""
+        line = (
+            f"{self._seconds.text(record.created)},{int(record.msecs):03d} "
+            f"{record.levelname} {record.name}: {record.getMessage()}"
+        )
+        return _with_traceback(self, line, record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
     the task fields a record carries (see ``FIELDS``) and ``exception`` if any."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _SecondCache("%Y-%m-%dT%H:%M:%S", utc=True)
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
-        data: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        fields = record.__dict__
+        parts = [
+            f'"time": "{self._seconds.text(record.created)}.{int(record.msecs):03d}Z"',
+            f'"level": "{record.levelname}"',
+            f'"logger": {_json_value(record.name)}',
+            f'"message": {_json_value(record.getMessage())}',
+        ]
         for name in FIELDS:
-            value = record.__dict__.get(name)
+            value = fields.get(name)
             if value is not None:
-                data[name] = value
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+                parts.append(f'"{name}": {_json_value(value)}')
+        if record.exc_info or record.stack_info:
+            parts.append(f'"exception": {_json_value(_with_traceback(self, "", record)[1:])}')
+        return "{" + ", ".join(parts) + "}"
+
+
+def _json_value(value: Any) -> str:
+    """One JSON value (strings through the C encoder: the common case, and the fast one)."""
+    if isinstance(value, str):
+        return _encode_string(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, default=str)
+
+
+def _with_traceback(formatter: logging.Formatter, line: str, record: logging.LogRecord) -> str:
+    """``line`` with the record's exception and stack, as ``logging.Formatter`` adds them."""
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    if record.exc_text:
+        line += "\n" + record.exc_text
+    if record.stack_info:
+        line += "\n" + formatter.formatStack(record.stack_info)
+    return line
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes every line at once but flushes the stream only for a
+    warning or worse, or when ``flush_interval`` seconds have passed since the last flush (and
+    when ``flush()`` is called, which ``sitq worker`` does as often): a line per task then
+    costs a write into a buffer, not a system call. An INFO line therefore reaches the
+    terminal up to half a second late, and may come after output the process wrote
+    straight to stderr meanwhile."""
+
+    def __init__(self, stream: Any, flush_interval: float = 0.5) -> None:
+        super().__init__(stream)
+        self.flush_interval = flush_interval
+        self._flushed = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the line; flush if it is a warning or the last flush is old."""
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            now = time.monotonic()
+            if record.levelno >= logging.WARNING or now - self._flushed >= self.flush_interval:
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        """Flush the stream now."""
+        self._flushed = time.monotonic()
+        super().flush()
+
+
+def _buffered(stream: Any) -> Any:
+    """A block-buffered writer on ``stream``'s file descriptor: ``sys.stderr`` is line
+    buffered, which would make every line a system call. The handler flushes it itself."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream  # not a file (a test's capture): write to it as it is
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw, 1 << 16),
+        encoding=getattr(stream, "encoding", None) or "utf-8",
+        errors="backslashreplace",
+    )
+
+
+def configure(level: str, log_format: str, stream: Any) -> LineHandler:
+    """Send every log record at ``level`` or above to ``stream`` as text or JSON lines, the
+    way ``sitq worker`` does; the handler, for the caller to flush now and then.
+
+    The process is the worker's own, so records skip what its lines never show: the caller's
+    file and line, and thread and process names (the ``logging`` module's documented speed-ups).
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = LineHandler(_buffered(stream))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    return handler

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from sitq._logs import JsonFormatter
+from sitq._logs import LineHandler, configure
 from sitq._loop import LOOPS, resolve_loop
 from sitq._loop import run as run_loop
 from sitq.backends import backend_from_url, redact_url
@@ -150,7 +150,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
-def configure_logging(level_name: str, log_format: str) -> None:
+def configure_logging(level_name: str, log_format: str) -> LineHandler:
     """Log to stderr at ``level_name`` (a standard level name, any case) as text or JSON."""
     level = level_name.strip().upper()
     if level == "WARN":
@@ -160,14 +160,7 @@ def configure_logging(level_name: str, log_format: str) -> None:
             f"--log-level {level_name!r} is not a logging level: use one of "
             f"{', '.join(LOG_LEVELS)} (any case)"
         )
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    return configure(level, log_format, sys.stderr)
 
 
 def _import_modules(modules: Sequence[str]) -> None:
@@ -180,7 +173,7 @@ def _import_modules(modules: Sequence[str]) -> None:
             raise SystemExit(f"sitq: cannot import {module!r}: {exc}") from exc
 
 
-async def _run_worker(args: argparse.Namespace) -> None:
+async def _run_worker(args: argparse.Namespace, handler: LineHandler) -> None:
     backend = backend_from_url(args.url)
     kind = WORKER_KINDS[args.kind]
     queues = args.queues or _env_list("SITQ_QUEUES") or ["default"]
@@ -205,12 +198,25 @@ async def _run_worker(args: argparse.Namespace) -> None:
         file=sys.stderr,
         flush=True,
     )
-    await worker.run(connect_timeout=None if args.connect_timeout < 0 else args.connect_timeout)
+    flusher = asyncio.create_task(_flush_every(handler, handler.flush_interval))
+    try:
+        await worker.run(connect_timeout=None if args.connect_timeout < 0 else args.connect_timeout)
+    finally:
+        flusher.cancel()
+
+
+async def _flush_every(handler: LineHandler, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        handler.flush()
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sitq worker`` with parsed arguments."""
-    configure_logging(args.log_level, args.log_format)
+    handler = configure_logging(args.log_level, args.log_format)
     _import_modules(args.imports or _env_list("SITQ_IMPORTS"))
-    run_loop(_run_worker(args), args.loop)
+    try:
+        run_loop(_run_worker(args, handler), args.loop)
+    finally:
+        handler.flush()
     return 0
