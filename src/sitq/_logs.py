@@ -56,7 +56,41 @@ def _emit(
         extra["error"] = error
     if retry_in is not None:
         extra["retry_in"] = round(retry_in, 3)
-    task_log.log(level, message, extra=extra)
+    task_log.handle(_TaskRecord(level, message, extra))
+
+
+_LOGGING_START: float = getattr(logging, "_startTime", time.time())
+
+
+class _TaskRecord(logging.LogRecord):
+    """A ``sitq.task`` record, made directly: the same attributes as one ``Logger.log``
+    makes, without the work those lines never need (finding the caller's file and line,
+    reading thread and process names), since a worker makes one per task."""
+
+    def __init__(self, level: int, message: str, fields: dict[str, Any]) -> None:
+        created = time.time()
+        self.name = task_log.name
+        self.msg = message
+        self.args = ()
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.pathname = __file__
+        self.filename = "_logs.py"
+        self.module = "_logs"
+        self.exc_info = None
+        self.exc_text = None
+        self.stack_info = None
+        self.lineno = 0
+        self.funcName = "outcome"
+        self.created = created
+        self.msecs = int(created * 1000) % 1000 + 0.0
+        self.relativeCreated = (created - _LOGGING_START) * 1000
+        self.thread = None
+        self.threadName = None
+        self.processName = None
+        self.process = None
+        self.taskName = None
+        self.__dict__.update(fields)
 
 
 def started(claim: Claim) -> None:

@@ -1,0 +1,48 @@
+"""What a log line per task costs: the drain of ``python -m benchmarks`` with the worker
+logging nothing, text lines and JSON lines, taking turns.
+
+    python -m benchmarks.log_cost [--backend sqlite] [--rounds 5] [--tasks 10000]
+
+Each round drains a fresh store three times (off, text, json), so that the machine's drift
+touches the three alike; the medians and the cost of each format against ``off`` are printed.
+The worker writes its lines to a file, as a deployment's would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+from benchmarks.__main__ import STORES, bench_drain
+from sitq._loop import run as run_loop
+
+MODES = ("off", "text", "json")
+
+
+async def _drain(backend: str, mode: str, tasks: int) -> float:
+    os.environ["SITQ_BENCH_WORKER_LOG"] = mode  # read by the worker process it starts
+    async with STORES[backend]() as url:
+        return await bench_drain(url, tasks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.log_cost", description=__doc__)
+    parser.add_argument("--backend", choices=sorted(STORES), default="sqlite")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    args = parser.parse_args()
+    drains: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            drains[mode].append(run_loop(_drain(args.backend, mode, args.tasks), "asyncio"))
+    off = statistics.median(drains["off"])
+    for mode in MODES:
+        median = statistics.median(drains[mode])
+        runs = ", ".join(f"{d:,.0f}" for d in drains[mode])
+        cost = "" if mode == "off" else f", {1 - median / off:.1%} below off"
+        print(f"{args.backend} {mode}: median {median:,.0f} tasks/s ({runs}){cost}")
+
+
+if __name__ == "__main__":
+    main()
