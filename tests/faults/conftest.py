@@ -40,10 +40,22 @@ from tests.servers import OwnServer, own_server
 #: The lease of every worker in the suite: short, so that lost tasks come back quickly.
 LEASE = 2.0
 #: The worker log line of an outcome that the backend refused (a fencing token no longer current).
-REFUSED = "refused: its claim is no longer current"
-_REFUSED_ID = re.compile(r"outcome of task (\S+) " + re.escape(REFUSED))
+REFUSED = "outcome refused: its claim is no longer current"
+_REFUSED_ID = re.compile(r"task (\S+) \S+ " + re.escape(REFUSED))
 #: The worker log line of a lease that its heartbeat found taken over.
-LOST = "lost; stopping it"
+LOST = "lost its lease"
+
+
+def refused_line(task_id: str) -> re.Pattern[str]:
+    """The worker's line for ``task_id``'s outcome refused (``task <id> <function> ...``)."""
+    return re.compile(rf"task {re.escape(task_id)} \S+ {re.escape(REFUSED)}")
+
+
+def lost_line(task_id: str) -> re.Pattern[str]:
+    """The worker's line for ``task_id``'s lease found lost by its heartbeat."""
+    return re.compile(rf"task {re.escape(task_id)} \S+ {re.escape(LOST)}")
+
+
 #: The worker log line once it has connected and begun claiming.
 STARTED = " started on "
 

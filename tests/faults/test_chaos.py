@@ -55,10 +55,10 @@ from tests.conftest import BackendFactory, WorkerProcesses, wait_until
 from tests.faults import chaos_tasks
 from tests.faults.conftest import (
     LEASE,
-    LOST,
-    REFUSED,
     Figures,
     fault_url,
+    lost_line,
+    refused_line,
     stop_workers,
     wait_started,
     worker_notices,
@@ -433,17 +433,17 @@ async def test_frozen_worker_finishes_its_run_and_is_refused(
                 await callers[frozen.pid].drain()
             finally:
                 os.killpg(frozen.pid, signal.SIGCONT)
-            refusal = f"task {task_id} {REFUSED}"
-            loss = f"lease on task {task_id} {LOST}"
+            refusal = refused_line(task_id)
+            loss = lost_line(task_id)
             await wait_until(
                 lambda: (
-                    refusal in worker_processes.output(frozen)
-                    or (not hold_loop and loss in worker_processes.output(frozen))
+                    refusal.search(worker_processes.output(frozen)) is not None
+                    or (not hold_loop and loss.search(worker_processes.output(frozen)) is not None)
                 ),
                 message="the resumed worker's outcome to be refused"
                 + ("" if hold_loop else ", or its run stopped"),
             )
-            was_refused = refusal in worker_processes.output(frozen)
+            was_refused = refusal.search(worker_processes.output(frozen)) is not None
             if was_refused:
                 # It finished its own run before handing the outcome in.
                 assert ends() == [value, frozen.pid]

@@ -39,10 +39,10 @@ from tests.conftest import BackendFactory, WorkerProcesses, wait_until
 from tests.faults import tasks
 from tests.faults.conftest import (
     FLEET,
-    REFUSED,
     Drain,
     Figures,
     fault_url,
+    refused_line,
     start_worker,
     stop_workers,
     wait_started,
@@ -210,7 +210,7 @@ async def test_worker_paused_past_its_lease(
         results = await drain.check_results()
         os.kill(paused.pid, signal.SIGCONT)
         await wait_until(
-            lambda: f"task {paused_id} {REFUSED}" in worker_processes.output(paused),
+            lambda: refused_line(paused_id).search(worker_processes.output(paused)) is not None,
             message="the resumed worker's outcome to be refused",
         )
         await stop_workers(worker_processes)
