@@ -364,7 +364,8 @@ def _nats_forgeries(queue: TaskQueue) -> list[Forgery]:
             kv = await js.key_value(bucket)
             entry = await kv.get(task_id)
             assert entry.value is not None
-            head = {**json.loads(entry.value), "o": "{}", "rev": "x"}
+            # A pending record is a JSON head, then its payload after the first newline.
+            head = {**json.loads(entry.value.partition(b"\n")[0]), "o": "{}", "rev": "x"}
             await js.publish(f"sitq.{bucket}.q.default.0", json.dumps(head).encode() + b"\n")
             await kv.put(task_id, b"not json at all")
         finally:

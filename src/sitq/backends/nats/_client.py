@@ -22,6 +22,7 @@ from sitq.backends.nats._jetstream import (
     ERR_NO_MESSAGE,
     ERR_STREAM_NAME_IN_USE,
     ERR_STREAM_NOT_FOUND,
+    ERR_SUBJECTS_OVERLAP,
     EXPECTED_LAST,
     NS,
     api_result,
@@ -196,8 +197,9 @@ class Client:
         """The stream's info, after creating it with ``config`` if it is missing."""
         info = await self.api(f"STREAM.INFO.{name}", None, ok=(ERR_STREAM_NOT_FOUND,))
         if info is None:
+            # Another client may be creating it at this moment: then read what it made.
             info = await self.api(
-                f"STREAM.CREATE.{name}", config, ok=(ERR_STREAM_NAME_IN_USE,)
+                f"STREAM.CREATE.{name}", config, ok=(ERR_STREAM_NAME_IN_USE, ERR_SUBJECTS_OVERLAP)
             ) or await self.api(f"STREAM.INFO.{name}", None)
         assert info is not None
         return info

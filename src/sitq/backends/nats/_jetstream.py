@@ -21,6 +21,9 @@ EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 ERR_WRONG_LAST_SEQUENCE: Final = 10071
 ERR_STREAM_NOT_FOUND: Final = 10059
 ERR_STREAM_NAME_IN_USE: Final = 10058
+ERR_SUBJECTS_OVERLAP: Final = 10065
+"""What a server answers the second of two clients creating the same stream at once, while
+the first one's stream is being made (seen on 2.9 with many clients connecting together)."""
 ERR_NO_MESSAGE: Final = 10037
 ERR_DELETE_NO_MESSAGE: Final = 10057
 ERR_CONSUMER_NOT_FOUND: Final = 10014

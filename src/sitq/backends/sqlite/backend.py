@@ -336,8 +336,7 @@ class SQLiteBackend(Backend):
                 )
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA temp_store=MEMORY")
-            self._attach_workers(conn)
-            conn.execute(_WORKERS_TABLE)
+            self._attach_workers(conn, setup=True)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             store = f"SQLite database {self.db_path!r} has schema version"
             if _MIGRATIONS.pending(version, store):  # raises if the file is newer than sitq
@@ -365,10 +364,25 @@ class SQLiteBackend(Backend):
             conn.execute("ROLLBACK")
             raise
 
-    def _attach_workers(self, conn: sqlite3.Connection) -> None:
+    def _attach_workers(self, conn: sqlite3.Connection, *, setup: bool = False) -> None:
         conn.execute("ATTACH DATABASE ? AS sitq_live", (self.db_path + _WORKERS_SUFFIX,))
-        conn.execute("PRAGMA sitq_live.journal_mode=WAL")
         conn.execute(f"PRAGMA sitq_live.synchronous={self.synchronous}")
+        if not setup:
+            return
+        # Switching a file to WAL takes its exclusive lock without waiting for a busy one, and
+        # several processes may open a new store at once: whoever finds it locked tries again.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA sitq_live.journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    conn.execute("PRAGMA sitq_live.journal_mode=WAL")
+                conn.execute(_WORKERS_TABLE)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # in the backend's thread, never the event loop
 
     def _open_fast(self) -> sqlite3.Connection | None:
         # A second connection used straight from the event loop: it never waits for a lock
