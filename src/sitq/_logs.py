@@ -264,6 +264,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: Any, flush_interval: float = 0.5) -> None:
         super().__init__(stream)
+        self.origin: Any = stream
         self.flush_interval = flush_interval
         self._flushed = time.monotonic()
 
@@ -312,6 +313,7 @@ def configure(level: str, log_format: str, stream: Any) -> LineHandler:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = LineHandler(_buffered(stream))
+    handler.origin = stream  # the buffer writes to its descriptor: keep the file object open
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
