@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from sitq import _logs
 from sitq._task import Outcome
 from sitq.backends import redact_url, resolve_backend
 from sitq.backends.base import Backend
@@ -45,6 +44,7 @@ from sitq.models import (
     TaskStatus,
     WorkerRecord,
 )
+from sitq.observe import logs
 from sitq.options import (
     DEFAULT_FAILURE_TTL,
     DEFAULT_RESULT_TTL,
@@ -493,7 +493,7 @@ class Worker:
         finally:
             self._executing -= 1
             self._slot_freed.set()
-        _logs.outcome(
+        logs.outcome(
             held.claim,
             settlement,
             held.stop_reason,
@@ -541,7 +541,7 @@ class Worker:
             worker_id=self.worker_id,
             _report=held.report,
         )
-        _logs.started(claim)
+        logs.started(claim)
         with running(context):
             outcome = await self.executor.run(
                 claim.payload, opts.timeout, task_id=claim.task_id, context=context
@@ -629,7 +629,7 @@ class Worker:
         for (held, _), ok in zip(batch, applied, strict=True):
             if not ok:
                 self.counters["refused"] += 1
-                _logs.refused(held.claim, time.monotonic() - held.started)
+                logs.refused(held.claim, time.monotonic() - held.started)
             self._forget(held)
         self._settle_progress.set()
         return True
@@ -656,7 +656,7 @@ class Worker:
                     continue
                 if state is LeaseState.LOST:
                     self.counters["lost"] += 1
-                    _logs.lost(item.claim, time.monotonic() - item.started)
+                    logs.lost(item.claim, time.monotonic() - item.started)
                     item.stop_reason = StopReason.LOST
                     item.task.cancel()
                 elif state is LeaseState.CANCEL_REQUESTED and item.stop_reason is None:

@@ -9,12 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from sitq._logs import LineHandler, configure
 from sitq._loop import LOOPS, resolve_loop
 from sitq._loop import run as run_loop
 from sitq.backends import backend_from_url, redact_url
 from sitq.cli._common import add_url
 from sitq.errors import ConfigurationError
+from sitq.observe.logs import LineHandler, configure
 from sitq.serializers import Serializer, serializer_from_name
 from sitq.worker import PURGE_INTERVAL, WORKER_KINDS
 
