@@ -110,13 +110,18 @@ async def bench_enqueue_many(url: str, n: int, batch: int = 1000) -> float:
         return n / (time.perf_counter() - start)
 
 
-async def bench_drain(url: str, n: int, func: Callable[[], Any] = tasks.noop) -> float:
+async def bench_drain(
+    url: str, n: int, func: Callable[[], Any] = tasks.noop, cpu: list[float] | None = None
+) -> float:
+    """Tasks per second a worker process drains ``n`` queued tasks at; the worker's CPU
+    seconds for the drain are appended to ``cpu`` when given."""
     async with TaskQueue(url) as queue:
         ids: list[str] = []
         for done in range(0, n, 1000):
             ids += await queue.enqueue_many([(func, ())] * min(1000, n - done))
         worker = WorkerProcess(url)
         try:
+            cpu_before = worker.cpu_seconds()
             start = time.perf_counter()
             worker.go()
             await queue.get_result(ids[-1], timeout=600)
@@ -125,7 +130,10 @@ async def bench_drain(url: str, n: int, func: Callable[[], Any] = tasks.noop) ->
                 if done >= len(ids):
                     break
                 await asyncio.sleep(0.01)
-            return len(ids) / (time.perf_counter() - start)
+            rate = len(ids) / (time.perf_counter() - start)
+            if cpu is not None:
+                cpu.append(worker.cpu_seconds() - cpu_before)
+            return rate
         finally:
             worker.stop()
 

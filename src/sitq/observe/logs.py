@@ -20,6 +20,9 @@ from typing import Any
 from sitq.models import Claim, Finish, Release, Reschedule, Settlement, TaskStatus
 
 task_log = logging.getLogger("sitq.task")
+_root = logging.getLogger()
+_configured: LineHandler | None = None
+"""The handler :func:`configure` installed last, if any."""
 
 FIELDS = ("outcome", "task_id", "function", "queue", "attempt", "duration", "error", "retry_in")
 """The task fields a record may carry, in the order JSON lines show them."""
@@ -38,13 +41,19 @@ def _emit(
 ) -> None:
     if not task_log.isEnabledFor(level):
         return
-    where = f"(queue {claim.queue}, attempt {claim.attempts})"
-    message = f"task {claim.task_id} {claim.function or '?'} {text} {where}"
+    message = (
+        f"task {claim.task_id} {claim.function or '?'} {text} "
+        f"(queue {claim.queue}, attempt {claim.attempts})"
+    )
     if error:
         message += f": {error}"
     if traceback and level >= logging.WARNING:
         message += "\n" + traceback.rstrip()
-    extra: dict[str, Any] = {
+    handler = _sole_handler(level)
+    if handler is not None and isinstance(handler.formatter, TextFormatter):
+        handler.write_line(level, message, None)  # a text line shows no fields
+        return
+    fields: dict[str, Any] = {
         "outcome": outcome,
         "task_id": claim.task_id,
         "function": claim.function,
@@ -53,10 +62,34 @@ def _emit(
         "duration": None if duration is None else round(duration, 6),
     }
     if error:
-        extra["error"] = error
+        fields["error"] = error
     if retry_in is not None:
-        extra["retry_in"] = round(retry_in, 3)
-    task_log.handle(_TaskRecord(level, message, extra))
+        fields["retry_in"] = round(retry_in, 3)
+    if handler is not None:
+        handler.write_line(level, message, fields)
+    else:
+        task_log.handle(_TaskRecord(level, message, fields))
+
+
+def _sole_handler(level: int) -> LineHandler | None:
+    """The :class:`LineHandler` that :func:`configure` installed, when it is the only place a
+    ``sitq.task`` record at ``level`` would go and nothing on the way filters records: the
+    line can then be written straight to it, with no ``LogRecord`` and no trip through the
+    logging module's handler chain. ``None`` when logging is set up any other way (records
+    then take the usual path)."""
+    handler = _configured
+    if handler is None or level < handler.level:
+        return None
+    if task_log.handlers or task_log.filters or not task_log.propagate:
+        return None
+    parent = task_log.parent
+    while parent is not None and parent is not _root:
+        if parent.handlers or parent.filters or not parent.propagate:
+            return None
+        parent = parent.parent
+    if _root.handlers != [handler] or _root.filters or handler.filters:
+        return None
+    return handler
 
 
 _LOGGING_START: float = getattr(logging, "_startTime", time.time())
@@ -95,7 +128,8 @@ class _TaskRecord(logging.LogRecord):
 
 def started(claim: Claim) -> None:
     """A task is about to run (DEBUG)."""
-    _emit(logging.DEBUG, "started", claim, None, "started")
+    if task_log.isEnabledFor(logging.DEBUG):
+        _emit(logging.DEBUG, "started", claim, None, "started")
 
 
 def outcome(
@@ -205,6 +239,13 @@ class TextFormatter(logging.Formatter):
         )
         return _with_traceback(self, line, record)
 
+    def task_line(self, created: float, level: int, message: str, fields: dict[str, Any]) -> str:
+        """The line :meth:`format` makes of a ``sitq.task`` record with these contents."""
+        return (
+            f"{self._seconds.text(created)},{int(created * 1000) % 1000:03d} "
+            f"{logging.getLevelName(level)} {task_log.name}: {message}"
+        )
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
@@ -216,20 +257,50 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
-        fields = record.__dict__
+        parts = self._parts(
+            record.created, record.levelname, record.name, record.getMessage(), record.__dict__
+        )
+        if record.exc_info or record.stack_info:
+            parts.append(f'"exception": {_json_value(_with_traceback(self, "", record)[1:])}')
+        return "{" + ", ".join(parts) + "}"
+
+    def task_line(self, created: float, level: int, message: str, fields: dict[str, Any]) -> str:
+        """The line :meth:`format` makes of a ``sitq.task`` record with these contents (the
+        fields ``_emit`` makes, in the order of ``FIELDS``, written without the general loop:
+        a worker writes one per task)."""
+        duration = fields["duration"]
+        line = (
+            f'{{"time": "{self._seconds.text(created)}.{int(created * 1000) % 1000:03d}Z", '
+            f'"level": "{logging.getLevelName(level)}", "logger": "{task_log.name}", '
+            f'"message": {_encode_string(message)}, "outcome": "{fields["outcome"]}", '
+            f'"task_id": {_encode_string(fields["task_id"])}, '
+            f'"function": {_encode_string(fields["function"])}, '
+            f'"queue": {_encode_string(fields["queue"])}, "attempt": {fields["attempt"]}'
+        )
+        if duration is not None:
+            line += f', "duration": {duration!r}'
+        error = fields.get("error")
+        if error is not None:
+            line += f', "error": {_encode_string(error)}'
+        retry_in = fields.get("retry_in")
+        if retry_in is not None:
+            line += f', "retry_in": {retry_in!r}'
+        return line + "}"
+
+    def _parts(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> list[str]:
         parts = [
-            f'"time": "{self._seconds.text(record.created)}.{int(record.msecs):03d}Z"',
-            f'"level": "{record.levelname}"',
-            f'"logger": {_json_value(record.name)}',
-            f'"message": {_json_value(record.getMessage())}',
+            f'"time": "{self._seconds.text(created)}.{int(created * 1000) % 1000:03d}Z"',
+            f'"level": "{level}"',
+            f'"logger": {_json_value(logger)}',
+            f'"message": {_json_value(message)}',
         ]
         for name in FIELDS:
             value = fields.get(name)
             if value is not None:
                 parts.append(f'"{name}": {_json_value(value)}')
-        if record.exc_info or record.stack_info:
-            parts.append(f'"exception": {_json_value(_with_traceback(self, "", record)[1:])}')
-        return "{" + ", ".join(parts) + "}"
+        return parts
 
 
 def _json_value(value: Any) -> str:
@@ -280,6 +351,28 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
+    def write_line(self, level: int, message: str, fields: dict[str, Any] | None) -> None:
+        """Write a ``sitq.task`` line as :meth:`emit` would write its record, without making
+        the record (see ``_sole_handler``); ``fields`` may be ``None`` for a text line."""
+        fields = {} if fields is None else fields
+        formatter = self.formatter
+        if not isinstance(formatter, TextFormatter | JsonFormatter):
+            self.emit(_TaskRecord(level, message, fields))
+            return
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                line = formatter.task_line(time.time(), level, message, fields)
+                self.stream.write(line + self.terminator)
+                if (
+                    level >= logging.WARNING
+                    or time.monotonic() - self._flushed >= self.flush_interval
+                ):
+                    self.flush()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(_TaskRecord(level, message, fields))
+
     def flush(self) -> None:
         """Flush the stream now."""
         self._flushed = time.monotonic()
@@ -315,7 +408,8 @@ def configure(level: str, log_format: str, stream: Any) -> LineHandler:
     handler = LineHandler(_buffered(stream))
     handler.origin = stream  # the buffer writes to its descriptor: keep the file object open
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    global _configured
+    _configured = handler
+    _root.handlers[:] = [handler]
+    _root.setLevel(level)
     return handler
