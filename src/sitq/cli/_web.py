@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 
 from sitq.backends import redact_url
 from sitq.cli._common import add_url, existing_store
@@ -112,6 +116,21 @@ def run(args: argparse.Namespace) -> int:
     described = redact_url(queue.backend.describe())
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # Stop gracefully on SIGINT or SIGTERM and return (exit status 0, as `sitq worker`
+            # does), instead of raising the signal again once stopped.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            wanted = (signal.SIGINT, signal.SIGTERM)
+            before = {sig: signal.signal(sig, self.handle_exit) for sig in wanted}
+            try:
+                yield
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.should_exit:
