@@ -1,18 +1,21 @@
-"""The dashboard's cached counts (one backend read per TTL, shared by concurrent readers) and
-its throughput sampling from the workers' counters."""
+"""The dashboard's cached counts (one backend read per TTL, shared by concurrent readers), its
+throughput sampling from the workers' counters, and what ``create_app`` refuses."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
 
-from sitq import MemoryBackend, TaskQueue
+import pytest
+
+from sitq import ConfigurationError, MemoryBackend, TaskQueue
 from sitq.models import QueueStats, WorkerInfo
 from tests.conformance import tasks
 from tests.services import require_module
 
 require_module("starlette")
 
+from sitq.web import create_app  # noqa: E402
 from sitq.web._counts import MAX_GAP, Counts, _Sampler  # noqa: E402
 
 
@@ -118,3 +121,13 @@ def test_a_long_gap_is_left_out_and_old_samples_expire() -> None:
     assert [w["finished"] for w in window] == [1, 1, 1]
     nothing = _Sampler().summary(0.0)
     assert nothing.windows[0]["per_minute"] is None and nothing.windows[0]["observed"] == 0
+
+
+def test_create_app_refuses_what_it_cannot_use() -> None:
+    queue = TaskQueue(MemoryBackend())
+    with pytest.raises(ConfigurationError, match=r"needs a sitq\.TaskQueue, not str"):
+        create_app("sqlite:///sitq.db")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="token must be a non-empty string"):
+        create_app(queue, token=" ")
+    with pytest.raises(ConfigurationError, match="counts_ttl must be 0 or more seconds"):
+        create_app(queue, counts_ttl=-1)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sitq.errors import ConfigurationError
 from sitq.models import QueueStats, WorkerInfo
 from sitq.queue import TaskQueue
 
@@ -159,8 +160,8 @@ class Counts:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        if ttl < 0:
-            raise ValueError(f"counts_ttl must be 0 or more seconds, not {ttl!r}")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl >= 0:
+            raise ConfigurationError(f"counts_ttl must be 0 or more seconds, not {ttl!r}")
         self.queue = queue
         self.ttl = ttl
         self._clock = clock
@@ -169,11 +170,6 @@ class Counts:
         self._fresh_until = 0.0
         self._lock: asyncio.Lock | None = None
         self._sampler = _Sampler()
-
-    @property
-    def latest(self) -> Snapshot | None:
-        """The last snapshot read, however old (``None`` before the first)."""
-        return self._snapshot
 
     async def get(self) -> Snapshot:
         """The counts, at most ``ttl`` seconds old: refreshed by one caller, shared by all."""
