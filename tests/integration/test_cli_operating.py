@@ -70,6 +70,7 @@ def test_version(tmp_path: Path) -> None:
         ["requeue", "some-id"],
         ["cancel", "some-id"],
         ["purge", "-q", "q", "--yes"],
+        ["web", "--port", "0"],
     ],
 )
 def test_only_worker_creates_a_store(tmp_path: Path, command: list[str]) -> None:

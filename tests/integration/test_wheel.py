@@ -1,5 +1,6 @@
-"""The built wheel carries everything the SQL backends load at run time (their ``.sql`` files):
-installed, not editable, into a fresh virtualenv, it runs a task on SQLite and on PostgreSQL."""
+"""The built wheel carries everything sitq loads at run time (the SQL backends' ``.sql`` files,
+the dashboard's templates and static files): installed, not editable, into a fresh virtualenv,
+it runs a task on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import uuid
 import venv
+import zipfile
 from pathlib import Path
 
 from tests.conftest import drop_postgres_schema, with_query
@@ -57,6 +59,12 @@ async def test_the_installed_wheel_runs_a_task_on_sqlite_and_postgres(tmp_path: 
         timeout=300,
     )
     (wheel,) = wheels.glob("sitq-*.whl")
+    with zipfile.ZipFile(wheel) as built:
+        names = set(built.namelist())
+    dashboard = REPO / "src" / "sitq" / "web"
+    for folder in ("templates", "static"):
+        shipped = {f"sitq/web/{folder}/{p.name}" for p in (dashboard / folder).iterdir()}
+        assert shipped and shipped <= names, sorted(shipped - names)
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
     subprocess.run(

@@ -1,5 +1,6 @@
 """The command line: ``sitq worker`` runs a worker; ``info``, ``tasks``, ``show`` and
-``workers`` look at a backend; ``requeue``, ``cancel`` and ``purge`` act on its tasks.
+``workers`` look at a backend; ``requeue``, ``cancel`` and ``purge`` act on its tasks;
+``web`` serves the dashboard (``sitq[web]``).
 
 Exit status: 0 done, 1 not found or refused (or the backend failed), 2 a usage error.
 
@@ -22,7 +23,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import sitq
-from sitq.cli import _act, _inspect, _worker
+from sitq.cli import _act, _inspect, _web, _worker
 from sitq.cli._common import EXIT_REFUSED, EXIT_USAGE, Refused, fail
 from sitq.errors import ConfigurationError, SitqError
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _worker.add_parser(sub)
     _inspect.add_parsers(sub)
     _act.add_parsers(sub)
+    _web.add_parser(sub)
     return parser
 
 
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _worker.run(args)
+        if args.command == "web":
+            return _web.run(args)
         return asyncio.run(_COMMANDS[args.command](args))
     except ConfigurationError as exc:
         fail(str(exc))
