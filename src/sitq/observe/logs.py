@@ -50,8 +50,8 @@ def _emit(
     if traceback and level >= logging.WARNING:
         message += "\n" + traceback.rstrip()
     handler = _sole_handler(level)
-    if handler is not None and isinstance(handler.formatter, TextFormatter):
-        handler.write_line(level, message, None)  # a text line shows no fields
+    if handler is not None and handler.text is not None:
+        handler.write_text(level, message)  # a text line shows no fields
         return
     fields: dict[str, Any] = {
         "outcome": outcome,
@@ -225,26 +225,20 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._seconds = _SecondCache("%Y-%m-%d %H:%M:%S", utc=False)
+        self.seconds = _SecondCache("%Y-%m-%d %H:%M:%S", utc=False)
+        """The text of the current second (local time)."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """The record's local time to the millisecond."""
-        return f"{self._seconds.text(record.created)},{int(record.msecs):03d}"
+        return f"{self.seconds.text(record.created)},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         """The line (one f-string: the same text as the format above, made faster)."""
         line = (
-            f"{self._seconds.text(record.created)},{int(record.msecs):03d} "
+            f"{self.seconds.text(record.created)},{int(record.msecs):03d} "
             f"{record.levelname} {record.name}: {record.getMessage()}"
         )
         return _with_traceback(self, line, record)
-
-    def task_line(self, created: float, level: int, message: str, fields: dict[str, Any]) -> str:
-        """The line :meth:`format` makes of a ``sitq.task`` record with these contents."""
-        return (
-            f"{self._seconds.text(created)},{int(created * 1000) % 1000:03d} "
-            f"{logging.getLevelName(level)} {task_log.name}: {message}"
-        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -337,13 +331,14 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.origin: Any = stream
         self.flush_interval = flush_interval
-        self._flushed = time.monotonic()
+        self.text: TextFormatter | None = None
+        self._flushed = time.time()
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write the line; flush if it is a warning or the last flush is old."""
         try:
             self.stream.write(self.format(record) + self.terminator)
-            now = time.monotonic()
+            now = time.time()
             if record.levelno >= logging.WARNING or now - self._flushed >= self.flush_interval:
                 self.flush()
         except RecursionError:
@@ -351,22 +346,42 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
-    def write_line(self, level: int, message: str, fields: dict[str, Any] | None) -> None:
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        """Set the formatter (and note whether it is sitq's text one, for ``write_text``)."""
+        super().setFormatter(fmt)
+        self.text = fmt if isinstance(fmt, TextFormatter) else None
+
+    def write_text(self, level: int, message: str) -> None:
+        """Write a ``sitq.task`` line as :meth:`emit` would write its record through the
+        :class:`TextFormatter` (``self.text``), without making the record."""
+        assert self.text is not None
+        created = time.time()
+        line = (
+            f"{self.text.seconds.text(created)},{int(created * 1000) % 1000:03d} "
+            f"{logging.getLevelName(level)} sitq.task: {message}\n"
+        )
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.write(line)
+                if level >= logging.WARNING or created - self._flushed >= self.flush_interval:
+                    self.flush()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(_TaskRecord(level, message, {}))
+
+    def write_line(self, level: int, message: str, fields: dict[str, Any]) -> None:
         """Write a ``sitq.task`` line as :meth:`emit` would write its record, without making
-        the record (see ``_sole_handler``); ``fields`` may be ``None`` for a text line."""
-        fields = {} if fields is None else fields
+        the record (see ``_sole_handler``)."""
         formatter = self.formatter
-        if not isinstance(formatter, TextFormatter | JsonFormatter):
+        if not isinstance(formatter, JsonFormatter):
             self.emit(_TaskRecord(level, message, fields))
             return
         with self.lock:  # type: ignore[union-attr]
             try:
                 line = formatter.task_line(time.time(), level, message, fields)
                 self.stream.write(line + self.terminator)
-                if (
-                    level >= logging.WARNING
-                    or time.monotonic() - self._flushed >= self.flush_interval
-                ):
+                if level >= logging.WARNING or time.time() - self._flushed >= self.flush_interval:
                     self.flush()
             except RecursionError:
                 raise
@@ -375,7 +390,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         """Flush the stream now."""
-        self._flushed = time.monotonic()
+        self._flushed = time.time()
         super().flush()
 
 
