@@ -251,6 +251,13 @@ def main() -> None:
         "(default off: measures sitq without its task lines)",
     )
     parser.add_argument(
+        "--worker-metrics",
+        choices=["off", "on"],
+        default="off",
+        help="the worker processes count their tasks in Prometheus metrics and serve them "
+        "(default off; python -m benchmarks.metrics_cost measures what they cost)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
     )
     args = parser.parse_args()
@@ -259,6 +266,7 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     os.environ["SITQ_LOOP"] = args.loop  # read by the worker processes
     os.environ["SITQ_BENCH_WORKER_LOG"] = args.worker_log
+    os.environ["SITQ_BENCH_WORKER_METRICS"] = args.worker_metrics
     results = {}
     for name in args.backend or list(STORES):
         results[name] = run_loop(

@@ -16,7 +16,14 @@ async def ready_worker(
 ) -> tuple[Worker, asyncio.StreamReader]:
     """A worker connected to ``url`` (not started) and a reader of this process's stdin, once
     ``ready`` has been said on stdout."""
-    worker = WORKER_KINDS[kind](backend_from_url(url), concurrency=concurrency, poll_interval=1.0)
+    worker = WORKER_KINDS[kind](
+        backend_from_url(url),
+        concurrency=concurrency,
+        poll_interval=1.0,
+        metrics=os.environ.get("SITQ_BENCH_WORKER_METRICS", "off") == "on",
+    )
+    if worker.metrics is not None:
+        worker.metrics.serve(0)  # served as `sitq worker --metrics-port` does (not scraped)
     await worker.backend.connect()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -35,6 +42,22 @@ async def main(url: str, kind: str, concurrency: int) -> None:
             break
     await worker.stop()
     await worker.backend.close()
+    if worker.metrics is not None:
+        worker.metrics.close()
+        counted = os.environ.get("SITQ_BENCH_WORKER_METRICS_OUT")
+        if counted:  # what the metrics counted, for the benchmark to check
+            from prometheus_client import generate_latest
+            from prometheus_client.parser import text_string_to_metric_families
+
+            text = generate_latest(worker.metrics.registry).decode()
+            finished = sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "sitq_tasks_finished_total"
+            )
+            with open(counted, "w") as out:
+                out.write(f"{finished:.0f}")
 
 
 if __name__ == "__main__":

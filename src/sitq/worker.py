@@ -45,6 +45,7 @@ from sitq.models import (
     WorkerRecord,
 )
 from sitq.observe import logs
+from sitq.observe.metrics import TaskSeries, WorkerMetrics
 from sitq.options import (
     DEFAULT_FAILURE_TTL,
     DEFAULT_RESULT_TTL,
@@ -88,6 +89,10 @@ class _Held:
     progress: tuple[float, str | None] | None = None
     """The task's latest ``set_progress`` (written from its thread or process reader)."""
     saved_progress: tuple[float, str | None] | None = None
+    series: TaskSeries | None = None
+    """Where the attempt is counted, with metrics on."""
+    duration: float = 0.0
+    """Seconds the attempt ran, once it ended."""
 
     def report(self, value: float, message: str | None) -> None:
         """Keep the latest progress for the next heartbeat (one assignment: thread-safe)."""
@@ -104,6 +109,11 @@ class Worker:
     it, or is stopped, is settled at once, but Python cannot stop its thread: that thread keeps
     its slot until the function returns (``abandoned_threads``; a warning is logged), so the
     worker never runs more than ``concurrency`` tasks' code at once.
+
+    ``metrics``: ``True`` counts the tasks this worker runs in a new
+    :class:`~sitq.observe.metrics.WorkerMetrics` (the ``sitq[metrics]`` extra), available as
+    ``worker.metrics``; or pass a ``WorkerMetrics`` (several workers may share one). Off by
+    default: then the worker counts nothing and ``worker.metrics`` is ``None``.
     """
 
     executor_class: type[Executor] = AsyncExecutor
@@ -122,6 +132,7 @@ class Worker:
         poll_interval: float = 1.0,
         cron: bool = True,
         purge_interval: float = PURGE_INTERVAL,
+        metrics: WorkerMetrics | bool = False,
     ) -> None:
         if concurrency is None:
             concurrency = os.cpu_count() or 1
@@ -175,6 +186,10 @@ class Worker:
             "refused": 0,
             "purged": 0,
         }
+        self.metrics: WorkerMetrics | None = _metrics(metrics)
+        """The worker's task metrics, or ``None`` when it counts none."""
+        if self.metrics is not None:
+            self.metrics.include(self.queues)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -251,6 +266,9 @@ class Worker:
                 *(t for t in self._background if t is not current), return_exceptions=True
             )
             self._background = []
+            for held in self._held.values():
+                if held.settling and held.series is not None:
+                    self._count(held, "abandoned")  # its outcome could not be recorded
             await self.executor.close()
             try:
                 await asyncio.wait_for(self.backend.remove_worker(self.worker_id), 5.0)
@@ -471,6 +489,8 @@ class Worker:
             previous.task.cancel()
         self._held[claim.task_id] = held
         self._executing += 1
+        if self.metrics is not None:
+            held.series = self.metrics.started(claim.queue, claim.function)
         held.task = asyncio.create_task(self._execute(held), name=f"sitq-task-{claim.task_id}")
 
     # -- running one task -------------------------------------------------------------------
@@ -493,14 +513,14 @@ class Worker:
         finally:
             self._executing -= 1
             self._slot_freed.set()
+        held.duration = time.monotonic() - held.started
         logs.outcome(
-            held.claim,
-            settlement,
-            held.stop_reason,
-            time.monotonic() - held.started,
-            timed_out=held.timed_out,
+            held.claim, settlement, held.stop_reason, held.duration, timed_out=held.timed_out
         )
         if settlement is None:
+            if held.series is not None:
+                lost = held.stop_reason is StopReason.LOST
+                self._count(held, "lost" if lost else "abandoned")
             self._forget(held)
         else:
             held.settling = True
@@ -590,6 +610,12 @@ class Worker:
             ttl = DEFAULT_RESULT_TTL
         return Finish(held.ref, status, value, error, traceback, now, now + ttl)
 
+    def _count(self, held: _Held, status: str) -> None:
+        """Count how the attempt ended (once: its series is let go)."""
+        series, held.series = held.series, None
+        if series is not None and self.metrics is not None:
+            self.metrics.finished(series, status, held.duration)
+
     def _forget(self, held: _Held) -> None:
         if self._held.get(held.claim.task_id) is held:
             del self._held[held.claim.task_id]
@@ -626,10 +652,12 @@ class Worker:
             log.warning("recording %d outcomes failed (%s); retrying", len(batch), exc)
             self._pending = batch + self._pending
             return False
-        for (held, _), ok in zip(batch, applied, strict=True):
+        for (held, settlement), ok in zip(batch, applied, strict=True):
             if not ok:
                 self.counters["refused"] += 1
                 logs.refused(held.claim, time.monotonic() - held.started)
+            if held.series is not None:
+                self._count(held, _status(held, settlement) if ok else "refused")
             self._forget(held)
         self._settle_progress.set()
         return True
@@ -716,6 +744,31 @@ class Worker:
             await asyncio.sleep(self.purge_interval)
 
 
+def _metrics(metrics: WorkerMetrics | bool | None) -> WorkerMetrics | None:
+    if metrics is None or metrics is False:
+        return None
+    if metrics is True:
+        return WorkerMetrics()
+    if not isinstance(metrics, WorkerMetrics):
+        raise ConfigurationError(
+            f"metrics must be True, False or a sitq.observe.metrics.WorkerMetrics, not {metrics!r}"
+        )
+    return metrics
+
+
+def _status(held: _Held, settlement: Settlement) -> str:
+    """The ``status`` label of a recorded outcome (see ``sitq.observe.metrics.STATUSES``)."""
+    if isinstance(settlement, Finish):
+        if settlement.status is TaskStatus.SUCCESS:
+            return "success"
+        if settlement.status is TaskStatus.CANCELLED:
+            return "cancelled"
+        return "timed_out" if held.timed_out else "failed"
+    if isinstance(settlement, Reschedule):
+        return "retrying"
+    return "released"
+
+
 def _failure_ttl(claim: Claim) -> float | None:
     """How long the claim's task is kept once failed (its own option; the default when its
     options cannot be read)."""
@@ -791,6 +844,7 @@ class ProcessWorker(Worker):
         poll_interval: float = 1.0,
         cron: bool = True,
         purge_interval: float = PURGE_INTERVAL,
+        metrics: WorkerMetrics | bool = False,
     ) -> None:
         super().__init__(
             backend,
@@ -802,6 +856,7 @@ class ProcessWorker(Worker):
             poll_interval=poll_interval,
             cron=cron,
             purge_interval=purge_interval,
+            metrics=metrics,
         )
 
 

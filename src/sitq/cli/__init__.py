@@ -7,7 +7,8 @@ Exit status: 0 done, 1 not found or refused (or the backend failed), 2 a usage e
 Every worker option can also come from an environment variable: ``SITQ_URL``, ``SITQ_KIND``,
 ``SITQ_CONCURRENCY``, ``SITQ_QUEUES`` (comma-separated), ``SITQ_IMPORTS`` (comma-separated),
 ``SITQ_SERIALIZER``, ``SITQ_LEASE``, ``SITQ_SHUTDOWN_TIMEOUT``, ``SITQ_POLL_INTERVAL``,
-``SITQ_PURGE_INTERVAL``, ``SITQ_CONNECT_TIMEOUT``, ``SITQ_LOG_LEVEL`` and ``SITQ_LOG_FORMAT``.
+``SITQ_PURGE_INTERVAL``, ``SITQ_CONNECT_TIMEOUT``, ``SITQ_LOG_LEVEL``, ``SITQ_LOG_FORMAT``,
+``SITQ_METRICS_PORT`` and ``SITQ_METRICS_HOST``.
 A flag given on the command line wins over the environment.
 ``SITQ_SECRET`` (comma-separated keys, the first signs) makes the serializer (pickle or json)
 sign and verify payloads; it has no flag, since a command line is visible to every user of the

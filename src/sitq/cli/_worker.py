@@ -13,8 +13,9 @@ from sitq._loop import LOOPS, resolve_loop
 from sitq._loop import run as run_loop
 from sitq.backends import backend_from_url, redact_url
 from sitq.cli._common import add_url
-from sitq.errors import ConfigurationError
+from sitq.errors import ConfigurationError, MissingDependencyError
 from sitq.observe.logs import LineHandler, configure
+from sitq.observe.metrics import WorkerMetrics
 from sitq.serializers import Serializer, serializer_from_name
 from sitq.worker import PURGE_INTERVAL, WORKER_KINDS
 
@@ -34,6 +35,16 @@ def _env_float(name: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise SystemExit(f"sitq: {name}={value!r} is not a number") from None
+
+
+def _env_port(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"sitq: {name}={value!r} is not a port number") from None
 
 
 def _serializer(name: str) -> Serializer:
@@ -148,6 +159,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=os.environ.get("SITQ_LOG_FORMAT", "text"),
         help="text lines, or one JSON object per line (env SITQ_LOG_FORMAT; default text)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_port("SITQ_METRICS_PORT"),
+        metavar="PORT",
+        help="serve Prometheus metrics of the tasks this worker runs at "
+        "http://HOST:PORT/metrics (0: any free port, shown at start; env SITQ_METRICS_PORT; "
+        "needs pip install 'sitq[metrics]')",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default=os.environ.get("SITQ_METRICS_HOST", "127.0.0.1"),
+        metavar="HOST",
+        help="the address --metrics-port listens on (env SITQ_METRICS_HOST; default 127.0.0.1: "
+        "this machine only)",
+    )
 
 
 def configure_logging(level_name: str, log_format: str) -> LineHandler:
@@ -173,7 +200,30 @@ def _import_modules(modules: Sequence[str]) -> None:
             raise SystemExit(f"sitq: cannot import {module!r}: {exc}") from exc
 
 
-async def _run_worker(args: argparse.Namespace, handler: LineHandler) -> None:
+def serve_metrics(port: int, host: str) -> WorkerMetrics:
+    """Task metrics for ``sitq worker``, with the process's own (CPU, memory, file
+    descriptors, garbage collection), served at ``http://host:port/metrics``."""
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"--metrics-port {port} is not a port: use 0 to 65535")
+    try:
+        import prometheus_client
+
+        metrics = WorkerMetrics(prometheus_client.CollectorRegistry())
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "--metrics-port needs the 'prometheus_client' package, which is not installed: "
+            "run  pip install 'sitq[metrics]'"
+        ) from exc
+    prometheus_client.ProcessCollector(registry=metrics.registry)
+    prometheus_client.PlatformCollector(registry=metrics.registry)
+    prometheus_client.GCCollector(registry=metrics.registry)
+    metrics.serve(port, host)
+    return metrics
+
+
+async def _run_worker(
+    args: argparse.Namespace, handler: LineHandler, metrics: WorkerMetrics | None
+) -> None:
     backend = backend_from_url(args.url)
     kind = WORKER_KINDS[args.kind]
     queues = args.queues or _env_list("SITQ_QUEUES") or ["default"]
@@ -190,6 +240,7 @@ async def _run_worker(args: argparse.Namespace, handler: LineHandler) -> None:
         poll_interval=args.poll_interval,
         cron=args.cron,
         purge_interval=args.purge_interval,
+        metrics=metrics if metrics is not None else False,
     )
     print(
         f"sitq {args.kind} worker {worker.worker_id} on {redact_url(backend.describe())}, "
@@ -198,6 +249,9 @@ async def _run_worker(args: argparse.Namespace, handler: LineHandler) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if metrics is not None:
+        where = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+        print(f"metrics at http://{where}:{metrics.port}/metrics", file=sys.stderr, flush=True)
     flusher = asyncio.create_task(_flush_every(handler, handler.flush_interval))
     try:
         await worker.run(connect_timeout=None if args.connect_timeout < 0 else args.connect_timeout)
@@ -214,9 +268,14 @@ async def _flush_every(handler: LineHandler, seconds: float) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``sitq worker`` with parsed arguments."""
     handler = configure_logging(args.log_level, args.log_format)
-    _import_modules(args.imports or _env_list("SITQ_IMPORTS"))
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = serve_metrics(args.metrics_port, args.metrics_host)
     try:
-        run_loop(_run_worker(args, handler), args.loop)
+        _import_modules(args.imports or _env_list("SITQ_IMPORTS"))
+        run_loop(_run_worker(args, handler, metrics), args.loop)
     finally:
+        if metrics is not None:
+            metrics.close()
         handler.flush()
     return 0
