@@ -93,8 +93,13 @@ def test_a_token_guards_every_request_and_the_login_cookie_admits(
         assert refused.status == 401, path
         assert refused.header("WWW-Authenticate") == 'Bearer realm="sitq"'
         assert store["failed"] not in refused.text and "broken" not in refused.text
-    assert server.get("/static/sitq.css").status == 401
+    # The stylesheet alone is open (the login page is styled); no other file is.
+    css = server.get("/static/sitq.css")
+    assert css.status == 200 and (css.header("Content-Type") or "").startswith("text/css")
+    assert server.request("HEAD", "/static/sitq.css").status == 200
+    assert server.post("/static/sitq.css").status == 401
     assert server.get("/static/sitq.js").status == 401
+    assert server.get("/static/./sitq.css").status == 401
     assert server.post(f"/api/tasks/{failed}/requeue").status == 401
     assert server.post(f"/tasks/{failed}/requeue").status == 401
     wrong = {"Authorization": "Bearer not-the-token"}
@@ -108,6 +113,7 @@ def test_a_token_guards_every_request_and_the_login_cookie_admits(
     # The login form: a wrong token sets nothing, the right one a cookie that admits.
     form = server.get("/login")
     assert form.status == 200 and 'id="login"' in form.text and 'name="token"' in form.text
+    assert 'href="/static/sitq.css"' in form.text and "sitq.js" not in form.text
     bad = server.post("/login", form={"token": "guess", "next": "/tasks"})
     assert bad.status == 401 and bad.header("Set-Cookie") is None
     assert 'id="login-error"' in bad.text

@@ -18,7 +18,8 @@ Element hooks, stable for browser tests and scripts:
 
 - every page: ``body[data-page]`` (``overview``, ``tasks``, ``task``, ``purge``, ``login``,
   ``error``), ``body[data-root]`` (the mount point), ``body[data-read-only]``
-  (``true``/``false``); ``#nav-overview``, ``#nav-tasks``, ``#nav-running``, ``#nav-failed``;
+  (``true``/``false``); ``#nav-overview``, ``#nav-tasks``, ``#nav-running``, ``#nav-failed``
+  (the last three not on the login page);
   ``#flash`` (the outcome of an action); ``#read-only`` (the badge, read-only only);
   ``form#logout`` (with a token); ``#error-message`` (on an error page).
 - overview: ``table#counts`` with a row ``tr[data-queue="<queue>"]`` per queue and a count
@@ -29,7 +30,8 @@ Element hooks, stable for browser tests and scripts:
   ``tr[data-throughput="60|300|900"]`` holding ``td[data-field="finished|failed|per_minute|
   observed"]``; ``#throughput-minutes .bar[data-minute]``; ``table#workers`` with
   ``tr[data-worker-id]``; ``table#crons`` with ``tr[data-cron]``; ``#cron-error``.
-- task lists: ``table#tasks`` with ``tr[data-task-id][data-status]`` and ``a.task-link``;
+- task lists: ``table#tasks`` with ``tr[data-task-id][data-status]`` and ``a.task-link``
+  (its ``title`` is the whole id);
   ``#status-filters a[data-filter-status]`` (``all`` or a status); ``#queue-filters
   a[data-filter-queue]``; ``#next-page``, ``#first-page``; ``#no-tasks``; for one queue,
   ``#purge-link`` and, listing its failed tasks, ``form#requeue-failed``.
@@ -38,8 +40,10 @@ Element hooks, stable for browser tests and scripts:
   ``#started-at``, ``#finished-at``, ``#worker``; ``#progress-section`` (hidden unless
   running), ``progress#progress[data-progress]``, ``#progress-percent``,
   ``#progress-message`` (refreshed every 2 s while the task runs); ``#error``,
-  ``#traceback``; actions ``form#cancel`` (pending or running) and ``form#requeue`` (failed
-  or cancelled), each submitted by its ``button``.
+  ``#traceback`` (under ``#error-heading`` and ``#traceback-heading``, which say "of an
+  earlier attempt" while the task is pending or running again); actions ``form#cancel``
+  (pending or running) and ``form#requeue`` (failed or cancelled), each submitted by its
+  ``button``.
 - purge: ``#purge-choices a[data-purge-status]``; ``#purge-question``, ``#purge-count``,
   ``form#purge-confirm``, ``#purge-submit``, ``#purge-cancel``.
 - login: ``form#login``, ``input#token``, ``#login-submit``, ``#login-error``.

@@ -12,8 +12,9 @@
 3. with a token, admits a request only with ``Authorization: Bearer <token>`` or the cookie the
    login form sets (an HMAC of the token, never the token itself; ``HttpOnly``,
    ``SameSite=Strict``); pages then redirect to ``/login``, everything else answers 401. Only
-   ``/login`` and ``/logout`` are open without it. Tokens are compared with
-   :func:`hmac.compare_digest`;
+   ``/login``, ``/logout`` and the stylesheet (``GET /static/sitq.css``, the same file in every
+   copy of sitq, so that the login page is styled) are open without it. Tokens are compared
+   with :func:`hmac.compare_digest`;
 4. read-only, answers 403 to every unsafe method but logging in and out;
 5. adds ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``, a
    ``Content-Security-Policy`` that allows scripts, styles and fetches from the dashboard's own
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "COOKIE",
+    "OPEN_ASSETS",
     "OPEN_PATHS",
     "Guard",
     "cookie_path",
@@ -48,6 +50,10 @@ COOKIE = "sitq_session"
 
 OPEN_PATHS = frozenset({"/login", "/logout"})
 """The only paths answered without the token (and the only unsafe ones allowed read-only)."""
+
+OPEN_ASSETS = frozenset({"/static/sitq.css"})
+"""Static files answered to GET and HEAD without the token: the login page's stylesheet, which
+holds nothing of the dashboard's data."""
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -176,7 +182,12 @@ class Guard:
                 "cross-site request refused: the Origin (or Referer) of "
                 "this request names another site",
             )
-        if self.token is not None and path not in OPEN_PATHS and not self._admitted(headers):
+        if (
+            self.token is not None
+            and path not in OPEN_PATHS
+            and not (path in OPEN_ASSETS and method in ("GET", "HEAD"))
+            and not self._admitted(headers)
+        ):
             if method in ("GET", "HEAD") and not _is_machine_path(path):
                 target = route_path(scope)
                 query = scope.get("query_string", b"").decode("latin-1")
