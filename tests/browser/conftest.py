@@ -1,6 +1,10 @@
 """Fixtures of the browser tests: the dashboard driven in a real Chromium.
 
-- ``browser``: one headless Chromium for the whole session, the system's own (``SITQ_CHROMIUM``,
+The shared fixtures live as long as this folder's tests (package scope), not the whole pytest
+session: Playwright's sync API keeps an event loop running in the main thread while it is
+started, and the async tests that follow need that thread free.
+
+- ``browser``: one headless Chromium for the folder's tests, the system's own (``SITQ_CHROMIUM``,
   else ``chromium`` or ``chromium-browser`` on PATH; ``python scripts/browser.py`` installs it),
   driven through the ``playwright`` package. No browser is ever downloaded. Without it the tests
   are skipped, or fail when ``CI`` is set.
@@ -12,8 +16,9 @@
   schedules), served by ``sitq web``. Tests that only read share it.
 - ``ops``: another SQLite store with a worker on the queues the action tests use (one queue
   each), served by ``sitq web``.
-- ``sessions``: the session's subprocesses (``sitq web`` and ``sitq worker``), all killed at its
-  end; a test that needs a server of its own (``--token``, ``--read-only``) starts it here.
+- ``sessions``: the folder's subprocesses (``sitq web`` and ``sitq worker``), all killed once
+  its tests are done; a test that needs a server of its own (``--token``, ``--read-only``)
+  starts it here.
 - ``screenshots``: where pages are saved as PNG: ``SITQ_SCREENSHOTS`` if set (``scripts/
   screenshots`` sets it to docs/images), else a temporary directory.
 """
@@ -94,9 +99,9 @@ def find_chromium() -> str:
 # -- the browser ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for the browser tests."""
     require_module("playwright.sync_api")
     from playwright.sync_api import Error, expect, sync_playwright
 
@@ -116,7 +121,7 @@ def browser() -> Iterator[Browser]:
         driver.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory the tests save their screenshots in."""
     configured = os.environ.get(SCREENSHOTS_ENV)
@@ -202,7 +207,7 @@ def tab(browser: Browser, screenshots: Path) -> Iterator[Tab]:
 
 @dataclass
 class Sessions:
-    """The session's ``sitq web`` and ``sitq worker`` subprocesses."""
+    """The browser tests' ``sitq web`` and ``sitq worker`` subprocesses."""
 
     web: Processes
     workers: WorkerProcesses
@@ -217,9 +222,9 @@ class Sessions:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessions]:
-    """Subprocesses that live for the session; all killed at its end."""
+    """Subprocesses that live as long as the browser tests; all killed at their end."""
     started = Sessions(
         Processes(tmp_path_factory.mktemp("web")),
         WorkerProcesses(tmp_path_factory.mktemp("workers")),
@@ -382,7 +387,7 @@ def _populate_shop(
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def showcase(sessions: Sessions, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """The shop's store (see the module docstring) and its ``sitq web``: for reading only."""
     directory = tmp_path_factory.mktemp("showcase")
@@ -400,7 +405,7 @@ def showcase(sessions: Sessions, tmp_path_factory: pytest.TempPathFactory) -> It
         queue.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ops(sessions: Sessions, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A store whose tasks the action tests change, each on a queue of its own, with a worker
     on those queues and ``sitq web``."""
