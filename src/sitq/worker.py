@@ -44,7 +44,7 @@ from sitq.models import (
     TaskStatus,
     WorkerRecord,
 )
-from sitq.observe import logs
+from sitq.observe import logs, tracing
 from sitq.options import (
     DEFAULT_FAILURE_TTL,
     DEFAULT_RESULT_TTL,
@@ -88,6 +88,8 @@ class _Held:
     progress: tuple[float, str | None] | None = None
     """The task's latest ``set_progress`` (written from its thread or process reader)."""
     saved_progress: tuple[float, str | None] | None = None
+    trace: tracing.Processing | None = None
+    """The attempt's span, when traces are recorded or passed on."""
 
     def report(self, value: float, message: str | None) -> None:
         """Keep the latest progress for the next heartbeat (one assignment: thread-safe)."""
@@ -500,6 +502,8 @@ class Worker:
             time.monotonic() - held.started,
             timed_out=held.timed_out,
         )
+        if held.trace is not None:
+            held.trace.end(settlement, held.stop_reason, timed_out=held.timed_out)
         if settlement is None:
             self._forget(held)
         else:
@@ -542,10 +546,18 @@ class Worker:
             _report=held.report,
         )
         logs.started(claim)
+        trace = held.trace = tracing.processing(claim, self.worker_id)
         with running(context):
-            outcome = await self.executor.run(
-                claim.payload, opts.timeout, task_id=claim.task_id, context=context
-            )
+            if trace is None:
+                outcome = await self.executor.run(
+                    claim.payload, opts.timeout, task_id=claim.task_id, context=context
+                )
+            else:
+                with trace:
+                    outcome = await self.executor.run(
+                        claim.payload, opts.timeout, task_id=claim.task_id, context=context
+                    )
+                trace.outcome = outcome
         held.timed_out = outcome.timed_out
         if outcome.ok:
             self.counters["succeeded"] += 1
