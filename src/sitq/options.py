@@ -114,13 +114,10 @@ TRACE_MARK = ',"trace":'
 options every enqueue writes (see ``sitq.observe.tracing``)."""
 
 
-def split_trace(text: str) -> tuple[str, str | None]:
-    """A task's options text without its trace context, and that context's JSON text (``None``
-    when the task carries none)."""
+def stored_trace(text: str) -> str | None:
+    """The trace context stored in a task's options text (a JSON object's text), or ``None``."""
     i = text.find(TRACE_MARK)
-    if i < 0:
-        return text, None
-    return text[:i] + "}", text[i + len(TRACE_MARK) : -1]
+    return None if i < 0 else text[i + len(TRACE_MARK) : -1]
 
 
 @functools.lru_cache(maxsize=256)

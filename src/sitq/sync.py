@@ -20,7 +20,6 @@ from sitq.cron import CronInfo
 from sitq.errors import SitqError
 from sitq.locks import Lock
 from sitq.models import QueueStats, Result, TaskInfo, TaskPage, TaskStatus, WorkerInfo
-from sitq.observe.tracing import in_callers_context
 from sitq.queue import CallSpec, TaskOptionsView, TaskQueue
 from sitq.serializers import Serializer
 
@@ -75,9 +74,7 @@ class SyncOptionsView:
 
     def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Enqueue ``func(*args, **kwargs)``; return the task id."""
-        return self._call(  # type: ignore[no-any-return]
-            in_callers_context(self._view.enqueue(func, *args, **kwargs))
-        )
+        return self._call(self._view.enqueue(func, *args, **kwargs))  # type: ignore[no-any-return]
 
     def enqueue_at(
         self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -85,7 +82,7 @@ class SyncOptionsView:
         """Enqueue to run at ``when`` (naive means UTC); return the task id. The limits and
         the meaning of a past ``when`` are those of :meth:`TaskQueue.enqueue_at`."""
         return self._call(  # type: ignore[no-any-return]
-            in_callers_context(self._view.enqueue_at(when, func, *args, **kwargs))
+            self._view.enqueue_at(when, func, *args, **kwargs)
         )
 
     def enqueue_in(
@@ -94,14 +91,12 @@ class SyncOptionsView:
         """Enqueue to run after ``delay`` (finite, >= 0); return the task id. See
         :meth:`TaskQueue.enqueue_in`."""
         return self._call(  # type: ignore[no-any-return]
-            in_callers_context(self._view.enqueue_in(delay, func, *args, **kwargs))
+            self._view.enqueue_in(delay, func, *args, **kwargs)
         )
 
     def enqueue_many(self, calls: Iterable[CallSpec]) -> list[str]:
         """Enqueue many calls in one step; return their ids."""
-        return self._call(  # type: ignore[no-any-return]
-            in_callers_context(self._view.enqueue_many(list(calls)))
-        )
+        return self._call(self._view.enqueue_many(list(calls)))  # type: ignore[no-any-return]
 
     def add_cron(
         self,

@@ -14,17 +14,14 @@ trace context to pass on), each enqueue and each task pays one or two function c
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import logging
 import time
-from collections.abc import Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sitq.models import Claim, Finish, Release, Reschedule, Settlement, TaskStatus
-from sitq.options import TRACE_MARK
+from sitq.options import stored_trace
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -38,14 +35,12 @@ __all__ = [
     "Processing",
     "Sending",
     "current_carrier",
-    "in_callers_context",
     "processing",
     "remote_parent",
     "sending",
 ]
 
 log = logging.getLogger("sitq.tracing")
-T = TypeVar("T")
 
 SYSTEM = "sitq"
 """``messaging.system`` of every span."""
@@ -227,20 +222,6 @@ def _sending(otel: _Otel, queue: str, count: int, batch: bool) -> Sending | None
     return Sending(otel, span, trace)
 
 
-def in_callers_context(coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
-    """``coro``, made to run in a copy of the calling thread's context when a span is current
-    there: a ``SyncTaskQueue`` enqueues on its own loop's thread, and its spans belong to the
-    caller's trace."""
-    otel = _otel if _looked else _load()
-    if otel is None or not otel.carrier():
-        return coro
-    return _run_in(contextvars.copy_context(), coro)
-
-
-async def _run_in(context: contextvars.Context, coro: Coroutine[Any, Any, T]) -> T:
-    return await asyncio.get_running_loop().create_task(coro, context=context)
-
-
 # -- running a task -------------------------------------------------------------------------
 
 
@@ -369,13 +350,8 @@ def processing(claim: Claim, worker_id: str) -> Processing | None:
 
 def _processing(otel: _Otel, claim: Claim, worker_id: str) -> Processing | None:
     tracer = otel.tracer()
-    options = claim.options
-    i = options.find(TRACE_MARK)
-    parent: Context | None = None
-    if i >= 0:
-        headers = _headers(options[i + len(TRACE_MARK) : -1])
-        if headers is not None:
-            parent = otel.extract(headers)
+    headers = _headers(stored_trace(claim.options))
+    parent = None if headers is None else otel.extract(headers)
     if tracer is None:
         # No SDK in this worker: the task still runs in the enqueuer's trace, so that what it
         # enqueues continues it.
