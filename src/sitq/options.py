@@ -228,8 +228,22 @@ def parse_engine_options(text: str) -> EngineOptions:
 
     A trace context stored with the task is left out: it differs from task to task, and the
     options without it are the same for many (they are parsed once and remembered)."""
+    known = _KNOWN.get(text)
+    if known is not None:
+        return known
     i = text.find(TRACE_MARK) if isinstance(text, str) else -1
-    return _parse_remembered(text if i < 0 else text[:i] + "}")
+    if i >= 0:
+        return _parse_remembered(text[:i] + "}")
+    options = _parse_remembered(text)
+    if len(_KNOWN) < _KNOWN_MAX:
+        _KNOWN[text] = options
+    return options
+
+
+_KNOWN: dict[str, EngineOptions] = {}
+"""Options texts without a trace context, parsed: one dictionary lookup per task when its
+options are one of these (most tasks share a few)."""
+_KNOWN_MAX = 1024
 
 
 @functools.lru_cache(maxsize=1024)

@@ -92,12 +92,24 @@ class _Otel:
         self.unset = trace.ProxyTracerProvider
         self._provider: object = None
         self._tracer: Tracer | None = None
+        # Asked once now, so that a provider named by OTEL_PYTHON_TRACER_PROVIDER is set.
+        trace.get_tracer_provider()
+        # Whether a provider is set is then read from the global that ``set_tracer_provider``
+        # sets (one attribute read per enqueue and per task, where ``get_tracer_provider()``
+        # would look the environment variable up each time); any other version of the API
+        # that lacks it is asked through ``get_tracer_provider()``.
+        self._set_provider = "_TRACER_PROVIDER" if hasattr(trace, "_TRACER_PROVIDER") else None
 
     def tracer(self) -> Tracer | None:
         """sitq's tracer from the global tracer provider, or ``None`` while none is set."""
-        provider = self.trace.get_tracer_provider()
-        if isinstance(provider, self.unset):
-            return None
+        if self._set_provider is not None:
+            provider = getattr(self.trace, self._set_provider)
+            if provider is None:
+                return None
+        else:
+            provider = self.trace.get_tracer_provider()
+            if isinstance(provider, self.unset):
+                return None
         if provider is not self._provider:
             from sitq import __version__
 
@@ -106,7 +118,12 @@ class _Otel:
         return self._tracer
 
     def carrier(self, context: Context | None = None) -> dict[str, str]:
-        """The W3C headers of the span current in ``context`` (empty when it has none)."""
+        """The W3C headers of the span current in ``context`` (by default the current
+        context; empty when it has none)."""
+        if context is None:
+            context = self.context.get_current()
+            if not context:
+                return {}  # nothing at all is current: the common case, made cheap
         headers: dict[str, str] = {}
         self.propagator.inject(headers, context)
         return headers
