@@ -471,7 +471,7 @@ TRACES: list[Mutant] = [
         "ids = await self._store(view, calls, eta, send.trace)",
         "ids = await self._store(view, calls, eta, None)",
         (_TRACING_TEST,),
-        pytest_args=("-k", "another_process and sqlite"),
+        pytest_args=("-k", "worker_process_make_one_trace and sqlite"),
     ),
     Mutant(
         "task-span-not-current",
