@@ -461,4 +461,45 @@ KINDS: list[Mutant] = [
     ),
 ]
 
-MUTANTS: list[Mutant] = [*FENCING, *CRON, *ENGINE, *EXPLICIT_IDS, *PUSH, *IDLE, *KINDS]
+_TRACING_TEST = "tests/integration/test_tracing.py"
+
+TRACES: list[Mutant] = [
+    Mutant(
+        "trace-context-not-stored",
+        "an enqueue stores its span's context with the task, and the run is its child",
+        "src/sitq/queue.py",
+        "ids = await self._store(view, calls, eta, send.trace)",
+        "ids = await self._store(view, calls, eta, None)",
+        (_TRACING_TEST,),
+        pytest_args=("-k", "worker_process_make_one_trace and sqlite"),
+    ),
+    Mutant(
+        "task-span-not-current",
+        "the task's span is current while it runs (its own enqueues continue the trace)",
+        "src/sitq/worker.py",
+        "                with trace:\n",
+        "                if True:\n",
+        (_TRACING_TEST,),
+        pytest_args=("-k", "continues and not process"),
+    ),
+    Mutant(
+        "task-span-not-sent-to-child",
+        "a worker process runs its task in the parent's span",
+        "src/sitq/_procpool.py",
+        "encode_context(context, tracing.current_carrier())",
+        "encode_context(context, None)",
+        (_TRACING_TEST,),
+        pytest_args=("-k", "continues and process"),
+    ),
+]
+
+MUTANTS: list[Mutant] = [
+    *FENCING,
+    *CRON,
+    *ENGINE,
+    *EXPLICIT_IDS,
+    *PUSH,
+    *IDLE,
+    *KINDS,
+    *TRACES,
+]

@@ -6,7 +6,8 @@ stderr. Every message is a frame: a 4-byte big-endian length, then that many byt
 1. The parent sends an init frame, ``pickle((sys.path, PYTHONPATH, cloudpickle(serializer)))``.
 2. The child answers ``b"ok"`` once it is ready, or ``b"error:"`` and a traceback, and exits 1.
 3. Then, for each task, the parent sends a context frame (JSON: the task's id, queue, attempt,
-   function and worker id; empty for none) and a payload frame. The child answers with any
+   function and worker id, then the W3C trace context headers of the span the task runs in,
+   or null; empty for none) and a payload frame. The child answers with any
    number of progress frames, ``b"progress:"`` and JSON ``[task_id, value, message]``, as the task
    reports them, then ``pickle(Outcome)``.
 
@@ -28,6 +29,7 @@ from typing import BinaryIO
 
 from sitq._task import Outcome, failure, run_payload
 from sitq.context import TaskContext, running
+from sitq.observe import tracing
 from sitq.serializers import Serializer
 
 HEADER = struct.Struct(">I")
@@ -38,24 +40,29 @@ PROGRESS = b"progress:"
 _CONTEXT_FIELDS = ("task_id", "queue", "attempt", "function", "worker_id")
 
 
-def encode_context(context: TaskContext | None) -> bytes:
-    """The context frame for a task (empty for none)."""
+def encode_context(context: TaskContext | None, trace: dict[str, str] | None = None) -> bytes:
+    """The context frame for a task (empty for none), with the W3C headers of the span it
+    runs in (``trace``), if any."""
     if context is None:
         return b""
-    return json.dumps([getattr(context, name) for name in _CONTEXT_FIELDS]).encode()
+    return json.dumps([*(getattr(context, name) for name in _CONTEXT_FIELDS), trace]).encode()
 
 
-def _decode_context(data: bytes, responses: BinaryIO, lock: threading.Lock) -> TaskContext | None:
+def _decode_context(
+    data: bytes, responses: BinaryIO, lock: threading.Lock
+) -> tuple[TaskContext | None, object]:
+    """The task's context from its frame, and the trace headers the frame carries."""
     if not data:
-        return None
-    fields = dict(zip(_CONTEXT_FIELDS, json.loads(data), strict=True))
+        return None, None
+    *values, trace = json.loads(data)
+    fields = dict(zip(_CONTEXT_FIELDS, values, strict=True))
 
     def report(value: float, message: str | None) -> None:
         frame = PROGRESS + json.dumps([fields["task_id"], value, message]).encode()
         with lock:  # the task may report from several threads
             write_frame(responses, frame)
 
-    return TaskContext(_report=report, **fields)
+    return TaskContext(_report=report, **fields), trace
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:
@@ -94,9 +101,13 @@ def _initialize(init: bytes) -> Serializer:
     return serializer
 
 
-def _run(serializer: Serializer, payload: bytes, context: TaskContext | None) -> Outcome:
+def _run(
+    serializer: Serializer, payload: bytes, context: TaskContext | None, trace: object = None
+) -> Outcome:
     try:
-        with running(context):
+        # The span the parent runs the task in is current here too (as a remote parent), so
+        # that what the task enqueues continues its trace.
+        with running(context), tracing.remote_parent(trace):
             return run_payload(serializer, payload)
     except BaseException as exc:  # e.g. KeyboardInterrupt raised by the task itself
         return failure(exc)
@@ -145,8 +156,8 @@ def _serve(requests: BinaryIO, responses: BinaryIO, err_fd: int) -> int:
         payload = read_frame(requests)
         if payload is None:
             break
-        context = _decode_context(header, responses, lock)
-        outcome = encode_outcome(_run(serializer, payload, context))
+        context, trace = _decode_context(header, responses, lock)
+        outcome = encode_outcome(_run(serializer, payload, context, trace))
         with lock:
             write_frame(responses, outcome)
     return 0

@@ -26,6 +26,7 @@ from sitq._child import HEADER, INIT_ERROR, MAX_FRAME, PROGRESS, READY, encode_c
 from sitq._task import Outcome, exception_names, one_line, timed_out
 from sitq.context import TaskContext
 from sitq.errors import ConfigurationError
+from sitq.observe import tracing
 from sitq.serializers import Serializer
 
 # The directory holding the ``sitq`` package: the child needs it on its path to start at all.
@@ -95,7 +96,8 @@ async def _task_exchange(
 ) -> bytes:
     """Send a task (its context, then its payload); pass its progress reports to
     ``context`` and return its outcome frame."""
-    writer.write(_frame(encode_context(context)) + _frame(payload))
+    # Runs in a copy of the caller's context: the span current there goes with the task.
+    writer.write(_frame(encode_context(context, tracing.current_carrier())) + _frame(payload))
     await writer.drain()
     while True:
         reply = await _read_frame(reader)

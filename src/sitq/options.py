@@ -101,9 +101,23 @@ class TaskOptions:
             )
         return merged
 
-    def engine_options(self) -> str:
-        """The options the engine needs at run time, as the JSON text stored with the task."""
-        return _engine_options_text(self.timeout, self.retry, self.max_deliveries, self.failure_ttl)
+    def engine_options(self, trace: str | None = None) -> str:
+        """The options the engine needs at run time, as the JSON text stored with the task;
+        ``trace`` is the task's trace context (a JSON object's text), stored last under
+        ``"trace"`` when given."""
+        text = _engine_options_text(self.timeout, self.retry, self.max_deliveries, self.failure_ttl)
+        return text if trace is None else f"{text[:-1]}{TRACE_MARK}{trace}}}"
+
+
+TRACE_MARK = ',"trace":'
+"""Where the trace context starts in a task's options text: it is written last, after the
+options every enqueue writes (see ``sitq.observe.tracing``)."""
+
+
+def stored_trace(text: str) -> str | None:
+    """The trace context stored in a task's options text (a JSON object's text), or ``None``."""
+    i = text.find(TRACE_MARK)
+    return None if i < 0 else text[i + len(TRACE_MARK) : -1]
 
 
 @functools.lru_cache(maxsize=256)
@@ -209,9 +223,31 @@ class EngineOptions:
     """Seconds a failed task is kept (``None``: until requeued or purged)."""
 
 
-@functools.lru_cache(maxsize=1024)
 def parse_engine_options(text: str) -> EngineOptions:
-    """Read the JSON text made by ``TaskOptions.engine_options``; raise ``ValueError`` if bad."""
+    """Read the JSON text made by ``TaskOptions.engine_options``; raise ``ValueError`` if bad.
+
+    A trace context stored with the task is left out: it differs from task to task, and the
+    options without it are the same for many (they are parsed once and remembered)."""
+    known = _KNOWN.get(text)
+    if known is not None:
+        return known
+    i = text.find(TRACE_MARK) if isinstance(text, str) else -1
+    if i >= 0:
+        return _parse_remembered(text[:i] + "}")
+    options = _parse_remembered(text)
+    if len(_KNOWN) < _KNOWN_MAX:
+        _KNOWN[text] = options
+    return options
+
+
+_KNOWN: dict[str, EngineOptions] = {}
+"""Options texts without a trace context, parsed: one dictionary lookup per task when its
+options are one of these (most tasks share a few)."""
+_KNOWN_MAX = 1024
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_remembered(text: str) -> EngineOptions:
     try:
         return _parse_engine_options(text)
     except ValueError:

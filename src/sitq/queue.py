@@ -40,6 +40,7 @@ from sitq.models import (
     TaskStatus,
     WorkerInfo,
 )
+from sitq.observe import tracing
 from sitq.options import TaskOptions
 from sitq.serializers import PickleSerializer, Serializer
 
@@ -194,7 +195,7 @@ class TaskOptionsView:
             normalized.append((func, tuple(args), kwargs))
         if self._options.task_id is not None and len(normalized) > 1:
             raise ConfigurationError("task_id names one task: it cannot be used with many calls")
-        return await self._queue._submit_many(self, normalized, None)
+        return await self._queue._submit_many(self, normalized, None, batch=True)
 
 
 class TaskQueue(TaskOptionsView):
@@ -262,6 +263,7 @@ class TaskQueue(TaskOptionsView):
         kwargs: dict[str, Any],
         eta: float | None,
         now: float,
+        trace: str | None = None,
     ) -> NewTask:
         if not callable(func):
             raise ConfigurationError(f"enqueue needs a callable as the task, not {func!r}")
@@ -280,7 +282,7 @@ class TaskQueue(TaskOptionsView):
             id=opts.task_id or str(uuid.uuid4()),
             queue=opts.queue,
             payload=payload,
-            options=opts.engine_options(),
+            options=opts.engine_options(trace),
             priority=opts.priority,
             # A past ETA counts from the enqueue moment: tasks run in the order they became
             # due, which every backend (a NATS stream included) can keep.
@@ -370,11 +372,27 @@ class TaskQueue(TaskOptionsView):
         view: TaskOptionsView,
         calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
         eta: float | None,
+        batch: bool = False,
+    ) -> list[str]:
+        if not calls:
+            return []
+        send = tracing.sending(view._options.queue, len(calls), batch)
+        if send is None:
+            return await self._store(view, calls, eta, None)
+        with send:
+            ids = await self._store(view, calls, eta, send.trace)
+            send.sent(ids, function_name(calls[0][0]))
+            return ids
+
+    async def _store(
+        self,
+        view: TaskOptionsView,
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        eta: float | None,
+        trace: str | None,
     ) -> list[str]:
         now = time.time()
-        tasks = [self._build(view._options, f, a, k, eta, now) for f, a, k in calls]
-        if not tasks:
-            return []
+        tasks = [self._build(view._options, f, a, k, eta, now, trace) for f, a, k in calls]
         await self.connect()
         if view._connection is not None:
             await self.backend.enqueue_in_transaction(tasks, view._connection)

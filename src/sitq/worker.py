@@ -44,7 +44,7 @@ from sitq.models import (
     TaskStatus,
     WorkerRecord,
 )
-from sitq.observe import logs
+from sitq.observe import logs, tracing
 from sitq.observe.metrics import TaskSeries, WorkerMetrics
 from sitq.options import (
     DEFAULT_FAILURE_TTL,
@@ -93,6 +93,8 @@ class _Held:
     """Where the attempt is counted, with metrics on."""
     duration: float = 0.0
     """Seconds the attempt ran, once it ended."""
+    trace: tracing.Processing | None = None
+    """The attempt's span, when traces are recorded or passed on."""
 
     def report(self, value: float, message: str | None) -> None:
         """Keep the latest progress for the next heartbeat (one assignment: thread-safe)."""
@@ -517,6 +519,8 @@ class Worker:
         logs.outcome(
             held.claim, settlement, held.stop_reason, held.duration, timed_out=held.timed_out
         )
+        if held.trace is not None:
+            held.trace.end(settlement, held.stop_reason, timed_out=held.timed_out)
         if settlement is None:
             if held.series is not None:
                 lost = held.stop_reason is StopReason.LOST
@@ -562,10 +566,18 @@ class Worker:
             _report=held.report,
         )
         logs.started(claim)
+        trace = held.trace = tracing.processing(claim, self.worker_id)
         with running(context):
-            outcome = await self.executor.run(
-                claim.payload, opts.timeout, task_id=claim.task_id, context=context
-            )
+            if trace is None:
+                outcome = await self.executor.run(
+                    claim.payload, opts.timeout, task_id=claim.task_id, context=context
+                )
+            else:
+                with trace:
+                    outcome = await self.executor.run(
+                        claim.payload, opts.timeout, task_id=claim.task_id, context=context
+                    )
+                trace.outcome = outcome
         held.timed_out = outcome.timed_out
         if outcome.ok:
             self.counters["succeeded"] += 1
