@@ -127,15 +127,20 @@ def shared_backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the cases on the session's clusters unless ``-m`` names the ``cluster`` marker."""
-    if "cluster" in (config.option.markexpr or ""):
-        return
+    """Deselect the cases on the session's clusters unless ``-m`` names the ``cluster`` marker,
+    and the chaos runs (``tests/faults/test_chaos.py``, minutes long) unless it names ``chaos``:
+    each is a group of its own (README, "Development")."""
+    markexpr = config.option.markexpr or ""
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         on_cluster = any(params.get(name) in CLUSTER_FACTORIES for name in _BACKEND_FIXTURES)
-        (dropped if on_cluster else kept).append(item)
+        chaos = item.get_closest_marker("chaos") is not None
+        if (on_cluster and "cluster" not in markexpr) or (chaos and "chaos" not in markexpr):
+            dropped.append(item)
+        else:
+            kept.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
