@@ -103,3 +103,19 @@ def test_a_handler_of_the_users_own_gets_every_line(saved_logging: None) -> None
     record = seen[0]
     assert record.getMessage().startswith("task t-1 shop.tasks.send succeeded in 0.250 s")
     assert record.__dict__["outcome"] == "succeeded" and record.__dict__["attempt"] == 2
+
+
+def test_kept_task_lines_come_before_a_later_line_of_another_logger(saved_logging: None) -> None:
+    out = io.StringIO()
+    handler = logs.configure("INFO", "text", out)
+    for _ in range(3):
+        logs.outcome(CLAIM, SUCCESS, None, 0.25, timed_out=False)
+    logging.getLogger("sitq.worker").info("the worker's own line")
+    logs.outcome(CLAIM, FAILED, None, 0.5, timed_out=False)  # a warning: written at once
+    assert "failed after 0.500 s" in out.getvalue()
+    logs.outcome(CLAIM, SUCCESS, None, 0.75, timed_out=False)
+    handler.flush()
+    lines = [line for line in out.getvalue().splitlines() if " sitq." in line]
+    words = [line.split(": ", 1)[1][:40] for line in lines]
+    assert [w.split(" ")[0] for w in words] == ["task", "task", "task", "the", "task", "task"]
+    assert "succeeded in 0.250 s" in lines[0] and "succeeded in 0.750 s" in lines[-1]

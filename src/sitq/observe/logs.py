@@ -28,12 +28,19 @@ FIELDS = ("outcome", "task_id", "function", "queue", "attempt", "duration", "err
 """The task fields a record may carry, in the order JSON lines show them."""
 
 
+_Line = tuple[
+    float, int, str, Claim, "float | None", "str | None", "str | None", "str | None", "float | None"
+]
+"""A task line not written yet: time, level, outcome, claim, duration, text (``None`` for
+"succeeded in <duration>"), error, traceback, retry_in."""
+
+
 def _emit(
     level: int,
     outcome: str,
     claim: Claim,
     duration: float | None,
-    text: str,
+    text: str | None,
     *,
     error: str | None = None,
     traceback: str | None = None,
@@ -41,6 +48,30 @@ def _emit(
 ) -> None:
     if not task_log.isEnabledFor(level):
         return
+    handler = _sole_handler(level)
+    if handler is not None:
+        line = (time.time(), level, outcome, claim, duration, text, error, traceback, retry_in)
+        handler.later(line)
+        return
+    task_log.handle(
+        _TaskRecord(
+            level,
+            _message(level, claim, duration, text, error, traceback),
+            _fields(outcome, claim, duration, error, retry_in),
+        )
+    )
+
+
+def _message(
+    level: int,
+    claim: Claim,
+    duration: float | None,
+    text: str | None,
+    error: str | None,
+    traceback: str | None,
+) -> str:
+    if text is None:
+        text = f"succeeded in {duration:.3f} s"
     message = (
         f"task {claim.task_id} {claim.function or '?'} {text} "
         f"(queue {claim.queue}, attempt {claim.attempts})"
@@ -49,10 +80,16 @@ def _emit(
         message += f": {error}"
     if traceback and level >= logging.WARNING:
         message += "\n" + traceback.rstrip()
-    handler = _sole_handler(level)
-    if handler is not None and handler.text is not None:
-        handler.write_text(level, message)  # a text line shows no fields
-        return
+    return message
+
+
+def _fields(
+    outcome: str,
+    claim: Claim,
+    duration: float | None,
+    error: str | None,
+    retry_in: float | None,
+) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "outcome": outcome,
         "task_id": claim.task_id,
@@ -65,10 +102,20 @@ def _emit(
         fields["error"] = error
     if retry_in is not None:
         fields["retry_in"] = round(retry_in, 3)
-    if handler is not None:
-        handler.write_line(level, message, fields)
-    else:
-        task_log.handle(_TaskRecord(level, message, fields))
+    return fields
+
+
+def _record(line: _Line) -> _TaskRecord:
+    """The record of a task line not written yet (for a formatter of another kind)."""
+    created, level, outcome, claim, duration, text, error, traceback, retry_in = line
+    record = _TaskRecord(
+        level,
+        _message(level, claim, duration, text, error, traceback),
+        _fields(outcome, claim, duration, error, retry_in),
+    )
+    record.created = created
+    record.msecs = int(created * 1000) % 1000 + 0.0
+    return record
 
 
 def _sole_handler(level: int) -> LineHandler | None:
@@ -144,12 +191,13 @@ def outcome(
     logs a loss where it sees it)."""
     if not task_log.isEnabledFor(logging.WARNING):
         return  # no line at any level: skip the formatting too
-    took = f"{duration:.3f} s"
     if isinstance(settlement, Finish):
         status = settlement.status
         if status is TaskStatus.SUCCESS:
-            _emit(logging.INFO, "succeeded", claim, duration, f"succeeded in {took}")
-        elif status is TaskStatus.CANCELLED:
+            _emit(logging.INFO, "succeeded", claim, duration, None)
+            return
+        took = f"{duration:.3f} s"
+        if status is TaskStatus.CANCELLED:
             _emit(logging.INFO, "cancelled", claim, duration, f"cancelled after {took}")
         else:
             word = "timed out" if timed_out else "failed"
@@ -163,6 +211,7 @@ def outcome(
                 traceback=settlement.traceback,
             )
     elif isinstance(settlement, Reschedule):
+        took = f"{duration:.3f} s"
         wait = max(settlement.eta - time.time(), 0.0)
         _emit(
             logging.INFO,
@@ -240,6 +289,19 @@ class TextFormatter(logging.Formatter):
         )
         return _with_traceback(self, line, record)
 
+    def task_lines(self, lines: list[_Line]) -> str:
+        """The text :meth:`format` makes of these task lines' records, each ending in a
+        newline."""
+        out = []
+        seconds = self.seconds.text
+        for created, level, _, claim, duration, text, error, traceback, _ in lines:
+            message = _message(level, claim, duration, text, error, traceback)
+            out.append(
+                f"{seconds(created)},{int(created * 1000) % 1000:03d} "
+                f"{logging.getLevelName(level)} sitq.task: {message}\n"
+            )
+        return "".join(out)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
@@ -258,10 +320,19 @@ class JsonFormatter(logging.Formatter):
             parts.append(f'"exception": {_json_value(_with_traceback(self, "", record)[1:])}')
         return "{" + ", ".join(parts) + "}"
 
+    def task_lines(self, lines: list[_Line]) -> str:
+        """The text :meth:`format` makes of these task lines' records, each ending in a
+        newline."""
+        out = []
+        for created, level, outcome, claim, duration, text, error, traceback, retry_in in lines:
+            message = _message(level, claim, duration, text, error, traceback)
+            fields = _fields(outcome, claim, duration, error, retry_in)
+            out.append(self.task_line(created, level, message, fields) + "\n")
+        return "".join(out)
+
     def task_line(self, created: float, level: int, message: str, fields: dict[str, Any]) -> str:
         """The line :meth:`format` makes of a ``sitq.task`` record with these contents (the
-        fields ``_emit`` makes, in the order of ``FIELDS``, written without the general loop:
-        a worker writes one per task)."""
+        fields ``_emit`` makes, in the order of ``FIELDS``, written without the general loop)."""
         duration = fields["duration"]
         line = (
             f'{{"time": "{self._seconds.text(created)}.{int(created * 1000) % 1000:03d}Z", '
@@ -320,77 +391,73 @@ def _with_traceback(formatter: logging.Formatter, line: str, record: logging.Log
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that writes every line at once but flushes the stream only for a
-    warning or worse, or when ``flush_interval`` seconds have passed since the last flush (and
-    when ``flush()`` is called, which ``sitq worker`` does as often): a line per task then
-    costs a write into a buffer, not a system call. An INFO line therefore reaches the
-    terminal up to half a second late, and may come after output the process wrote
-    straight to stderr meanwhile."""
+    """A stream handler that flushes the stream only for a warning or worse, or when
+    ``flush_interval`` seconds have passed since the last flush (and when ``flush()`` is
+    called, which ``sitq worker`` does as often): a line per task then costs a write into a
+    buffer, not a system call. An INFO line therefore reaches the terminal up to half a second
+    late, and may come after output the process wrote straight to stderr meanwhile.
+
+    The worker's own task lines (see ``_sole_handler``) are kept as plain tuples and made into
+    text together, at the next flush or the next line of any other kind, in one tight loop:
+    the same lines, in the same order, with the time each line was logged, for a fraction of
+    what making each one amid the worker's work costs."""
 
     def __init__(self, stream: Any, flush_interval: float = 0.5) -> None:
         super().__init__(stream)
         self.origin: Any = stream
         self.flush_interval = flush_interval
-        self.text: TextFormatter | None = None
         self._flushed = time.time()
+        self._later: list[_Line] = []
+
+    def later(self, line: _Line) -> None:
+        """Keep a task line to write at the next flush (at once for a warning or worse)."""
+        self._later.append(line)
+        if (
+            line[1] >= logging.WARNING
+            or line[0] - self._flushed >= self.flush_interval
+            or len(self._later) >= 1024
+        ):
+            self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Write the line; flush if it is a warning or the last flush is old."""
+        """Write the line (after the task lines kept before it); flush if it is a warning or
+        the last flush is old."""
         try:
+            self._write_later()
             self.stream.write(self.format(record) + self.terminator)
-            now = time.time()
-            if record.levelno >= logging.WARNING or now - self._flushed >= self.flush_interval:
+            if (
+                record.levelno >= logging.WARNING
+                or time.time() - self._flushed >= self.flush_interval
+            ):
                 self.flush()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:
-        """Set the formatter (and note whether it is sitq's text one, for ``write_text``)."""
-        super().setFormatter(fmt)
-        self.text = fmt if isinstance(fmt, TextFormatter) else None
-
-    def write_text(self, level: int, message: str) -> None:
-        """Write a ``sitq.task`` line as :meth:`emit` would write its record through the
-        :class:`TextFormatter` (``self.text``), without making the record."""
-        assert self.text is not None
-        created = time.time()
-        line = (
-            f"{self.text.seconds.text(created)},{int(created * 1000) % 1000:03d} "
-            f"{logging.getLevelName(level)} sitq.task: {message}\n"
-        )
-        with self.lock:  # type: ignore[union-attr]
-            try:
-                self.stream.write(line)
-                if level >= logging.WARNING or created - self._flushed >= self.flush_interval:
-                    self.flush()
-            except RecursionError:
-                raise
-            except Exception:
-                self.handleError(_TaskRecord(level, message, {}))
-
-    def write_line(self, level: int, message: str, fields: dict[str, Any]) -> None:
-        """Write a ``sitq.task`` line as :meth:`emit` would write its record, without making
-        the record (see ``_sole_handler``)."""
-        formatter = self.formatter
-        if not isinstance(formatter, JsonFormatter):
-            self.emit(_TaskRecord(level, message, fields))
+    def _write_later(self) -> None:
+        """Write the task lines kept so far (the caller holds the lock)."""
+        if not self._later:
             return
-        with self.lock:  # type: ignore[union-attr]
-            try:
-                line = formatter.task_line(time.time(), level, message, fields)
-                self.stream.write(line + self.terminator)
-                if level >= logging.WARNING or time.time() - self._flushed >= self.flush_interval:
-                    self.flush()
-            except RecursionError:
-                raise
-            except Exception:
-                self.handleError(_TaskRecord(level, message, fields))
+        lines, self._later = self._later, []
+        formatter = self.formatter
+        try:
+            if isinstance(formatter, TextFormatter | JsonFormatter):
+                text = formatter.task_lines(lines)
+            else:
+                fmt = formatter or logging.Formatter()
+                text = "".join(fmt.format(_record(line)) + "\n" for line in lines)
+            self.stream.write(text)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(_record(lines[0]))
 
     def flush(self) -> None:
-        """Flush the stream now."""
-        self._flushed = time.time()
+        """Write the task lines kept so far and flush the stream now."""
+        with self.lock:  # type: ignore[union-attr]
+            self._write_later()
+            self._flushed = time.time()
         super().flush()
 
 
