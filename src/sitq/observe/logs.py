@@ -322,35 +322,28 @@ class JsonFormatter(logging.Formatter):
 
     def task_lines(self, lines: list[_Line]) -> str:
         """The text :meth:`format` makes of these task lines' records, each ending in a
-        newline."""
+        newline: the fields ``_fields`` gives a record, in the order of ``FIELDS``, written
+        straight from the line's values."""
         out = []
+        seconds = self._seconds.text
         for created, level, outcome, claim, duration, text, error, traceback, retry_in in lines:
             message = _message(level, claim, duration, text, error, traceback)
-            fields = _fields(outcome, claim, duration, error, retry_in)
-            out.append(self.task_line(created, level, message, fields) + "\n")
+            line = (
+                f'{{"time": "{seconds(created)}.{int(created * 1000) % 1000:03d}Z", '
+                f'"level": "{logging.getLevelName(level)}", "logger": "sitq.task", '
+                f'"message": {_encode_string(message)}, "outcome": "{outcome}", '
+                f'"task_id": {_encode_string(claim.task_id)}, '
+                f'"function": {_encode_string(claim.function)}, '
+                f'"queue": {_encode_string(claim.queue)}, "attempt": {claim.attempts}'
+            )
+            if duration is not None:
+                line += f', "duration": {round(duration, 6)!r}'
+            if error:
+                line += f', "error": {_encode_string(error)}'
+            if retry_in is not None:
+                line += f', "retry_in": {round(retry_in, 3)!r}'
+            out.append(line + "}\n")
         return "".join(out)
-
-    def task_line(self, created: float, level: int, message: str, fields: dict[str, Any]) -> str:
-        """The line :meth:`format` makes of a ``sitq.task`` record with these contents (the
-        fields ``_emit`` makes, in the order of ``FIELDS``, written without the general loop)."""
-        duration = fields["duration"]
-        line = (
-            f'{{"time": "{self._seconds.text(created)}.{int(created * 1000) % 1000:03d}Z", '
-            f'"level": "{logging.getLevelName(level)}", "logger": "{task_log.name}", '
-            f'"message": {_encode_string(message)}, "outcome": "{fields["outcome"]}", '
-            f'"task_id": {_encode_string(fields["task_id"])}, '
-            f'"function": {_encode_string(fields["function"])}, '
-            f'"queue": {_encode_string(fields["queue"])}, "attempt": {fields["attempt"]}'
-        )
-        if duration is not None:
-            line += f', "duration": {duration!r}'
-        error = fields.get("error")
-        if error is not None:
-            line += f', "error": {_encode_string(error)}'
-        retry_in = fields.get("retry_in")
-        if retry_in is not None:
-            line += f', "retry_in": {retry_in!r}'
-        return line + "}"
 
     def _parts(
         self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
