@@ -61,7 +61,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from sitq import TaskQueue, backend_from_url
 from sitq.backends.base import STATUS_CODE, Backend
-from sitq.models import Finish, NewTask, TaskStatus
+from sitq.models import Claim, Finish, NewTask, TaskStatus
 from sitq.options import TaskOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +130,7 @@ async def make_group(backend: Backend, queue: str, status: TaskStatus, n: int) -
     # Running and finished: enqueued, then claimed from their queue at a priority that puts them
     # ahead of any bulk task there (priority 100), so the claims take exactly these.
     await backend.enqueue([new_task(queue, priority=100) for _ in range(n)])
-    claims = []
+    claims: list[Claim] = []
     while len(claims) < n:
         got = await backend.claim([queue], n - len(claims), "listing-bench", LONG_LEASE)
         if not got:
