@@ -12,6 +12,13 @@ Workloads (medians over ``--runs`` runs, each on a fresh store):
   p50/p95/p99 in milliseconds.
 * idle CPU: CPU seconds an idle worker process uses per wall second.
 
+The dashboard beside a million stored tasks (``benchmarks/web.py``: each page over HTTP from
+``sitq web``, on an almost empty store and beside ``--bulk`` tasks) is the subcommand ``web``;
+the arguments after it are that benchmark's own::
+
+    python -m benchmarks web [--backend sqlite] [--bulk 1000000] [--reps 30] [--runs 5]
+                             [--json PATH]
+
 Speed is measured here and only here; the test suite asserts no timings.
 """
 
@@ -228,6 +235,11 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["web"]:
+        from benchmarks.web import main as web
+
+        web(sys.argv[2:], prog="python -m benchmarks web")
+        return
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description=__doc__,

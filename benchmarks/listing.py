@@ -11,14 +11,26 @@ Two stores are built alike, each fresh (the isolated stores of ``python -m bench
 
 The measured tasks are made through the backend interface alone (``enqueue``, ``claim`` with a
 long lease, ``settle``, ``cancel``; no worker runs), so every backend gets them the same way.
-The bulk is filled by a per-backend *filler* (``FILLERS``), as fast as the store allows: for
-SQLite, plain ``INSERT`` statements of finished, pending and running rows in large transactions
-(the same columns the backend writes). A backend without a filler of its own gets the generic
-one, which goes through the backend interface (correct everywhere, but slow for a million).
-Bulk tasks spread over ten queues (``list-a``, ``list-b`` and eight others) and, like a store
-that has run for a while, are mostly finished: 55% success, 15% failed, 10% cancelled, 19.9%
-pending (priorities 0 to 9, due times spread over a day either side of now) and 0.1% running
-(running tasks are bounded by the workers' concurrency, not by what a store holds).
+The bulk is filled by a per-backend *filler* (``FILLERS``), as fast as the store allows:
+
+* SQLite: plain ``INSERT`` statements of finished, pending and running rows in large
+  transactions (the same columns the backend writes);
+* PostgreSQL: ``listing_postgres.fill``, one ``INSERT ... SELECT ... FROM generate_series``
+  per status straight into the schema's tables, then ``VACUUM ANALYZE``;
+* Redis: ``listing_redis.fill``, through the backend interface, each step one pipelined round
+  trip for a batch (``enqueue`` of 10,000, ``claim`` and ``settle`` of 1,000);
+* NATS: ``listing_nats.fill``, through the backend interface in batches of 1,000 and 256.
+
+A backend without a filler of its own gets the generic one, which goes through the backend
+interface one group at a time (correct everywhere, but slow for a million). Bulk tasks spread
+over ten queues (``list-a``, ``list-b`` and eight others) and, like a store that has run for a
+while, are mostly finished: 55% success, 15% failed, 10% cancelled, 19.9% pending and 0.1%
+running (running tasks are bounded by the workers' concurrency, not by what a store holds).
+Each filler keeps its own pending details: SQLite's have priorities 0 to 9 and due times spread
+over a day either side of now, PostgreSQL's and Redis's are a quarter scheduled an hour or more
+ahead, NATS's are all due.
+
+``filled_store`` builds such a store for other benchmarks (``python -m benchmarks.web``).
 
 Then, on each store, for each status, with and without ``queue="list-a"``, the first page and a
 page ``--depth`` tasks deep (reached by following cursors), each ``TaskQueue.list_tasks(limit=50)``
@@ -40,15 +52,16 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from sitq import TaskQueue, backend_from_url
 from sitq.backends.base import STATUS_CODE, Backend
-from sitq.models import Finish, NewTask, TaskStatus
+from sitq.models import Claim, Finish, NewTask, TaskStatus
 from sitq.options import TaskOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +130,7 @@ async def make_group(backend: Backend, queue: str, status: TaskStatus, n: int) -
     # Running and finished: enqueued, then claimed from their queue at a priority that puts them
     # ahead of any bulk task there (priority 100), so the claims take exactly these.
     await backend.enqueue([new_task(queue, priority=100) for _ in range(n)])
-    claims = []
+    claims: list[Claim] = []
     while len(claims) < n:
         got = await backend.claim([queue], n - len(claims), "listing-bench", LONG_LEASE)
         if not got:
@@ -227,10 +240,84 @@ async def fill_sqlite(backend: Backend, url: str, n: int) -> None:
         conn.close()
 
 
+def bulk_counts(n: int) -> dict[TaskStatus, int]:
+    """How many of ``n`` bulk tasks are in each status (``MIX``; pending takes the rounding)."""
+    counts = {status: int(n * share) for status, share in MIX}
+    counts[TaskStatus.PENDING] += n - sum(counts.values())
+    return counts
+
+
+async def fill_postgres(backend: Backend, url: str, n: int) -> None:
+    """PostgreSQL: ``listing_postgres.fill`` into the store's schema (``?schema=`` of ``url``),
+    over ``BULK_QUEUES``."""
+    import asyncpg
+
+    from benchmarks.listing_postgres import fill
+
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    schema = query.pop("schema", ["public"])[0]
+    dsn = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await fill(conn, schema, bulk_counts(n), BULK_QUEUES)
+    finally:
+        await conn.close()
+
+
+async def fill_redis(backend: Backend, url: str, n: int) -> None:
+    """Redis: ``listing_redis.fill`` over ``BULK_QUEUES``; a quarter of the pending tasks are
+    scheduled an hour ahead."""
+    from benchmarks.listing_redis import BATCH, fill
+
+    counts = bulk_counts(n)
+    per_queue = {
+        status.value: counts[status] // len(BULK_QUEUES)
+        for status in STATUSES
+        if status is not TaskStatus.PENDING
+    }
+    pending = counts[TaskStatus.PENDING] // len(BULK_QUEUES)
+    per_queue["scheduled"] = pending // 4
+    per_queue["due"] = pending - per_queue["scheduled"]
+    await fill(backend, per_queue, BATCH, BULK_QUEUES)
+
+
+async def fill_nats(backend: Backend, url: str, n: int) -> None:
+    """NATS: ``listing_nats.fill`` over ``BULK_QUEUES`` in equal shares."""
+    from benchmarks.listing_nats import fill
+
+    share = 1 / len(BULK_QUEUES)
+    await fill(backend, n, [(queue, share) for queue in BULK_QUEUES], dict(MIX))
+
+
 FILLERS: dict[str, Filler] = {
     "sqlite": fill_sqlite,
-    # Other backends plug their fast fillers in here; without one they get fill_generic.
+    "postgres": fill_postgres,
+    "redis": fill_redis,
+    "nats": fill_nats,
+    # A backend without a filler here gets fill_generic.
 }
+
+
+@asynccontextmanager
+async def filled_store(
+    backend_name: str, bulk: int, per_group: int
+) -> AsyncIterator[tuple[str, TaskQueue]]:
+    """A fresh store of ``backend_name`` (an isolated store of ``python -m benchmarks``,
+    removed afterwards) holding ``bulk`` tasks from the backend's filler, then the measured
+    tasks (``per_group`` per status and measured queue); its URL and a connected queue."""
+    from benchmarks.__main__ import STORES
+
+    async with STORES[backend_name]() as url:
+        backend = backend_from_url(url)
+        async with TaskQueue(backend) as queue:
+            if bulk:
+                log(f"{backend_name}: filling {bulk:,} bulk tasks")
+                started = time.perf_counter()
+                await FILLERS.get(backend_name, fill_generic)(backend, url, bulk)
+                log(f"  filled in {time.perf_counter() - started:.1f} s")
+            await make_measured(backend, per_group)
+            yield url, queue
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -269,25 +356,14 @@ async def time_pages(queue: TaskQueue, depth: int, reps: int) -> dict[str, float
 
 
 async def measure_store(
-    store: Callable[[], AbstractAsyncContextManager[str]],
-    backend_name: str,
-    bulk: int,
-    args: argparse.Namespace,
+    backend_name: str, bulk: int, args: argparse.Namespace
 ) -> list[dict[str, float]]:
-    async with store() as url:
-        backend = backend_from_url(url)
-        async with TaskQueue(backend) as queue:
-            if bulk:
-                log(f"{backend_name}: filling {bulk:,} bulk tasks")
-                started = time.perf_counter()
-                await FILLERS.get(backend_name, fill_generic)(backend, url, bulk)
-                log(f"  filled in {time.perf_counter() - started:.1f} s")
-            await make_measured(backend, args.per_group)
-            runs = []
-            for run in range(args.runs):
-                runs.append(await time_pages(queue, args.depth, args.reps))
-                log(f"  {'beside bulk' if bulk else 'almost empty'}: run {run + 1} done")
-            return runs
+    async with filled_store(backend_name, bulk, args.per_group) as (_, queue):
+        runs = []
+        for run in range(args.runs):
+            runs.append(await time_pages(queue, args.depth, args.reps))
+            log(f"  {'beside bulk' if bulk else 'almost empty'}: run {run + 1} done")
+        return runs
 
 
 def medians(runs: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -306,11 +382,8 @@ def table(empty: dict[str, float], big: dict[str, float], bulk: int) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.__main__ import STORES
-
-    store = STORES[args.backend]
-    empty_runs = await measure_store(store, args.backend, 0, args)
-    big_runs = await measure_store(store, args.backend, args.bulk, args)
+    empty_runs = await measure_store(args.backend, 0, args)
+    big_runs = await measure_store(args.backend, args.bulk, args)
     return {"almost_empty": empty_runs, "beside_bulk": big_runs}
 
 

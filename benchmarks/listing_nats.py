@@ -25,11 +25,14 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sitq.backends.base import Backend
 from sitq.backends.nats import NATSBackend
 from sitq.models import Finish, NewTask, TaskStatus
 from sitq.options import TaskOptions
@@ -66,19 +69,36 @@ def _tasks(n: int, queue: str) -> list[NewTask]:
     ]
 
 
-async def _fill(backend: NATSBackend, total: int) -> None:
-    """``total`` tasks: 50 % success, 20 % failed, 10 % running, 10 % cancelled, 10 %
-    pending; 90 % on queue ``a``, 10 % on ``b``."""
-    for queue, share in (("a", 0.9), ("b", 0.1)):
+# Shares of a store's tasks: of each queue's tasks, each status's fraction.
+MIX = {
+    TaskStatus.SUCCESS: 0.5,
+    TaskStatus.FAILED: 0.2,
+    TaskStatus.RUNNING: 0.1,
+    TaskStatus.CANCELLED: 0.1,
+    TaskStatus.PENDING: 0.1,
+}
+QUEUE_SHARES = (("a", 0.9), ("b", 0.1))
+
+
+async def fill(
+    backend: Backend,
+    total: int,
+    queues: Sequence[tuple[str, float]] = QUEUE_SHARES,
+    mix: Mapping[TaskStatus, float] = MIX,
+) -> None:
+    """``total`` tasks, each queue of ``queues`` its share, each status its share of ``mix``
+    (by default 50 % success, 20 % failed, 10 % running, 10 % cancelled, 10 % pending; 90 %
+    on queue ``a``, 10 % on ``b``): enqueued in batches of 1,000, claimed (lease one hour) and
+    settled or left running, the cancelled ones taken from the pending."""
+    for queue, share in queues:
         n = int(total * share)
-        ids: list[str] = []
         for start in range(0, n, 1000):
-            batch = _tasks(min(1000, n - start), queue)
-            await backend.enqueue(batch)
-            ids += [t.id for t in batch]
+            await backend.enqueue(_tasks(min(1000, n - start), queue))
         claimed = 0
-        want = int(n * 0.8)
-        to_success, to_failed = int(n * 0.5), int(n * 0.2)
+        to_success = int(n * mix[TaskStatus.SUCCESS])
+        to_failed = int(n * mix[TaskStatus.FAILED])
+        want = to_success + to_failed + int(n * mix[TaskStatus.RUNNING])
+        to_cancel = int(n * mix[TaskStatus.CANCELLED])
         done = 0
         while claimed < want:
             claims = await backend.claim([queue], min(256, want - claimed), "bench", 3600.0)
@@ -95,20 +115,17 @@ async def _fill(backend: NATSBackend, total: int) -> None:
                     done += 1
             if settle:
                 await backend.settle(settle)
-        pending = [
-            snap.task_id
-            for snap in (await backend.list_tasks(TaskStatus.PENDING, queue, 1000, None, 0)).tasks
-        ]
+        pending: list[str] = []
         after = None
-        while len(pending) < n - want:
+        while len(pending) < to_cancel:
             page = await backend.list_tasks(TaskStatus.PENDING, queue, 1000, after, 0)
             pending += [s.task_id for s in page.tasks]
             if page.after is None:
                 break
             after = page.after
-        for task_id in pending[: (n - want) // 2]:
+        for task_id in pending[:to_cancel]:
             await backend.cancel(task_id, time.time())
-        print(f"  queue {queue}: {n} tasks stored", flush=True)
+        print(f"  queue {queue}: {n} tasks stored", file=sys.stderr, flush=True)
 
 
 async def _deep(
@@ -155,9 +172,9 @@ async def _store(total: int, reps: int, limit: int, small: bool) -> dict[str, fl
     try:
         started = time.perf_counter()
         if small:
-            await _fill(backend, 600)
+            await fill(backend, 600)
         else:
-            await _fill(backend, total)
+            await fill(backend, total)
         print(f"  filled in {time.perf_counter() - started:.0f} s", flush=True)
         return await _measure(backend, reps, limit, 10 if small else 1000)
     finally:

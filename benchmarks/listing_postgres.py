@@ -43,6 +43,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ from sitq.models import TaskStatus
 from sitq.options import TaskOptions
 
 QUEUES = 10
+QUEUE_NAMES = tuple(f"q{i}" for i in range(QUEUES))
 PAGE = 50
 FILTER = "q3"
 PAYLOAD = b"\x80\x05benchmark-payload" + b"\x00" * 64
@@ -71,17 +73,17 @@ SHARES = {
 }
 CODES = {TaskStatus.SUCCESS: 2, TaskStatus.FAILED: 3, TaskStatus.CANCELLED: 4}
 
-# $1 count, $2 now, $3 payload, $4 options (and $5 the status code of results). The id is
-# the status and a number g; the queue is g modulo ten, and the other traits follow g / 10,
-# so each queue has its share of each.
+# $1 count, $2 now, $3 payload, $4 options, $5 the queue names (and $6 the status code of
+# results). The id is the status and a number g; the queue is the name at g modulo their
+# number, and the other traits follow g / 10, so each queue has its share of each.
 PARAMS = """
 WITH p AS (SELECT $1::integer AS n, $2::float8 AS now, $3::bytea AS payload,
-                  $4::text AS options, {code}::smallint AS code)
+                  $4::text AS options, $5::text[] AS queues, {code}::smallint AS code)
 """
 FILL_PENDING = """
 INSERT INTO "{schema}".tasks (id, queue, state, priority, eta, payload, options, enqueued_at,
                               result_ttl, function, concurrency_key, concurrency_limit)
-SELECT 'pending-' || g, 'q' || (g % 10), 0, ((g / 10) % 3) * 5,
+SELECT 'pending-' || g, p.queues[1 + g % cardinality(p.queues)], 0, ((g / 10) % 3) * 5,
        CASE WHEN (g / 10) % 4 = 0 THEN p.now + 3600 + g * 0.01
             ELSE p.now - 86400 + g * 0.01 END,
        p.payload, p.options, p.now - 86400 + g * 0.01, 86400, 'benchmarks.tasks.noop',
@@ -93,8 +95,9 @@ FILL_RUNNING = """
 INSERT INTO "{schema}".tasks (id, queue, state, priority, eta, payload, options, enqueued_at,
                               result_ttl, function, started_at, lease_until, worker_id,
                               fence, attempts)
-SELECT 'running-' || g, 'q' || (g % 10), 1, 0, p.now - 7200 + g * 0.001, p.payload,
-       p.options, p.now - 7200 + g * 0.001, 86400, 'benchmarks.tasks.noop',
+SELECT 'running-' || g, p.queues[1 + g % cardinality(p.queues)], 1, 0,
+       p.now - 7200 + g * 0.001, p.payload, p.options, p.now - 7200 + g * 0.001, 86400,
+       'benchmarks.tasks.noop',
        p.now - 3600 + g * 0.001, p.now + 86400, 'bench-worker', 1, 1
 FROM p, generate_series(1, p.n) g
 """
@@ -103,7 +106,8 @@ FILL_RESULTS = """
 INSERT INTO "{schema}".results (id, queue, status, attempts, enqueued_at, eta, started_at,
                                 finished_at, expires_at, value, error, traceback, function,
                                 priority, fence, payload, options, result_ttl)
-SELECT 'r' || p.code || '-' || g, 'q' || (g % 10), p.code, 1, p.now - 90000 + g * 0.001,
+SELECT 'r' || p.code || '-' || g, p.queues[1 + g % cardinality(p.queues)], p.code, 1,
+       p.now - 90000 + g * 0.001,
        p.now - 90000 + g * 0.001, p.now - 86401 + g * 0.001, p.now - 86400 + g * 0.001,
        p.now + 7 * 86400,
        CASE WHEN p.code = 2 THEN '\\x8005'::bytea END,
@@ -132,7 +136,34 @@ class Store:
     def in_scope(self, status: TaskStatus, queue: str | None) -> int:
         """Tasks a listing of ``status`` (and ``queue``) holds."""
         n = self.counts[status]
-        return n if queue is None else sum(1 for g in range(1, n + 1) if f"q{g % 10}" == queue)
+        return (
+            n
+            if queue is None
+            else sum(1 for g in range(1, n + 1) if QUEUE_NAMES[g % QUEUES] == queue)
+        )
+
+
+async def fill(
+    conn: Any,
+    schema: str,
+    counts: dict[TaskStatus, int],
+    queues: Sequence[str] = QUEUE_NAMES,
+) -> None:
+    """Write ``counts`` tasks of each status into the tables of ``schema`` (migrated already),
+    spread over ``queues`` in turn, then ``VACUUM ANALYZE`` them; ``conn`` is an asyncpg
+    connection."""
+    now = time.time()
+    for status, n in counts.items():
+        code = "$6" if status in CODES else "NULL"
+        sql = {TaskStatus.PENDING: FILL_PENDING, TaskStatus.RUNNING: FILL_RUNNING}.get(
+            status, FILL_RESULTS
+        )
+        text = PARAMS.replace("{code}", code) + sql.replace("{schema}", schema)
+        extra = [CODES[status]] if status in CODES else []
+        await conn.execute(text, n, now, PAYLOAD, OPTIONS, list(queues), *extra)
+    # The state autovacuum brings a store to, reached now rather than during the timing.
+    await conn.execute(f'VACUUM ANALYZE "{schema}".tasks')
+    await conn.execute(f'VACUUM ANALYZE "{schema}".results')
 
 
 async def build(dsn: str, schema: str, counts: dict[TaskStatus, int]) -> Store:
@@ -148,19 +179,8 @@ async def build(dsn: str, schema: str, counts: dict[TaskStatus, int]) -> Store:
     await backend.connect()
     conn = await asyncpg.connect(dsn)
     try:
-        now = time.time()
         start = time.monotonic()
-        for status, n in counts.items():
-            code = "$5" if status in CODES else "NULL"
-            sql = {TaskStatus.PENDING: FILL_PENDING, TaskStatus.RUNNING: FILL_RUNNING}.get(
-                status, FILL_RESULTS
-            )
-            text = PARAMS.replace("{code}", code) + sql.replace("{schema}", schema)
-            extra = [CODES[status]] if status in CODES else []
-            await conn.execute(text, n, now, PAYLOAD, OPTIONS, *extra)
-        # The state autovacuum brings a store to, reached now rather than during the timing.
-        await conn.execute(f'VACUUM ANALYZE "{schema}".tasks')
-        await conn.execute(f'VACUUM ANALYZE "{schema}".results')
+        await fill(conn, schema, counts)
         log(f"  {schema}: {sum(counts.values()):,} tasks in {time.monotonic() - start:.1f} s")
     finally:
         await conn.close()
@@ -192,7 +212,7 @@ def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def explain(store: Store, status: TaskStatus, queue: str | None, after: str | None) -> Any:
     """The plan check and the buffers of one page's statement (custom and generic plan)."""
-    from sitq.backends.postgres.listing import page_query
+    from sitq.backends.postgres._listing import page_query
 
     # The backend's own statement and arguments for this page (private: a benchmark's look).
     sql, args = page_query(store.backend._sql.listing, status, queue, PAGE, after)

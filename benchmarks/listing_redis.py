@@ -41,11 +41,13 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sitq.backends.base import Backend
 from sitq.backends.redis import RedisBackend
 from sitq.models import Claim, Finish, NewTask, TaskStatus
 from sitq.options import TaskOptions
@@ -126,14 +128,12 @@ def finishes(claims: list[Claim], status: TaskStatus) -> list[Finish]:
     ]
 
 
-async def enqueue(backend: RedisBackend, queue: str, n: int, eta_in: float = 0.0) -> None:
+async def enqueue(backend: Backend, queue: str, n: int, eta_in: float = 0.0) -> None:
     for start in range(0, n, BATCH):
         await backend.enqueue(new_tasks(queue, min(BATCH, n - start), eta_in))
 
 
-async def claim_and_settle(
-    backend: RedisBackend, queue: str, n: int, status: TaskStatus | None
-) -> None:
+async def claim_and_settle(backend: Backend, queue: str, n: int, status: TaskStatus | None) -> None:
     """Claim ``n`` due tasks of ``queue``; finish them as ``status`` (``None``: keep them
     running)."""
     left = n
@@ -146,19 +146,25 @@ async def claim_and_settle(
             await backend.settle(finishes(claims, status))
 
 
-async def fill(backend: RedisBackend, per_queue: dict[str, int], chunk: int) -> None:
-    """Build one store: every queue gets ``per_queue`` tasks of each kind, in rounds of
-    ``chunk`` tasks per queue taking turns, so that each queue's tasks start and finish
-    throughout the listing (as with workers on several queues), not in one block."""
+async def fill(
+    backend: Backend,
+    per_queue: dict[str, int],
+    chunk: int,
+    queues: Sequence[str] = QUEUES,
+) -> None:
+    """Build one store: every queue of ``queues`` gets ``per_queue`` tasks of each kind
+    (``MIX``'s keys), in rounds of ``chunk`` tasks per queue taking turns, so that each queue's
+    tasks start and finish throughout the listing (as with workers on several queues), not in
+    one block."""
     for kind in ("success", "failed", "cancelled", "running"):
         status = None if kind == "running" else TaskStatus(kind)
         for start in range(0, per_queue[kind], chunk):
-            for queue in QUEUES:
+            for queue in queues:
                 n = min(chunk, per_queue[kind] - start)
                 await enqueue(backend, queue, n)
                 await claim_and_settle(backend, queue, n, status)
         log(f"  {kind} filled")
-    for queue in QUEUES:
+    for queue in queues:
         await enqueue(backend, queue, per_queue["due"])
         await enqueue(backend, queue, per_queue["scheduled"], eta_in=3600.0)
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from sitq import BackendError, SQLiteBackend, TaskQueue
+from sitq.backends.base import CODE_STATUS, stats_from_counts, stats_kind
 from sitq.backends.sqlite import _listing
 from sitq.backends.sqlite import backend as sqlite_backend
-from sitq.models import Claim, Finish, NewTask, TaskStatus
+from sitq.models import Claim, Finish, NewTask, QueueStats, TaskStatus
 from tests.conformance import tasks
 from tests.conftest import WorkerProcesses, wait_until
 
@@ -183,6 +184,104 @@ async def test_listing_pages_are_read_through_indexes(
     finished = [plan for sql, plan in plans if "queue_finished" in sql]
     assert finished and all("(state=? AND queue=?" in plan for plan in finished), finished
     assert len(plans) == 40  # pending 4 + 12 (three sources), running 6, finished 3 x 6
+
+
+# -- counts ---------------------------------------------------------------------------------
+
+
+def _stats_by_scan(path: Path, now: float) -> list[QueueStats]:
+    """What the counts mean: every row read, expired results left out."""
+    rows = _read(
+        path,
+        "SELECT queue, state, eta > ?, COUNT(*) FROM sitq_tasks "
+        "WHERE expires_at IS NULL OR expires_at > ? GROUP BY 1, 2, 3",
+        now,
+        now,
+    )
+    return stats_from_counts(
+        (queue, stats_kind(CODE_STATUS[state], bool(future)), n)
+        for queue, state, future, n in rows
+        if state in CODE_STATUS
+    )
+
+
+async def test_stats_count_every_state_and_leave_out_expired_results(
+    backend: SQLiteBackend, tmp_path: Path
+) -> None:
+    path = tmp_path / "sitq.db"
+    t0 = time.time()
+    await backend.enqueue([_task(f"a{i}", queue="a", eta=t0) for i in range(3)])
+    await backend.enqueue([_task(f"s{i}", queue="a", eta=t0 + 500) for i in range(2)])
+    await backend.enqueue([_task(f"k{i}", "k", 1, queue="a", eta=t0) for i in range(2)])
+    await backend.enqueue([_task(f"b{i}", queue="b", eta=t0 - 1) for i in range(6)])
+    claims = await backend.claim(["b"], 4, "w", 30)
+    assert len(claims) == 4
+    ok, failed = TaskStatus.SUCCESS, TaskStatus.FAILED
+    settled = [
+        Finish(claims[0].ref, ok, None, None, None, t0, t0 + 100),
+        Finish(claims[1].ref, ok, None, None, None, t0, t0 + 100),
+        Finish(claims[2].ref, failed, None, "ValueError", None, t0, t0 + 1000),
+    ]
+    assert await backend.settle(settled) == [True] * 3
+    await backend.enqueue([_task(f"c{i}", queue="c", eta=t0 + 2000) for i in range(3)])
+    await backend.cancel("c0", t0)
+    await backend.cancel("c1", t0)
+    await backend.requeue(["c1"], t0)
+    await backend.enqueue([_task("damaged", queue="d")])
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE sitq_tasks SET state = 9 WHERE id = 'damaged'")
+    conn.close()
+
+    def counts(stats: list[QueueStats]) -> dict[str, tuple[int, ...]]:
+        return {
+            s.queue: (s.pending, s.scheduled, s.running, s.succeeded, s.failed, s.cancelled)
+            for s in stats
+        }
+
+    assert counts(await backend.stats(t0)) == {
+        "a": (5, 2, 0, 0, 0, 0),
+        "b": (2, 0, 1, 2, 1, 0),
+        "c": (1, 1, 0, 0, 0, 1),
+    }
+    # Results expire at t0 + 100, + 1000 and + 3600 (the cancelled one); nothing is purged.
+    assert counts(await backend.stats(t0 + 5000)) == {
+        "a": (7, 0, 0, 0, 0, 0),
+        "b": (2, 0, 1, 0, 0, 0),
+        "c": (2, 0, 0, 0, 0, 0),
+    }
+    for now in (t0, t0 + 200, t0 + 600, t0 + 1500, t0 + 2500, t0 + 4000):
+        assert await backend.stats(now) == _stats_by_scan(path, now), now
+
+
+async def test_stats_are_counted_from_indexes_off_the_event_loop(
+    backend: SQLiteBackend, tmp_path: Path
+) -> None:
+    statements = {
+        sqlite_backend._STATS_PENDING: (1.0,),
+        sqlite_backend._STATS_RUNNING: (),
+        sqlite_backend._STATS_FINISHED: (),
+        sqlite_backend._STATS_EXPIRED: (1.0, 1.0),
+    }
+    for sql, params in statements.items():
+        plan = " | ".join(
+            str(r[3]) for r in _read(tmp_path / "sitq.db", "EXPLAIN QUERY PLAN " + sql, *params)
+        )
+        # An index holding the tasks of one state (or the expired ones), never the table's rows
+        # one by one, and grouped in index order (the expired ones are few: they may be sorted).
+        assert plan.startswith(("SCAN sitq_tasks USING", "SEARCH sitq_tasks USING")), plan
+        assert "TEMP B-TREE" not in plan or sql is sqlite_backend._STATS_EXPIRED, plan
+    await backend.enqueue([_task("t")])
+    others: list[str] = []
+
+    async def other() -> None:
+        others.append("ran")
+
+    task = asyncio.create_task(other())
+    (stats,) = await backend.stats(time.time())
+    # The count ran on the backend's thread: the event loop ran other work meanwhile.
+    assert others == ["ran"] and stats.pending == 1
+    await task
 
 
 # -- concurrency keys -----------------------------------------------------------------------

@@ -21,34 +21,36 @@ from sitq.models import QueueStats
 
 async def count_tasks(client: Client, now: float) -> list[QueueStats]:
     """Count tasks per queue and state at ``now`` (the server's clock) by reading every record
-    (an ephemeral consumer)."""
-    records = await _read_records(client)
+    (an ephemeral consumer). Each batch is counted as it comes, so the event loop gets a turn
+    between batches rather than waiting for every record to be decoded at the end."""
     counts: dict[str, dict[str, int]] = {}
-    for data in records:
-        try:
-            rec, _ = decode(data)
-            status, queue = rec[STATE], rec[QUEUE]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if expired(rec, now):
-            continue
-        kind = {
-            "pending": "scheduled" if rec.get(ETA, 0) > now else "pending",
-            "running": "running",
-            "success": "succeeded",
-            "failed": "failed",
-            "cancelled": "cancelled",
-        }.get(status)
-        if kind is None:
-            continue
-        c = counts.setdefault(queue, {})
-        c[kind] = c.get(kind, 0) + 1
+    async for batch in each_record(client):
+        for raw in batch:
+            try:
+                rec, _ = decode(raw.data)
+                status, queue = rec[STATE], rec[QUEUE]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if expired(rec, now):
+                continue
+            kind = _KINDS.get(status)
+            if kind == "pending" and rec.get(ETA, 0) > now:
+                kind = "scheduled"
+            if kind is None:
+                continue
+            c = counts.setdefault(queue, {})
+            c[kind] = c.get(kind, 0) + 1
     return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
 
 
-async def _read_records(client: Client) -> list[bytes]:
-    """Every record of the bucket (deletion markers left out)."""
-    return [raw.data async for batch in each_record(client) for raw in batch]
+_KINDS = {
+    "pending": "pending",
+    "running": "running",
+    "success": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+"""The count each stored state goes to (a pending task due later counts as scheduled)."""
 
 
 @dataclass(frozen=True, slots=True)

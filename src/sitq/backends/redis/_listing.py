@@ -8,6 +8,9 @@ page goes no further than the shortest such read, so that no task is skipped.
 
 Positions: a pending task's is its rank (priority, due time, enqueue order, id; the same bytes
 order Redis keeps), a running or finished task's is its score and id (``"<score> <id>"``).
+
+The rows are merged by position alone; only those the page keeps are read into snapshots (a
+listing of every queue gets up to a page from each queue, most of which it leaves).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sitq.backends.redis._records import page_rows
-from sitq.models import SnapshotPage, TaskSnapshot
+from sitq.backends.redis._records import page_rows, snapshot
+from sitq.models import SnapshotPage
 
 __all__ = ["QueuePage", "merge_pages", "queue_page"]
 
@@ -26,17 +29,18 @@ Key = tuple[float, bytes]
 
 @dataclass(frozen=True, slots=True)
 class QueuePage:
-    """One queue's page: rows (position and snapshot, in order) and how far the script read
-    (``None``: to the end of the index)."""
+    """One queue's page: rows (position, task id and the task's fields as the script returned
+    them, in order) and how far the script read (``None``: to the end of the index)."""
 
-    rows: list[tuple[bytes, TaskSnapshot]]
+    queue: str
+    rows: list[tuple[bytes, str, Sequence[Any]]]
     frontier: bytes | None
 
 
 def queue_page(queue: str, reply: Sequence[Any]) -> QueuePage:
     """A listing script's reply as a queue's page."""
     frontier = bytes(reply[0])
-    return QueuePage(page_rows(queue, reply), frontier or None)
+    return QueuePage(queue, page_rows(reply), frontier or None)
 
 
 def _key(position: bytes, task_id: str | None, scored: bool) -> Key:
@@ -65,17 +69,18 @@ def merge_pages(pages: Sequence[QueuePage], limit: int, scored: bool) -> Snapsho
             if bound is None or key < bound[0]:
                 bound = (key, _text(page.frontier, None, scored))
     rows = [
-        (_key(position, snap.task_id, scored), position, snap)
+        (_key(position, task_id, scored), position, task_id, page.queue, fields)
         for page in pages
-        for position, snap in page.rows
+        for position, task_id, fields in page.rows
     ]
     if bound is not None:
         rows = [row for row in rows if row[0] <= bound[0]]
     rows.sort(key=lambda row: row[0])
     taken = rows[:limit]
     if len(rows) > limit:
-        _, position, snap = taken[-1]
-        after: str | None = _text(position, snap.task_id, scored)
+        _, position, task_id, _, _ = taken[-1]
+        after: str | None = _text(position, task_id, scored)
     else:
         after = None if bound is None else bound[1]
-    return SnapshotPage([snap for _, _, snap in taken], after)
+    snapshots = [snapshot(task_id, queue, fields) for _, _, task_id, queue, fields in taken]
+    return SnapshotPage([snap for snap in snapshots if snap is not None], after)

@@ -114,15 +114,16 @@ def snapshot(task_id: str, queue: str, row: Sequence[Any]) -> TaskSnapshot | Non
     )
 
 
-def page_rows(queue: str, reply: Sequence[Any]) -> list[tuple[bytes, TaskSnapshot]]:
+def page_rows(reply: Sequence[Any]) -> list[tuple[bytes, str, Sequence[Any]]]:
     """The rows of a listing script's reply after its first element: each task's position
-    (a rank, or a score) and snapshot."""
+    (a rank, or a score), id and ``LIST_FIELDS`` as they came (read into a snapshot only for
+    the rows a page keeps); a task whose hash is gone is left out."""
     width = 2 + len(LIST_FIELDS)
     rows = []
     for j in range(1, len(reply), width):
-        snap = snapshot(bytes(reply[j + 1]).decode(), queue, reply[j + 2 : j + width])
-        if snap is not None:
-            rows.append((bytes(reply[j]), snap))
+        fields = reply[j + 2 : j + width]
+        if fields[0] is not None:
+            rows.append((bytes(reply[j]), bytes(reply[j + 1]).decode(), fields))
     return rows
 
 

@@ -126,6 +126,10 @@ _PURGE_FINISHED = _QUERIES["purge_finished"]
 _SAVE_PROGRESS = _QUERIES["save_progress"]
 _PUT_WORKER = _QUERIES["put_worker"]
 _LIST_WORKERS = _QUERIES["list_workers"]
+_STATS_PENDING = _QUERIES["stats_pending"]
+_STATS_RUNNING = _QUERIES["stats_running"]
+_STATS_FINISHED = _QUERIES["stats_finished"]
+_STATS_EXPIRED = _QUERIES["stats_expired"]
 # Appended to a settlement: most tasks have no key, and only a miss reads the key back.
 _UNKEYED = " AND concurrency_key IS NULL"
 _KEYED = " AND concurrency_key IS NOT NULL RETURNING queue, concurrency_key"
@@ -462,13 +466,18 @@ class SQLiteBackend(Backend):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, wrote: bool = False) -> T:
+    async def _run(
+        self, fn: Callable[[sqlite3.Connection], T], *, wrote: bool = False, slow: bool = False
+    ) -> T:
+        """Run ``fn`` on the fast connection, or on the backend's thread when that one meets
+        a lock; ``slow`` (a statement whose cost grows with the store, such as a count of
+        every task) always goes to the thread, so that it never holds up the event loop."""
         conn, thread = self._conn, self._thread
         if conn is None or thread is None:
             raise BackendError(
                 f"SQLiteBackend({self.db_path!r}) is not connected: call `await backend.connect()`"
             )
-        fast = self._fast
+        fast = None if slow else self._fast
         if fast is not None and time.monotonic() >= self._fast_after:
             try:
                 result = fn(fast)
@@ -826,21 +835,38 @@ class SQLiteBackend(Backend):
         return await self._run(lambda c: self._write(c, purge))
 
     async def stats(self, now: float) -> list[QueueStats]:
-        """Count tasks per queue and state."""
+        """Count tasks per queue and state, leaving out expired results, from the indexes
+        (``stats_*`` in queries.sql), in one read transaction on the backend's thread: the
+        count grows with the store, and the event loop must not wait for it."""
 
         def count(conn: sqlite3.Connection) -> list[QueueStats]:
-            rows = conn.execute(
-                "SELECT queue, state, eta > ?, COUNT(*) FROM sitq_tasks "
-                "WHERE expires_at IS NULL OR expires_at > ? GROUP BY 1, 2, 3",
-                (now, now),
-            ).fetchall()
+            conn.execute("BEGIN")
+            try:
+                pending = conn.execute(_STATS_PENDING, (now,)).fetchall()
+                running = conn.execute(_STATS_RUNNING).fetchall()
+                finished = conn.execute(_STATS_FINISHED).fetchall()
+                expired = conn.execute(_STATS_EXPIRED, (now, now)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            counts: dict[tuple[str, int, bool], int] = {}
+            for queue, n, scheduled in pending:
+                counts[queue, 0, True] = scheduled or 0
+                counts[queue, 0, False] = n - (scheduled or 0)
+            for queue, n in running:
+                counts[queue, 1, False] = n
+            for state, queue, n in finished:
+                counts[queue, state, False] = n
+            for queue, state, future, n in expired:
+                key = (queue, state, bool(future) if state == 0 else False)
+                if key in counts:
+                    counts[key] -= n
             return stats_from_counts(
-                (queue, stats_kind(CODE_STATUS[state], bool(future)), n)
-                for queue, state, future, n in rows
-                if state in CODE_STATUS  # a damaged row with an unknown state is left out
+                (queue, stats_kind(CODE_STATUS[state], future), n)
+                for (queue, state, future), n in counts.items()
+                if state in CODE_STATUS and n > 0  # a damaged row's unknown state is left out
             )
 
-        return await self._run(count)
+        return await self._run(count, slow=True)
 
     # -- inspection and operator actions ----------------------------------------------------
 

@@ -84,3 +84,26 @@ ON CONFLICT (worker_id) DO UPDATE SET data = excluded.data, expires_at = exclude
 
 -- name: list_workers
 SELECT worker_id, data, expires_at FROM sitq_live.sitq_workers WHERE expires_at > ? ORDER BY worker_id;
+
+-- Counts per queue and state (stats). Each status is counted from an index that holds every
+-- task of it (the rows themselves, wide with payloads, are never read), grouped in index order;
+-- the results that have expired but are not purged yet are counted apart, through the expiry
+-- index, and taken off. Read in one transaction.
+
+-- name: stats_pending
+-- Pending tasks per queue, and how many of them are scheduled (due after ?).
+SELECT queue, COUNT(*), SUM(eta > ?) FROM sitq_tasks INDEXED BY sitq_tasks_scheduled
+WHERE state = 0 GROUP BY queue;
+
+-- name: stats_running
+SELECT queue, COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_queue_running
+WHERE state = 1 GROUP BY queue;
+
+-- name: stats_finished
+SELECT state, queue, COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_queue_finished
+WHERE state >= 2 GROUP BY state, queue;
+
+-- name: stats_expired
+-- Tasks whose record has expired at ?, by queue, state and whether due after ?.
+SELECT queue, state, eta > ?, COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_expiry
+WHERE expires_at IS NOT NULL AND expires_at <= ? GROUP BY 1, 2, 3;
