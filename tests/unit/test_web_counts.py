@@ -131,3 +131,36 @@ def test_create_app_refuses_what_it_cannot_use() -> None:
         create_app(queue, token=" ")
     with pytest.raises(ConfigurationError, match="counts_ttl must be 0 or more seconds"):
         create_app(queue, counts_ttl=-1)
+
+
+class SlowCountQueue(CountingQueue):
+    """A queue whose count takes ``took`` seconds of the fake clock, like NATS beside many
+    tasks."""
+
+    def __init__(self, clock: Clock, took: float) -> None:
+        super().__init__()
+        self.clock, self.took = clock, took
+
+    async def stats(self) -> list[QueueStats]:
+        self.clock.now += self.took
+        return await super().stats()
+
+
+async def test_a_slow_count_is_held_longer_than_the_ttl() -> None:
+    clock = Clock()
+    queue = SlowCountQueue(clock, took=3.0)
+    counts = Counts(queue, ttl=2.0, clock=clock)
+    first = await counts.get()
+    assert queue.stats_calls == 1 and first.max_age == 15.0  # held 4 x 3 s, plus the 3 s count
+    clock.now += 11.9
+    assert await counts.get() is first
+    clock.now += 0.2
+    assert await counts.get() is not first
+    assert queue.stats_calls == 2
+    queue.took = 0.1  # a quick count: the TTL again
+    clock.now += 12.1
+    quick = await counts.get()
+    assert quick.max_age == 2.1
+    clock.now += 2.05
+    assert await counts.get() is not quick
+    await queue.close()

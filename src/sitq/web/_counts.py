@@ -8,6 +8,11 @@ for that same refresh instead of starting their own (single flight). So the back
 most one ``stats()`` and one ``list_workers()`` per ``ttl``, however many pages are open, and
 what a page shows is at most ``ttl`` seconds old (plus the time the refresh itself took).
 
+A count that takes long (NATS reads every task record to count: about 3 s beside 100,000
+tasks) is held longer: a snapshot is served for ``ttl`` or ``BUSY_FACTOR`` times as long as
+the refresh took, whichever is more, so counting never takes more than a fifth of the backend's
+time however long the pages stay open. ``Snapshot.max_age`` says how old the counts may be.
+
 Throughput comes from the workers' own counters: each worker record carries ``processed`` (tasks
 it finished, succeeded or failed) and ``failed``, refreshed with its heartbeat (at most every
 2 s). Each refresh compares every worker's counters with the previous refresh and adds the
@@ -40,6 +45,9 @@ COUNT_STATES = ("pending", "scheduled", "running", "succeeded", "failed", "cance
 
 WINDOWS = (60, 300, 900)
 """The windows (seconds) the throughput summary covers: the last 1, 5 and 15 minutes."""
+
+BUSY_FACTOR = 4.0
+"""A snapshot is held at least this many times as long as its refresh took."""
 
 MAX_GAP = 60.0
 """A gap (seconds) between two refreshes longer than this is not counted in the throughput."""
@@ -79,7 +87,8 @@ class Snapshot:
     counted_at: datetime
     throughput: Throughput
     max_age: float
-    """The most the counts can be out of date when they are read (seconds): the cache's TTL."""
+    """The most the counts can be out of date when they are read (seconds): how long the
+    snapshot is held (the TTL, or longer after a slow count) plus the time counting took."""
 
     def queue_dicts(self) -> list[dict[str, Any]]:
         """The counts as ``GET /api/queues`` answers them: ``queue`` and each state's count."""
@@ -172,7 +181,8 @@ class Counts:
         self._sampler = _Sampler()
 
     async def get(self) -> Snapshot:
-        """The counts, at most ``ttl`` seconds old: refreshed by one caller, shared by all."""
+        """The counts, at most ``ttl`` seconds old (longer after a slow count: see the module
+        docstring): refreshed by one caller, shared by all."""
         snapshot = self._snapshot
         if snapshot is not None and self._clock() < self._fresh_until:
             return snapshot
@@ -186,8 +196,11 @@ class Counts:
             return await self._refresh()
 
     async def _refresh(self) -> Snapshot:
+        started = self._clock()
         queues = await self.queue.stats()
         workers = await self.queue.list_workers()
+        took = self._clock() - started
+        hold = max(self.ttl, BUSY_FACTOR * took)
         now = self._wall()
         self._sampler.add(now, workers)
         snapshot = Snapshot(
@@ -195,8 +208,8 @@ class Counts:
             workers=workers,
             counted_at=datetime.fromtimestamp(now, UTC),
             throughput=self._sampler.summary(now),
-            max_age=self.ttl,
+            max_age=round(hold + took, 1),
         )
         self._snapshot = snapshot
-        self._fresh_until = self._clock() + self.ttl
+        self._fresh_until = self._clock() + hold
         return snapshot
