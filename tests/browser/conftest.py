@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,9 +41,10 @@ import pytest
 
 from sitq import FixedBackoff, RetryPolicy, SyncTaskQueue, TaskStatus
 from tests.browser import tasks
-from tests.conftest import REPO, WorkerProcesses, drop_postgres_schema, with_query
+from tests.conftest import WorkerProcesses, drop_postgres_schema, with_query
 from tests.services import absent, postgres_dsn, require, require_module
 from tests.web.server import Processes, WebServer
+from tests.web.server import sitq_info as info_table
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Response
@@ -238,29 +237,11 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessions]:
 
 def sitq_info(url: str) -> dict[str, int]:
     """The counts ``sitq info URL`` prints, as ``{"<queue>:<state>": n}``."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-m", "sitq", "info", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["queue"])
-    header = lines[at].split()
-    counts: dict[str, int] = {}
-    for line in lines[at + 1 :]:
-        if not line.strip():
-            break
-        queue, *values = line.split()
-        assert len(values) == len(header) - 1, line
-        for state, value in zip(header[1:], values, strict=True):
-            counts[f"{queue}:{state}"] = int(value)
-    return counts
+    return {
+        f"{queue}:{state}": n
+        for queue, states in info_table(url).items()
+        for state, n in states.items()
+    }
 
 
 # -- the stores ----------------------------------------------------------------------------------

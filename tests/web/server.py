@@ -189,3 +189,29 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     started = Processes(tmp_path)
     yield started
     started.kill_all()
+
+
+def sitq_info(url: str) -> dict[str, dict[str, int]]:
+    """The counts ``sitq info URL`` prints: queue -> state -> count, read from its table."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "sitq", "info", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[:1] == ["queue"])
+    header = lines[at].split()
+    counts: dict[str, dict[str, int]] = {}
+    for line in lines[at + 1 :]:
+        if not line.strip():
+            break
+        queue, *values = line.split()
+        assert len(values) == len(header) - 1, line
+        counts[queue] = {state: int(v) for state, v in zip(header[1:], values, strict=True)}
+    return counts

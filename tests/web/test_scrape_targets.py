@@ -6,42 +6,16 @@ queue's depth as ``sitq_queue_tasks``, equal to what ``sitq info`` prints."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sitq import TaskQueue
 from tests.conformance import tasks
-from tests.conftest import FACTORIES, REPO, WorkerProcesses, wait_until
+from tests.conftest import FACTORIES, WorkerProcesses, wait_until
 from tests.integration.test_worker_metrics import Scrape, metrics_endpoint, scrape
 from tests.web import tasks as web_tasks
-from tests.web.server import Processes, WebServer
-
-STATES = ("pending", "scheduled", "running", "succeeded", "failed", "cancelled")
-
-
-def info_counts(url: str) -> dict[str, dict[str, int]]:
-    """``sitq info URL``'s table: queue -> state -> count."""
-    done = subprocess.run(
-        [sys.executable, "-m", "sitq", "info", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=True,
-    )
-    lines = done.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["queue"])
-    assert lines[header].split() == ["queue", *STATES], done.stdout
-    counts: dict[str, dict[str, int]] = {}
-    for line in lines[header + 1 :]:
-        cells = line.split()
-        if len(cells) != len(STATES) + 1 or not all(c.isdigit() for c in cells[1:]):
-            break
-        counts[cells[0]] = dict(zip(STATES, map(int, cells[1:]), strict=True))
-    return counts
+from tests.web.server import Processes, WebServer, sitq_info
 
 
 def web_gauges(web: WebServer) -> dict[str, dict[str, int]]:
@@ -59,7 +33,7 @@ async def gauges_match_info(url: str, web: WebServer) -> bool:
     """True once the dashboard's gauges (counted at most every 2 s) equal ``sitq info``'s
     table, queue by queue, for every queue ``sitq info`` shows."""
     info, gauges = await asyncio.gather(
-        asyncio.to_thread(info_counts, url), asyncio.to_thread(web_gauges, web)
+        asyncio.to_thread(sitq_info, url), asyncio.to_thread(web_gauges, web)
     )
     return bool(info) and all(gauges.get(queue) == counts for queue, counts in info.items())
 
