@@ -84,8 +84,16 @@ async def _paused_worker(
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
         frozen_pids = process_tree(frozen.pid)
-        worker_processes.start(url, kind=kind, concurrency=1, lease=5.0)
-        value = await queue.get_value(task_id, timeout=20)
+        other = worker_processes.start(url, kind=kind, concurrency=1, lease=5.0)
+        try:
+            value = await queue.get_value(task_id, timeout=20)
+        except TimeoutError:
+            snapshot = await queue.backend.get_task(task_id)
+            raise AssertionError(
+                f"the task did not finish: {snapshot!r}\n"
+                f"frozen worker:\n{worker_processes.output(frozen)}\n"
+                f"other worker:\n{worker_processes.output(other)}"
+            ) from None
         assert value not in frozen_pids
     finally:
         os.killpg(frozen.pid, signal.SIGCONT)
