@@ -180,6 +180,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         if found is None:
             return match.group(0)
         repo_path, anchor = found
+        if not (ROOT / repo_path).exists():
+            return match.group(0)  # left as written, for MkDocs to report
         new = _site_path(repo_path)
         if new is None:
             return match.group(0)
