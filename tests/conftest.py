@@ -129,7 +129,7 @@ def shared_backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect the cases on the session's clusters unless ``-m`` names the ``cluster`` marker,
     and the chaos runs (``tests/faults/test_chaos.py``, minutes long) unless it names ``chaos``:
-    each is a group of its own (README, "Development")."""
+    each is a group of its own (README, "Two commands")."""
     markexpr = config.option.markexpr or ""
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []

@@ -3,18 +3,18 @@
 :class:`WorkerMetrics` counts, per queue and function, the attempts a worker starts and how
 each one ends, and serves them as four series:
 
-``sitq_tasks_started_total{queue,function}``
-    Attempts this worker started: every claim it took, so it moves with the task's
-    ``attempts`` in the store (a task failed or cancelled before its code ran counts too).
-``sitq_tasks_finished_total{queue,function,status}``
-    Attempts that ended, each once, under the status that ended it (:data:`STATUSES`).
-``sitq_task_duration_seconds{queue,function}``
-    A histogram of those attempts' durations, from the claim to the end of the attempt;
-    one observation per finished attempt, so its ``_count`` equals the sum of
-    ``sitq_tasks_finished_total`` over ``status`` for the same queue and function.
-``sitq_tasks_running{queue}``
-    Attempts started and not yet finished: running, or their outcome on its way to the
-    backend. At any scrape, ``started == sum(finished) + running`` for each queue.
+- ``sitq_tasks_started_total{queue,function}``: attempts this worker started, every claim it
+  took, so it moves with the task's ``attempts`` in the store (a task failed or cancelled
+  before its code ran counts too).
+- ``sitq_tasks_finished_total{queue,function,status}``: attempts that ended, each once, under
+  the status that ended it (:data:`STATUSES`).
+- ``sitq_task_duration_seconds{queue,function}``: a histogram of those attempts' durations,
+  from the claim to the end of the attempt; one observation per finished attempt, so its
+  ``_count`` equals the sum of ``sitq_tasks_finished_total`` over ``status`` for the same
+  queue and function.
+- ``sitq_tasks_running{queue}``: attempts started and not yet finished, running or their
+  outcome on its way to the backend. At any scrape, ``started == sum(finished) + running``
+  for each queue.
 
 An attempt is counted as finished when the backend has recorded its outcome (so an outcome the
 backend refuses counts as ``refused``, never twice), or, when there is nothing to record, when
