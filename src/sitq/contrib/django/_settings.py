@@ -114,12 +114,18 @@ def backend_url(conf: SitqSettings) -> str:
     if conf.url is not None:
         return conf.url
     params = connections[conf.database].get_connection_params()
-    name = params.get("dbname")
-    if not name:
+    if not params.get("dbname"):
         raise _fail(
             f"the database {conf.database!r} has no NAME (a libpq service?): give sitq's URL "
             "as SITQ['URL'] (tasks then wait for the commit instead of joining it)"
         )
+    return postgres_url(params, conf.backend_options)
+
+
+def postgres_url(params: dict[str, Any], backend_options: dict[str, str]) -> str:
+    """A ``postgresql://`` URL for the libpq connection parameters ``params`` (``dbname``,
+    ``user``, ``password``, ``host``, ``port``, ``sslmode``...; others are left out), with the
+    backend's options (``schema``, ``max_pool_size``...) as query parameters."""
     user = str(params.get("user") or "")
     password = str(params.get("password") or "")
     host = str(params.get("host") or "")
@@ -128,15 +134,15 @@ def backend_url(conf: SitqSettings) -> str:
     if host.startswith("/"):  # a Unix socket directory
         query["host"] = host
         host = ""
-    query.update(conf.backend_options)
+    elif ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    query.update(backend_options)
     auth = ""
     if user:
         auth = quote(user, safe="")
         if password:
             auth += ":" + quote(password, safe="")
         auth += "@"
-    if ":" in host:  # an IPv6 address
-        host = f"[{host}]"
     netloc = f"{auth}{host}{':' + port if port else ''}"
-    url = f"postgresql://{netloc}/{quote(str(name), safe='')}"
+    url = f"postgresql://{netloc}/{quote(str(params['dbname']), safe='')}"
     return f"{url}?{urlencode(query)}" if query else url
