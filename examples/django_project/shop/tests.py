@@ -16,19 +16,21 @@ import unittest
 from pathlib import Path
 from typing import Any
 
+from django.contrib.admin import site
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.http import HttpResponse
-from django.test import SimpleTestCase, TransactionTestCase, override_settings
+from django.test import RequestFactory, SimpleTestCase, TransactionTestCase, override_settings
 
 import sitq.contrib.django as sitq_django
 from shop.models import Order
 from shop.tasks import send_receipt
 from sitq import ConfigurationError, TaskStatus
 from sitq.contrib.django._settings import read_settings
+from sitq.contrib.django.models import Task
 from sitq.models import TaskInfo
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -209,6 +211,13 @@ class AdminTests(ShopCase):
     def test_the_admin_is_read_only(self) -> None:
         admin = User.objects.create_superuser("admin", "a@example.com", "pw")
         self.client.force_login(admin)
+        request = RequestFactory().get("/admin/sitq/task/")
+        request.user = admin
+        model_admin = site._registry[Task]
+        self.assertEqual(
+            model_admin.get_model_perms(request),
+            {"add": False, "change": False, "delete": False, "view": True},
+        )
         codenames = Permission.objects.filter(content_type__app_label="sitq")
         self.assertEqual([p.codename for p in codenames], ["view_task"])
         for path in ("/admin/sitq/task/", f"/admin/sitq/task/{self.task_id}/"):
