@@ -118,8 +118,8 @@ class TaskOptionsView:
     def options(self, **options: Any) -> TaskOptionsView:
         """A view with more options set on top of these.
 
-        ``connection=conn`` (PostgreSQL: an asyncpg connection) enqueues inside the caller's own
-        transaction on that connection: the tasks exist only if the transaction commits.
+        ``connection=conn`` (PostgreSQL: an asyncpg or psycopg 3 connection) enqueues inside the
+        caller's own transaction on that connection: the tasks exist only if it commits.
         """
         connection = options.pop("connection", self._connection)
         return TaskOptionsView(self._queue, self._options.merge(**options), connection)

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from sitq import AsyncWorker, BackendError, PostgresBackend, TaskQueue, TaskStatus
+from sitq import (
+    AsyncWorker,
+    BackendError,
+    ConfigurationError,
+    PostgresBackend,
+    TaskQueue,
+    TaskStatus,
+)
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -121,9 +128,73 @@ async def test_transactional_enqueue_commit_and_rollback(pg_url: str) -> None:
         assert (stats["batch"].succeeded, stats["batch"].pending) == (0, 100)
 
 
-async def test_transactional_enqueue_is_refused_elsewhere(tmp_path: Path) -> None:
-    from sitq import ConfigurationError
+async def test_transactional_enqueue_on_a_psycopg_connection(pg_url: str) -> None:
+    """A psycopg 3 connection (sync or async) or cursor takes the same rows as an asyncpg one:
+    in the caller's transaction, with the workers woken at its commit and not before."""
+    psycopg = require_module("psycopg")
+    channel = f"sitq_work_{_schema(pg_url)}"
+    heard: list[str] = []
+    async with TaskQueue(pg_url) as queue, conn_batch(postgres_dsn()) as listener:
+        await listener.add_listener(channel, lambda *args: heard.append(args[-1]))
+        with psycopg.connect(postgres_dsn()) as conn:
+            with conn.transaction():
+                committed = await queue.options(connection=conn).enqueue(tasks.add, 1, 2)
+                view = queue.options(connection=conn.cursor(), queue="batch")
+                batch = await view.enqueue_many([(tasks.add, (2, 2))] * 100)
+                named = queue.options(connection=conn, task_id="psycopg-named")
+                assert await named.enqueue(tasks.add, 3, 3) == "psycopg-named"
+                assert await named.enqueue(tasks.add, 4, 4) == "psycopg-named"
+                # In the transaction, and nowhere else yet: no one has heard of it either.
+                row = conn.execute(
+                    f'SELECT count(*) FROM "{_schema(pg_url)}".tasks WHERE id = %s', [committed]
+                ).fetchone()
+                assert row == (1,)
+                assert await queue.get_status(committed) is None
+                await listener.execute("SELECT 1")
+                assert heard == []
+            await wait_until(lambda: sorted(heard) == ["batch", "default"], message="NOTIFY")
+            with conn.transaction():
+                rolled_back = await queue.options(connection=conn).enqueue(tasks.add, 5, 5)
+                dropped = await queue.options(connection=conn).enqueue_many(
+                    [(tasks.add, (1, 1))] * 3
+                )
+                raise psycopg.Rollback()
+        assert await queue.get_status(rolled_back) is None
+        assert [await queue.get_status(i) for i in dropped] == [None] * 3
+        assert await queue.get_status(batch[-1]) == TaskStatus.PENDING
 
+        async with await psycopg.AsyncConnection.connect(postgres_dsn()) as aconn:
+            async with aconn.transaction():
+                from_async = await queue.options(connection=aconn).enqueue(tasks.add, 6, 6)
+            async with aconn.cursor() as cursor, aconn.transaction():
+                failed = await queue.options(connection=cursor).enqueue(tasks.add, 7, 7)
+                raise psycopg.Rollback()
+        assert await queue.get_status(failed) is None
+        async with AsyncWorker(queue.backend, poll_interval=0.2, queues=["default"]):
+            assert await queue.get_value(committed, timeout=10) == 3
+            assert await queue.get_value("psycopg-named", timeout=10) == 6
+            assert await queue.get_value(from_async, timeout=10) == 12
+        stats = {s.queue: s for s in await queue.stats()}
+        assert (stats["default"].succeeded, stats["default"].pending) == (3, 0)
+        assert stats["batch"].pending == 100
+
+
+async def test_a_failed_psycopg_transaction_is_a_backend_error(pg_url: str) -> None:
+    psycopg = require_module("psycopg")
+    async with TaskQueue(pg_url) as queue:
+        with psycopg.connect(postgres_dsn()) as conn:
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1/0")
+            with pytest.raises(BackendError, match="InFailedSqlTransaction"):
+                await queue.options(connection=conn).enqueue(tasks.add, 1, 1)
+        with pytest.raises(BackendError, match="closed"):
+            await queue.options(connection=conn).enqueue(tasks.add, 1, 1)
+        with pytest.raises(ConfigurationError, match="asyncpg connection or a psycopg 3"):
+            await queue.options(connection=object()).enqueue(tasks.add, 1, 1)
+        assert await queue.stats() == []
+
+
+async def test_transactional_enqueue_is_refused_elsewhere(tmp_path: Path) -> None:
     async with TaskQueue(f"sqlite:///{tmp_path / 'q.db'}") as queue:
         with pytest.raises(ConfigurationError, match="PostgresBackend"):
             await queue.options(connection=object()).enqueue(tasks.add, 1, 2)

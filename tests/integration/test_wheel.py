@@ -1,6 +1,6 @@
 """The built wheel carries everything sitq loads at run time (the SQL backends' ``.sql`` files,
-the dashboard's templates and static files): installed, not editable, into a fresh virtualenv,
-it runs a task on SQLite and on PostgreSQL."""
+the dashboard's templates and static files, the Django app's templates and migration):
+installed, not editable, into a fresh virtualenv, it runs a task on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -65,6 +65,15 @@ async def test_the_installed_wheel_runs_a_task_on_sqlite_and_postgres(tmp_path: 
     for folder in ("templates", "static"):
         shipped = {f"sitq/web/{folder}/{p.name}" for p in (dashboard / folder).iterdir()}
         assert shipped and shipped <= names, sorted(shipped - names)
+    # The Django app's templates and migration, which Django finds as files in the package.
+    django_app = REPO / "src" / "sitq" / "contrib" / "django"
+    shipped = {
+        f"sitq/contrib/django/{p.relative_to(django_app).as_posix()}"
+        for folder in ("templates", "migrations")
+        for p in (django_app / folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert len(shipped) >= 4 and shipped <= names, sorted(shipped - names)
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
     subprocess.run(

@@ -39,7 +39,7 @@ def test_the_dashboard_mounted_in_fastapi(tmp_path: Path, processes: Processes) 
     app = Client(found["host"], int(found["port"]))
 
     signup = app.post("/signup?email=ada@example.com", headers={})
-    assert signup.status == 200, signup.text
+    assert signup.status == 202, signup.text
     task_id = signup.json()["task_id"]
 
     home = app.get("/sitq/")

@@ -63,6 +63,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(a second SIGINT stops at once).",
     )
     add_url(worker)
+    add_arguments(worker)
+
+
+def add_arguments(worker: argparse.ArgumentParser) -> None:
+    """Every option of ``sitq worker`` but the URL (``manage.py sitq_worker`` takes them too)."""
     worker.add_argument(
         "--kind",
         choices=sorted(WORKER_KINDS),

@@ -26,7 +26,8 @@ Design:
   done channel with the finished ids; idle workers and ``get_result`` waiters ``LISTEN``
   on one connection per backend object, re-established if it drops, with a bounded fallback
   poll. Notifications are sent at commit, so a task enqueued in the caller's own transaction
-  (``queue.options(connection=conn)``) wakes workers only once it exists.
+  (``queue.options(connection=conn)``, on an asyncpg or a psycopg 3 connection: ``_psycopg.py``)
+  wakes workers only once it exists.
 * The schema is created and migrated on ``connect()`` under a transaction-level advisory lock,
   so ten workers connecting at once apply each migration (``migrations/NNNN_*.sql``) exactly
   once. The statements are in ``queries.sql``.
@@ -47,6 +48,7 @@ from sitq.backends._migrations import Migration, Migrations, load_queries, with_
 from sitq.backends._options import UrlOptions, as_int, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
 from sitq.backends.base import STATUS_CODE, Backend, stats_from_counts
+from sitq.backends.postgres import _psycopg
 from sitq.backends.postgres._listing import ListingStatements, page_of, page_query, snapshot
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
@@ -432,22 +434,31 @@ class PostgresBackend(Backend):
         """Insert tasks in one statement; an id still known is left alone."""
         return await self._call(lambda c: self._insert(c, tasks))
 
+    def _insert_statement(self, tasks: Sequence[NewTask]) -> tuple[str, list[Any], bool]:
+        """The statement that inserts ``tasks``, its arguments, and whether every task is
+        stored for sure (fresh ids), so that its rows need not be read."""
+        args = self._enqueue_args(tasks)
+        if all(t.fresh_id for t in tasks):
+            # Ids generated for these tasks cannot exist yet: no lookups needed.
+            if len(tasks) == 1:
+                return self._sql.enqueue_fresh_one, [a[0] for a in args], True
+            return self._sql.enqueue_fresh, args, True
+        return self._sql.enqueue, args, False
+
+    @staticmethod
+    def _stored(tasks: Sequence[NewTask], fresh: bool, rows: Sequence[Any]) -> list[bool]:
+        if fresh:
+            return [True] * len(tasks)
+        stored = {r[0] for r in rows}
+        return [t.id in stored for t in tasks]
+
     async def _insert(self, conn: Any, tasks: Sequence[NewTask]) -> list[bool]:
         if len(tasks) >= _COPY_THRESHOLD and all(
             t.fresh_id and t.eta <= t.enqueued_at for t in tasks
         ):
             return await self._copy(conn, tasks)
-        args = self._enqueue_args(tasks)
-        if all(t.fresh_id for t in tasks):
-            # Ids generated for these tasks cannot exist yet: no lookups needed.
-            if len(tasks) == 1:
-                await conn.fetch(self._sql.enqueue_fresh_one, *(a[0] for a in args))
-            else:
-                await conn.fetch(self._sql.enqueue_fresh, *args)
-            return [True] * len(tasks)
-        rows = await conn.fetch(self._sql.enqueue, *args)
-        stored = {r[0] for r in rows}
-        return [t.id in stored for t in tasks]
+        sql, args, fresh = self._insert_statement(tasks)
+        return self._stored(tasks, fresh, await conn.fetch(sql, *args))
 
     async def _copy(self, conn: Any, tasks: Sequence[NewTask]) -> list[bool]:
         # Binary COPY is the fastest way in for a large batch of new tasks due now; eta and
@@ -475,20 +486,28 @@ class PostgresBackend(Backend):
         return [True] * len(tasks)
 
     async def enqueue_in_transaction(self, tasks: Sequence[NewTask], connection: Any) -> list[bool]:
-        """Insert tasks on the caller's own asyncpg connection, inside its transaction: they
-        exist (and wake workers) only if that transaction commits."""
+        """Insert tasks on the caller's own connection, inside its transaction: they exist (and
+        wake workers) only if that transaction commits.
+
+        ``connection`` is an asyncpg connection, or a psycopg 3 (3.2 or newer) connection or
+        cursor, sync or async. On psycopg the statements are the same as on asyncpg, a batch
+        included (the binary COPY of large batches is asyncpg's only); a sync connection is
+        used from a thread, so the event loop never waits on it.
+        """
         if self._pool is None:
             raise BackendError("PostgresBackend is not connected: call `await backend.connect()`")
-        if not isinstance(connection, self._asyncpg.Connection) and not hasattr(
-            connection, "fetch"
-        ):
-            raise ConfigurationError(
-                f"connection must be an asyncpg connection, not {type(connection).__name__}"
-            )
+        kind, conn = _psycopg.connection_kind(connection, self._asyncpg)
+        if kind == _psycopg.ASYNCPG:
+            try:
+                return await self._insert(conn, tasks)
+            except _pg_errors() as exc:
+                raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        sql, args, fresh = self._insert_statement(tasks)
         try:
-            return await self._insert(connection, tasks)
-        except _pg_errors() as exc:
+            rows = await _psycopg.fetch(kind, conn, sql, args)
+        except _psycopg.errors() as exc:
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        return self._stored(tasks, fresh, rows)
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
