@@ -17,7 +17,9 @@ Every error is a subclass of :class:`SitqError`::
 from __future__ import annotations
 
 import math
-from typing import Any, overload
+import time
+from collections.abc import Callable
+from typing import Any, cast, overload
 
 
 class SitqError(Exception):
@@ -122,3 +124,17 @@ def check_seconds(
             f"{name} must be a {finite}number of seconds {bound}, not {value!r}"
         )
     return number
+
+
+def check_clock(clock: Any) -> Callable[[], float]:
+    """Where the engine reads the time: ``clock`` (a callable returning POSIX seconds, like
+    ``time.time``), or ``time.time`` for ``None``; anything else is a
+    :class:`ConfigurationError`."""
+    if clock is None:
+        return time.time
+    if not callable(clock):
+        raise ConfigurationError(
+            f"clock must be a callable returning POSIX seconds (like time.time or "
+            f"sitq.testing.FakeClock()), not {clock!r}"
+        )
+    return cast("Callable[[], float]", clock)
