@@ -126,12 +126,18 @@ def check_seconds(
     return number
 
 
+def wall_clock() -> float:
+    """``time.time()``, looked up at each call (a ``time.time`` patched later is seen): the
+    engine's clock unless it is given another."""
+    return time.time()
+
+
 def check_clock(clock: Any) -> Callable[[], float]:
     """Where the engine reads the time: ``clock`` (a callable returning POSIX seconds, like
-    ``time.time``), or ``time.time`` for ``None``; anything else is a
+    ``time.time``), or :func:`wall_clock` for ``None``; anything else is a
     :class:`ConfigurationError`."""
     if clock is None:
-        return time.time
+        return wall_clock
     if not callable(clock):
         raise ConfigurationError(
             f"clock must be a callable returning POSIX seconds (like time.time or "
