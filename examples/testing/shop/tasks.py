@@ -11,7 +11,7 @@ MAIL_RETRY = RetryPolicy(
     backoff=ExponentialBackoff(initial=30, max_delay=600),
     retry_on=(ConnectionError,),
 )
-"""A mail is tried 5 times, 30 s, 1 min, 2 min and 4 min apart (with jitter)."""
+"""A mail is tried 5 times, waiting up to 30 s, 1, 2 and 4 min between tries (full jitter)."""
 
 
 async def send_receipt(order_id: int, email: str) -> str:
