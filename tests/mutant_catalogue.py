@@ -251,7 +251,7 @@ ENGINE: list[Mutant] = [
         "purge-loop-off",
         "a worker removes expired results (the purge loop)",
         "src/sitq/worker.py",
-        "removed = await self.backend.purge_expired(time.time())",
+        "removed = await self.backend.purge_expired(self._clock())",
         "removed = 0",
         ("tests/conformance/test_purge_loop.py",),
         pytest_args=("-k", "memory or sqlite"),

@@ -10,8 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sitq.backends.base import Backend
@@ -118,15 +117,16 @@ async def list_page(
     queue: str | None,
     limit: int,
     cursor: str | None,
+    now: float,
 ) -> TaskPage:
-    """One page across the status groups, and the cursor of the next (``None``: the end)."""
+    """One page across the status groups, and the cursor of the next (``None``: the end), as
+    of ``now``."""
     if cursor is None:
         index, after = 0, None
     else:
         status, after = _decode_cursor(cursor, statuses)
         index = statuses.index(status)
     tasks: list[TaskInfo] = []
-    now = time.time()
     while index < len(statuses):
         status = statuses[index]
         page = await backend.list_tasks(status, queue, limit - len(tasks), after, now)
@@ -144,15 +144,18 @@ async def list_page(
     return TaskPage(tasks=tasks, next_cursor=None)
 
 
-async def requeue_all(backend: Backend, status: TaskStatus, queue: str | None) -> int:
-    """Requeue every task in ``status`` (failed or cancelled), a page at a time."""
+async def requeue_all(
+    backend: Backend, status: TaskStatus, queue: str | None, clock: Callable[[], float]
+) -> int:
+    """Requeue every task in ``status`` (failed or cancelled), a page at a time (``clock``
+    tells the time)."""
     count = 0
     after = None
     while True:
-        page = await backend.list_tasks(status, queue, _BATCH, after, time.time())
+        page = await backend.list_tasks(status, queue, _BATCH, after, clock())
         if not page.tasks:
             return count
-        outcomes = await backend.requeue([t.task_id for t in page.tasks], time.time())
+        outcomes = await backend.requeue([t.task_id for t in page.tasks], clock())
         count += sum(o is RequeueOutcome.REQUEUED for o in outcomes)
         if page.after is None:
             return count

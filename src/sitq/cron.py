@@ -19,8 +19,8 @@ import base64
 import json
 import logging
 import math
-import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from sitq.errors import ConfigurationError
+from sitq.errors import ConfigurationError, check_clock
 from sitq.models import CronRecord, NewTask, to_datetime
 from sitq.options import check_name
 
@@ -268,11 +268,20 @@ class CronInfo:
 
 
 class CronDriver:
-    """The loop a worker runs to drive every stored schedule (see the module docstring)."""
+    """The loop a worker runs to drive every stored schedule (see the module docstring).
 
-    def __init__(self, backend: Backend, refresh: float = REFRESH_INTERVAL) -> None:
+    ``clock`` is where it reads the time (POSIX seconds; ``time.time`` by default).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        refresh: float = REFRESH_INTERVAL,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.backend = backend
         self.refresh = refresh
+        self._clock = check_clock(clock)
         self.enqueued = 0
         """Tick tasks this driver stored (a tick another worker stored first is not counted)."""
         self.passes = 0
@@ -300,7 +309,7 @@ class CronDriver:
             definition = self._definition(record)
             if definition is None:
                 continue
-            at = time.time() if now is None else now
+            at = self._clock() if now is None else now
             due = due_tick(definition.expression, record.last_tick, at, definition.misfire)
             if due is not None:
                 tick, run = due
@@ -325,7 +334,7 @@ class CronDriver:
             except Exception:
                 continue
             # A hair late rather than early, so the tick is due when the loop wakes.
-            wake = min(wake, max(upcoming - time.time() + 0.002, 0.0))
+            wake = min(wake, max(upcoming - self._clock() + 0.002, 0.0))
         self.passes += 1
         return wake
 

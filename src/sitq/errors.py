@@ -17,7 +17,9 @@ Every error is a subclass of :class:`SitqError`::
 from __future__ import annotations
 
 import math
-from typing import Any, overload
+import time
+from collections.abc import Callable
+from typing import Any, cast, overload
 
 
 class SitqError(Exception):
@@ -122,3 +124,23 @@ def check_seconds(
             f"{name} must be a {finite}number of seconds {bound}, not {value!r}"
         )
     return number
+
+
+def wall_clock() -> float:
+    """``time.time()``, looked up at each call (a ``time.time`` patched later is seen): the
+    engine's clock unless it is given another."""
+    return time.time()
+
+
+def check_clock(clock: Any) -> Callable[[], float]:
+    """Where the engine reads the time: ``clock`` (a callable returning POSIX seconds, like
+    ``time.time``), or :func:`wall_clock` for ``None``; anything else is a
+    :class:`ConfigurationError`."""
+    if clock is None:
+        return wall_clock
+    if not callable(clock):
+        raise ConfigurationError(
+            f"clock must be a callable returning POSIX seconds (like time.time or "
+            f"sitq.testing.FakeClock()), not {clock!r}"
+        )
+    return cast("Callable[[], float]", clock)

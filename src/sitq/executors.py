@@ -1,4 +1,5 @@
-"""Where a task's code runs: on the worker's event loop, in threads, or in child processes.
+"""Where a task's code runs: on the worker's event loop, in threads, in child processes, or
+(for tests) in the caller's own thread.
 
 An executor turns a payload into an :class:`~sitq._task.Outcome` within an optional timeout.
 The engine stops an attempt (cancellation, a lost lease, shutdown) by cancelling the coroutine
@@ -13,6 +14,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -32,7 +34,7 @@ from sitq._task import (
     timed_out,
 )
 from sitq.context import TaskContext
-from sitq.serializers import Serializer
+from sitq.serializers import Serializer, TaskCall
 
 log = logging.getLogger("sitq.worker")
 
@@ -216,29 +218,72 @@ class AsyncExecutor(_ThreadPoolMixin):
         call = load_call(self.serializer, payload)
         if isinstance(call, Outcome):
             return call
-        func, args, kwargs = call
-        if not is_async_callable(func):
+        if not is_async_callable(call[0]):
             return await self._in_thread(
                 task_id, functools.partial(call_sync, self.serializer, call), timeout
             )
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                value = await func(*args, **kwargs)
-        except TimeoutError as exc:
-            if deadline.expired():
-                assert timeout is not None
-                return timed_out(timeout)
-            return failure(exc)
-        except TypeError as exc:
-            return bad_call(call, exc)
-        except Exception as exc:
-            return failure(exc)
-        return succeeded(self.serializer, value)
+        return await _await_call(self.serializer, call, timeout)
 
     async def close(self) -> None:
         """Let go of the thread pool (threads still running finish on their own)."""
         self._shutdown_threads()
+
+
+async def _await_call(serializer: Serializer, call: TaskCall, timeout: float | None) -> Outcome:
+    """Await a coroutine function's call here, within ``timeout`` seconds."""
+    func, args, kwargs = call
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            value = await func(*args, **kwargs)
+    except TimeoutError as exc:
+        if deadline.expired():
+            assert timeout is not None
+            return timed_out(timeout)
+        return failure(exc)
+    except TypeError as exc:
+        return bad_call(call, exc)
+    except Exception as exc:
+        return failure(exc)
+    return succeeded(serializer, value)
+
+
+class InlineExecutor(Executor):
+    """Every task runs in the caller's own thread, one at a time: coroutine functions are
+    awaited on its event loop, sync functions called directly. For tests (``sitq.testing``).
+
+    A sync function cannot be stopped from the thread it runs in: one that runs past its
+    timeout is let finish, and its attempt then counts as timed out (its value is dropped), as
+    a worker would have recorded it.
+    """
+
+    async def run(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        *,
+        task_id: str = "",
+        context: TaskContext | None = None,
+    ) -> Outcome:
+        """Await or call the task here."""
+        call = load_call(self.serializer, payload)
+        if isinstance(call, Outcome):
+            return call
+        if is_async_callable(call[0]):
+            return await _await_call(self.serializer, call, timeout)
+        started = time.monotonic()
+        func, args, kwargs = call
+        try:
+            value = func(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except TypeError as exc:
+            return bad_call(call, exc)
+        except Exception as exc:
+            return failure(exc)
+        if timeout is not None and time.monotonic() - started > timeout:
+            return timed_out(timeout)
+        return succeeded(self.serializer, value)
 
 
 class ThreadExecutor(_ThreadPoolMixin):

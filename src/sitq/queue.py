@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -22,6 +22,7 @@ from sitq.errors import (
     SitqError,
     TaskFailedError,
     TaskNotFound,
+    check_clock,
     check_seconds,
 )
 from sitq.locks import Lock
@@ -69,9 +70,30 @@ def _to_timestamp(when: datetime) -> float:
     return min(when.timestamp(), MAX_ETA_TIMESTAMP)
 
 
-def _eta_after(delay: float | timedelta) -> float:
-    """The ETA ``delay`` (seconds or a timedelta) from now; ``ConfigurationError`` for a delay
-    that is not a finite number >= 0 or that ends after ``MAX_ETA``."""
+@dataclass(frozen=True, slots=True)
+class _Delay:
+    """An ``enqueue_in`` delay, checked where it is given; the ETA counts from the queue's clock
+    at the moment the task is stored."""
+
+    seconds: float
+    given: float | timedelta
+
+    def eta(self, now: float) -> float:
+        """``seconds`` after ``now``; ``ConfigurationError`` if that is after ``MAX_ETA``."""
+        eta = now + self.seconds
+        if eta > MAX_ETA_TIMESTAMP:
+            raise ConfigurationError(
+                f"enqueue_in({self.given!r}) would make the task due after {MAX_ETA_TEXT}, the "
+                f"latest ETA a task can have: use a finite delay of at most "
+                f"{MAX_ETA_TIMESTAMP - now:.0f} seconds"
+            )
+        return eta
+
+
+def _eta_after(delay: float | timedelta) -> _Delay:
+    """The delay ``delay`` (seconds or a timedelta) before a task is due; ``ConfigurationError``
+    for a delay that is not a finite number >= 0 (one that ends after ``MAX_ETA`` is refused when
+    the ETA is counted, before anything is stored)."""
     if isinstance(delay, timedelta):
         seconds = delay.total_seconds()
     elif isinstance(delay, int | float) and not isinstance(delay, bool):
@@ -86,14 +108,7 @@ def _eta_after(delay: float | timedelta) -> float:
             f"enqueue_in needs a finite delay >= 0 seconds, not {delay!r} (to keep a task "
             "for later without running it, do not enqueue it yet)"
         )
-    now = time.time()
-    eta = now + seconds
-    if eta > MAX_ETA_TIMESTAMP:
-        raise ConfigurationError(
-            f"enqueue_in({delay!r}) would make the task due after {MAX_ETA_TEXT}, the latest ETA a "
-            f"task can have: use a finite delay of at most {MAX_ETA_TIMESTAMP - now:.0f} seconds"
-        )
-    return eta
+    return _Delay(seconds, delay)
 
 
 def _wait_seconds(timeout: float | None) -> float:
@@ -203,8 +218,10 @@ class TaskQueue(TaskOptionsView):
 
     ``backend`` is a backend object, a URL, or ``None`` for ``SQLiteBackend("sitq.db")``;
     ``serializer`` defaults to :class:`PickleSerializer`. ``max_payload`` bounds the size of one
-    serialized call (bytes; :class:`SerializationError` at enqueue). Other keyword arguments are the
-    default task options (``retry``, ``timeout``, ``priority``, ``result_ttl``, ...).
+    serialized call (bytes; :class:`SerializationError` at enqueue). ``clock`` is where the queue
+    reads the time (POSIX seconds; ``time.time`` by default, ``sitq.testing`` gives a
+    :class:`~sitq.testing.FakeClock`). Other keyword arguments are the default task options
+    (``retry``, ``timeout``, ``priority``, ``result_ttl``, ...).
     """
 
     def __init__(
@@ -214,8 +231,10 @@ class TaskQueue(TaskOptionsView):
         *,
         queue: str = "default",
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        clock: Callable[[], float] | None = None,
         **defaults: Any,
     ) -> None:
+        self._clock = check_clock(clock)
         if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1:
             raise ConfigurationError(
                 f"max_payload must be a number of bytes >= 1, not {max_payload!r}"
@@ -337,7 +356,7 @@ class TaskQueue(TaskOptionsView):
             concurrency_limit=template.concurrency_limit,
         )
         await self.connect()
-        await self.backend.put_cron(name, definition.encode(), float(math.floor(time.time())))
+        await self.backend.put_cron(name, definition.encode(), float(math.floor(self._clock())))
 
     async def remove_cron(self, name: str) -> bool:
         """Delete the schedule ``name``; ``True`` if it existed. Ticks already enqueued stay."""
@@ -363,8 +382,10 @@ class TaskQueue(TaskOptionsView):
         self,
         view: TaskOptionsView,
         calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
-        eta: float | None,
+        eta: float | _Delay | None,
     ) -> str:
+        if isinstance(eta, _Delay):
+            eta = eta.eta(self._clock())
         return (await self._submit_many(view, calls, eta))[0]
 
     async def _submit_many(
@@ -391,7 +412,7 @@ class TaskQueue(TaskOptionsView):
         eta: float | None,
         trace: str | None,
     ) -> list[str]:
-        now = time.time()
+        now = self._clock()
         tasks = [self._build(view._options, f, a, k, eta, now, trace) for f, a, k in calls]
         await self.connect()
         if view._connection is not None:
@@ -454,7 +475,7 @@ class TaskQueue(TaskOptionsView):
         """Cancel a task: ``True`` if it was pending (now cancelled) or running (asked to
         stop), ``False`` if it had already finished. Raises :class:`TaskNotFound`."""
         await self.connect()
-        outcome = await self.backend.cancel(task_id, time.time())
+        outcome = await self.backend.cancel(task_id, self._clock())
         if outcome is CancelOutcome.NOT_FOUND:
             raise TaskNotFound(task_id)
         return outcome is not CancelOutcome.ALREADY_FINISHED
@@ -491,14 +512,14 @@ class TaskQueue(TaskOptionsView):
         if cursor is not None and not isinstance(cursor, str):
             raise ConfigurationError(f"cursor must be a string from next_cursor, not {cursor!r}")
         await self.connect()
-        return await _operate.list_page(self.backend, statuses, name, size, cursor)
+        return await _operate.list_page(self.backend, statuses, name, size, cursor, self._clock())
 
     async def requeue(self, task_id: str) -> bool:
         """Run a failed or cancelled task again: ``True`` if it is pending again (same id,
         payload and options, attempts from 0, due now); ``False`` if it is pending, running or
         succeeded. Raises :class:`TaskNotFound` for an unknown or expired id."""
         await self.connect()
-        (outcome,) = await self.backend.requeue([task_id], time.time())
+        (outcome,) = await self.backend.requeue([task_id], self._clock())
         if outcome is RequeueOutcome.NOT_FOUND:
             raise TaskNotFound(task_id)
         return outcome is RequeueOutcome.REQUEUED
@@ -512,7 +533,7 @@ class TaskQueue(TaskOptionsView):
             )
         name = _operate.check_queue_name(queue, required=False)
         await self.connect()
-        return await _operate.requeue_all(self.backend, TaskStatus(status), name)
+        return await _operate.requeue_all(self.backend, TaskStatus(status), name, self._clock)
 
     async def purge(self, queue: str, status: str = "pending") -> int:
         """Remove the tasks of ``queue`` in one state: ``pending`` (scheduled included),
@@ -532,13 +553,13 @@ class TaskQueue(TaskOptionsView):
     async def list_workers(self) -> list[WorkerInfo]:
         """The workers alive now, as each last reported itself, sorted by worker id."""
         await self.connect()
-        records = await self.backend.list_workers(time.time())
+        records = await self.backend.list_workers(self._clock())
         return [info for r in records if (info := _operate.worker_info(r)) is not None]
 
     async def stats(self) -> list[QueueStats]:
         """Per-queue counts of pending, scheduled, running, succeeded and failed tasks."""
         await self.connect()
-        return await self.backend.stats(time.time())
+        return await self.backend.stats(self._clock())
 
     def __repr__(self) -> str:
         return f"TaskQueue({self.backend.describe()}, queue={self.task_options.queue!r})"

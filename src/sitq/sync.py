@@ -16,8 +16,9 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from sitq.backends.base import Backend
+from sitq.backends.memory import MemoryBackend
 from sitq.cron import CronInfo
-from sitq.errors import SitqError
+from sitq.errors import ConfigurationError, SitqError
 from sitq.locks import Lock
 from sitq.models import QueueStats, Result, TaskInfo, TaskPage, TaskStatus, WorkerInfo
 from sitq.queue import CallSpec, TaskOptionsView, TaskQueue
@@ -167,7 +168,12 @@ class SyncLock:
 
 class SyncTaskQueue(SyncOptionsView):
     """The same methods as :class:`TaskQueue`, blocking. Use it as a context manager, or call
-    :meth:`close` when done."""
+    :meth:`close` when done.
+
+    It takes no memory backend: that would keep the tasks on this queue's background event
+    loop, where no worker can reach them. In tests, :class:`sitq.testing.SyncTestQueue` is the
+    in-memory sync queue (its tasks run when ``sitq.testing.drain`` is called).
+    """
 
     def __init__(
         self,
@@ -178,6 +184,14 @@ class SyncTaskQueue(SyncOptionsView):
         **defaults: Any,
     ) -> None:
         self._queue = TaskQueue(backend, serializer, queue=queue, **defaults)
+        if isinstance(self._queue.backend, MemoryBackend):
+            raise ConfigurationError(
+                "SyncTaskQueue cannot use a memory backend: its tasks would live on the "
+                "queue's background event loop, where no worker can reach them, so they would "
+                "never run. In tests, use sitq.testing.SyncTestQueue (its tasks run in your "
+                "thread when you call sitq.testing.drain(queue)); elsewhere, a store that "
+                "workers share, such as sqlite:///sitq.db"
+            )
         self._portal: _Portal | None = _Portal()
         super().__init__(self._portal_call, self._queue)
 

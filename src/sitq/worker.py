@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -29,7 +29,7 @@ from sitq.backends import redact_url, resolve_backend
 from sitq.backends.base import Backend
 from sitq.context import TaskContext, running
 from sitq.cron import CronDriver
-from sitq.errors import BackendError, ConfigurationError, check_seconds
+from sitq.errors import BackendError, ConfigurationError, check_clock, check_seconds
 from sitq.executors import AsyncExecutor, Executor, ProcessExecutor, ThreadExecutor
 from sitq.models import (
     MAX_ETA_TIMESTAMP,
@@ -116,6 +116,10 @@ class Worker:
     :class:`~sitq.observe.metrics.WorkerMetrics` (the ``sitq[metrics]`` extra), available as
     ``worker.metrics``; or pass a ``WorkerMetrics`` (several workers may share one). Off by
     default: then the worker counts nothing and ``worker.metrics`` is ``None``.
+
+    ``clock`` is where the worker reads the time (POSIX seconds) for retry ETAs, finish and
+    expiry times, its record and the cron schedules: ``time.time`` by default; ``sitq.testing``
+    gives a :class:`~sitq.testing.FakeClock`. The backend keeps its own clock for leases and ETAs.
     """
 
     executor_class: type[Executor] = AsyncExecutor
@@ -135,7 +139,9 @@ class Worker:
         cron: bool = True,
         purge_interval: float = PURGE_INTERVAL,
         metrics: WorkerMetrics | bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        self._clock = check_clock(clock)
         if concurrency is None:
             concurrency = os.cpu_count() or 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -156,7 +162,7 @@ class Worker:
         self.purge_interval = check_seconds("purge_interval", purge_interval)
         self.heartbeat_interval = min(self.lease / 3, 2.0)
         self.cron = bool(cron)
-        self._cron_driver = CronDriver(self.backend)
+        self._cron_driver = CronDriver(self.backend, clock=self._clock)
         self._hostname = socket.gethostname()
         self.worker_id = f"{self._hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._started_at = 0.0
@@ -215,7 +221,7 @@ class Worker:
                 self._owns_connection = False
                 await self.backend.close()
             raise
-        self._started_at = time.time()
+        self._started_at = self._clock()
         await self._put_record()
         self._claim_task = asyncio.create_task(self._claim_loop(), name="sitq-claim")
         self._background = [
@@ -498,6 +504,25 @@ class Worker:
     # -- running one task -------------------------------------------------------------------
 
     async def _execute(self, held: _Held) -> None:
+        try:
+            settlement = await self._run(held)
+        finally:
+            self._executing -= 1
+            self._slot_freed.set()
+        if settlement is None:
+            if held.series is not None:
+                lost = held.stop_reason is StopReason.LOST
+                self._count(held, "lost" if lost else "abandoned")
+            self._forget(held)
+        else:
+            held.settling = True
+            self._pending.append((held, settlement))
+            self._settle_wanted.set()
+
+    async def _run(self, held: _Held) -> Settlement | None:
+        """Run one claimed task to the settlement that records how it ended (``None``: record
+        nothing), logged and traced. Cancelling the coroutine stops the task for
+        ``held.stop_reason``."""
         claim = held.claim
         settlement: Settlement | None
         try:
@@ -512,24 +537,13 @@ class Worker:
             settlement = self._finish(
                 held, TaskStatus.FAILED, None, f"sitq internal error: {exc!r}", None
             )
-        finally:
-            self._executing -= 1
-            self._slot_freed.set()
         held.duration = time.monotonic() - held.started
         logs.outcome(
             held.claim, settlement, held.stop_reason, held.duration, timed_out=held.timed_out
         )
         if held.trace is not None:
             held.trace.end(settlement, held.stop_reason, timed_out=held.timed_out)
-        if settlement is None:
-            if held.series is not None:
-                lost = held.stop_reason is StopReason.LOST
-                self._count(held, "lost" if lost else "abandoned")
-            self._forget(held)
-        else:
-            held.settling = True
-            self._pending.append((held, settlement))
-            self._settle_wanted.set()
+        return settlement
 
     async def _attempt(self, held: _Held) -> Settlement | None:
         claim = held.claim
@@ -590,7 +604,7 @@ class Worker:
         if delay is not None:
             self.counters["retried"] += 1
             # A finite but huge delay is held at the latest ETA every backend stores.
-            eta = min(time.time() + delay, MAX_ETA_TIMESTAMP)
+            eta = min(self._clock() + delay, MAX_ETA_TIMESTAMP)
             return Reschedule(held.ref, eta, outcome.error, outcome.traceback)
         self.counters["failed"] += 1
         return self._finish(held, TaskStatus.FAILED, None, _error_line(outcome), outcome.traceback)
@@ -612,7 +626,7 @@ class Worker:
         error: str | None,
         traceback: str | None,
     ) -> Finish:
-        now = time.time()
+        now = self._clock()
         if status is TaskStatus.FAILED:
             kept = _failure_ttl(held.claim)
             expires = MAX_ETA_TIMESTAMP if kept is None else min(now + kept, MAX_ETA_TIMESTAMP)
@@ -722,7 +736,7 @@ class Worker:
             held.saved_progress = latest
 
     def _record(self) -> WorkerRecord:
-        now = time.time()
+        now = self._clock()
         data = {
             "hostname": self._hostname,
             "pid": os.getpid(),
@@ -747,7 +761,7 @@ class Worker:
     async def _purge_loop(self) -> None:
         while True:
             try:
-                removed = await self.backend.purge_expired(time.time())
+                removed = await self.backend.purge_expired(self._clock())
                 if removed:
                     self.counters["purged"] += removed
                     log.debug("removed %d expired results", removed)
@@ -857,6 +871,7 @@ class ProcessWorker(Worker):
         cron: bool = True,
         purge_interval: float = PURGE_INTERVAL,
         metrics: WorkerMetrics | bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(
             backend,
@@ -869,6 +884,7 @@ class ProcessWorker(Worker):
             cron=cron,
             purge_interval=purge_interval,
             metrics=metrics,
+            clock=clock,
         )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sitq import AsyncWorker, MemoryBackend, SitqError, SyncTaskQueue, TaskQueue, TaskStatus
+from sitq import AsyncWorker, SitqError, SyncTaskQueue, TaskQueue, TaskStatus
 from tests.conformance import tasks
 
 
@@ -44,8 +44,8 @@ async def test_sync_queue_inside_a_running_loop(tmp_path: Path) -> None:
         assert queue.get_status(task_id) == TaskStatus.PENDING
 
 
-def test_the_operators_calls_through_the_sync_wrapper() -> None:
-    with SyncTaskQueue(MemoryBackend()) as queue:
+def test_the_operators_calls_through_the_sync_wrapper(tmp_path: Path) -> None:
+    with SyncTaskQueue(f"sqlite:///{tmp_path / 'q.db'}") as queue:
         later = datetime.now(UTC) + timedelta(hours=1)
         task_id = queue.enqueue_at(later, tasks.add, 1, 2)
         info = queue.get_task(task_id)

@@ -1,6 +1,7 @@
 """The built wheel carries everything sitq loads at run time (the SQL backends' ``.sql`` files,
-the dashboard's templates and static files, the Django app's templates and migration):
-installed, not editable, into a fresh virtualenv, it runs a task on SQLite and on PostgreSQL."""
+the dashboard's templates and static files, the Django app's templates and migration, the pytest
+plugin and its entry point): installed, not editable, into a fresh virtualenv, it runs a task on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ async def test_the_installed_wheel_runs_a_task_on_sqlite_and_postgres(tmp_path: 
     (wheel,) = wheels.glob("sitq-*.whl")
     with zipfile.ZipFile(wheel) as built:
         names = set(built.namelist())
+        entry_points = built.read(
+            next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        ).decode()
     dashboard = REPO / "src" / "sitq" / "web"
     for folder in ("templates", "static"):
         shipped = {f"sitq/web/{folder}/{p.name}" for p in (dashboard / folder).iterdir()}
@@ -74,6 +78,9 @@ async def test_the_installed_wheel_runs_a_task_on_sqlite_and_postgres(tmp_path: 
         if p.is_file() and "__pycache__" not in p.parts
     }
     assert len(shipped) >= 4 and shipped <= names, sorted(shipped - names)
+    # The pytest plugin is a top-level module beside the package, found by its entry point.
+    assert "_sitq_pytestplugin.py" in names
+    assert "[pytest11]\nsitq = _sitq_pytestplugin" in entry_points, entry_points
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
     subprocess.run(

@@ -2,7 +2,8 @@
 
 It keeps everything in this process and loses it on exit, so it suits tests and trying things
 out; several workers in one process (one event loop) can share it. It is the shortest readable
-implementation of each step in :mod:`sitq.backends.base`.
+implementation of each step in :mod:`sitq.backends.base`. Its clock is ``time.time`` unless it is
+given another (``sitq.testing`` gives it a :class:`~sitq.testing.FakeClock`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import heapq
 import itertools
 import json
 import math
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sitq.backends._options import UrlOptions
 from sitq.backends._waiting import Polls, ResultWaiters, wait_for_final
 from sitq.backends.base import Backend, stats_from_counts, stats_kind
-from sitq.errors import BackendError, ConfigurationError
+from sitq.errors import BackendError, ConfigurationError, check_clock
 from sitq.models import (
     CancelOutcome,
     Claim,
@@ -90,7 +90,11 @@ class _KeySlots:
 
 
 class MemoryBackend(Backend):
-    """Tasks in a dict, due tasks in heaps; nothing survives the process."""
+    """Tasks in a dict, due tasks in heaps; nothing survives the process.
+
+    ``clock`` is where it reads the time (POSIX seconds) for ETAs, leases and expiry: ``time.time``
+    by default.
+    """
 
     scheme = ("memory",)
 
@@ -104,7 +108,8 @@ class MemoryBackend(Backend):
             )
         return cls()
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = check_clock(clock)
         self._tasks: dict[str, _Record] = {}
         self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
         self._scheduled: list[tuple[float, int, str]] = []
@@ -167,7 +172,7 @@ class MemoryBackend(Backend):
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Store new tasks; an id still known is left alone."""
         self._check()
-        now = time.time()
+        now = self._clock()
         stored: list[bool] = []
         for task in tasks:
             if self._live(task.id, now) is not None:
@@ -200,7 +205,7 @@ class MemoryBackend(Backend):
         so it neither runs nor holds back the tasks behind it.
         """
         self._check()
-        now = time.time()
+        now = self._clock()
         self._promote_due(now)
         chosen: list[_Record] = []
         wanted = set(queues)
@@ -278,7 +283,7 @@ class MemoryBackend(Backend):
     async def extend_lease(self, claims: Sequence[ClaimRef], lease: float) -> list[LeaseState]:
         """Extend current claims; report lost ones."""
         self._check()
-        now = time.time()
+        now = self._clock()
         states = []
         for ref in claims:
             rec = self._current(ref)
@@ -293,7 +298,7 @@ class MemoryBackend(Backend):
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply each settlement whose claim is current."""
         self._check()
-        now = time.time()
+        now = self._clock()
         applied = []
         for item in settlements:
             rec = self._current(item.claim)
@@ -352,7 +357,7 @@ class MemoryBackend(Backend):
     async def get_task(self, task_id: str) -> TaskSnapshot | None:
         """The task's current state."""
         self._check()
-        rec = self._live(task_id, time.time())
+        rec = self._live(task_id, self._clock())
         return None if rec is None else _snapshot(rec, rec.value)
 
     async def wait_for_result(self, task_id: str, timeout: float) -> TaskSnapshot | None:
@@ -371,7 +376,7 @@ class MemoryBackend(Backend):
         """Wait for an enqueue or reschedule, or for the earliest scheduled ETA."""
         self._check()
         assert self._work is not None
-        now = time.time()
+        now = self._clock()
         if self._scheduled:
             timeout = min(timeout, max(self._scheduled[0][0] - now, 0.0))
         if self._running:
@@ -523,7 +528,7 @@ class MemoryBackend(Backend):
     async def acquire_lock(self, name: str, token: str, ttl: float) -> bool:
         """Take the lock if it is free or its holder's TTL ran out."""
         self._check()
-        now = time.time()
+        now = self._clock()
         held = self._locks.get(name)
         if held is not None and held[1] > now:
             return False
@@ -533,7 +538,7 @@ class MemoryBackend(Backend):
     async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Extend the lock if ``token`` holds it."""
         self._check()
-        now = time.time()
+        now = self._clock()
         held = self._locks.get(name)
         if held is None or held[0] != token or held[1] <= now:
             return False
@@ -547,7 +552,7 @@ class MemoryBackend(Backend):
         if held is None or held[0] != token:
             return False
         del self._locks[name]
-        return held[1] > time.time()
+        return held[1] > self._clock()
 
 
 _REQUEUABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})

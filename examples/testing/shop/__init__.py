@@ -1,0 +1,1 @@
+"""A small shop's application code: it sends mail through sitq tasks."""
