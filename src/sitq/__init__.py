@@ -27,7 +27,7 @@ from sitq.errors import (
     TaskNotFound,
 )
 from sitq.locks import Lock
-from sitq.models import QueueStats, Result, TaskInfo, TaskPage, TaskStatus, WorkerInfo
+from sitq.models import QueueStats, Result, TaskId, TaskInfo, TaskPage, TaskStatus, WorkerInfo
 from sitq.queue import TaskOptionsView, TaskQueue
 from sitq.retry import ExponentialBackoff, FixedBackoff, RetryPolicy
 from sitq.serializers import JsonSerializer, PickleSerializer, Serializer
@@ -65,6 +65,7 @@ __all__ = [
     "SyncTaskQueue",
     "TaskContext",
     "TaskFailedError",
+    "TaskId",
     "TaskInfo",
     "TaskNotFound",
     "TaskOptionsView",

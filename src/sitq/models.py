@@ -10,7 +10,7 @@ import enum
 import math
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 MAX_ETA = datetime.max.replace(tzinfo=UTC)
 """The latest ETA a task can have, 9999-12-31 23:59:59.999999 UTC: the last moment a Python
@@ -39,6 +39,36 @@ class TaskStatus(enum.StrEnum):
 
 
 _FINAL = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+R_co = TypeVar("R_co", covariant=True)
+
+
+class TaskId(str, Generic[R_co]):
+    """A task id, as ``enqueue``, ``enqueue_at`` and ``enqueue_in`` return it: a ``str`` in all
+    but its class, whose type parameter records what the task function returns, for a type
+    checker.
+
+    ``await queue.enqueue(add, 1, 2)`` with ``def add(a: int, b: int) -> int`` is a
+    ``TaskId[int]``, and ``await queue.get_value(task_id)`` is then an ``int`` (the awaited
+    value for a coroutine function). At run time the parameter is not kept: a ``TaskId`` is
+    equal to, hashes as, formats and JSON-encodes as the same plain string, and pickles as a
+    plain ``str``, so an id passed on as a task argument or stored anywhere is the same data
+    as before. ``TaskId[int](text)`` types an id read from elsewhere; ``str(task_id)`` is the
+    plain string. See docs/types.md.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        # A pickled id is a plain str: unpickling it needs no sitq class.
+        return (str, (str(self),))
+
+    def __copy__(self) -> TaskId[R_co]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TaskId[R_co]:
+        return self
 
 
 def to_datetime(ts: float | None) -> datetime | None:

@@ -64,8 +64,9 @@ def check_name(value: Any, label: str) -> str:
 
 
 def check_task_id(task_id: Any) -> str:
-    """A valid explicit task id: 1-255 printable characters without whitespace."""
-    return check_name(task_id, f"task_id={task_id!r}")
+    """A valid explicit task id: 1-255 printable characters without whitespace, as a plain
+    ``str`` (a :class:`~sitq.TaskId` given back as ``task_id`` is stored as the string it is)."""
+    return str(check_name(task_id, f"task_id={task_id!r}"))
 
 
 @dataclass(frozen=True, slots=True)

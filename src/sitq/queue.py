@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from sitq import _operate
 from sitq._task import check_signature, function_name
@@ -35,6 +35,7 @@ from sitq.models import (
     QueueStats,
     RequeueOutcome,
     Result,
+    TaskId,
     TaskInfo,
     TaskPage,
     TaskSnapshot,
@@ -52,6 +53,16 @@ CallSpec = (
     tuple[Callable[..., Any], Sequence[Any]]
     | tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]
 )
+"""One call for ``enqueue_many``: ``(func, args)`` or ``(func, args, kwargs)``."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _plain_id(task_id: str) -> str:
+    """The id as an exact ``str`` (a :class:`TaskId` is one in all but its class), so that a
+    backend only ever sees plain strings."""
+    return task_id if type(task_id) is str or not isinstance(task_id, str) else str(task_id)
 
 
 def _to_timestamp(when: datetime) -> float:
@@ -139,13 +150,42 @@ class TaskOptionsView:
         connection = options.pop("connection", self._connection)
         return TaskOptionsView(self._queue, self._options.merge(**options), connection)
 
-    async def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``func(*args, **kwargs)`` to run now; return the task id."""
+    # Each enqueue has two typed forms: a function returning an awaitable (a coroutine
+    # function) gives the id of what it resolves to, any other function the id of what it
+    # returns. Either way a type checker checks the arguments against the function's
+    # parameters (ParamSpec); _build checks them again at run time, for every caller.
+
+    @overload
+    async def enqueue(
+        self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
+
+    @overload
+    async def enqueue(
+        self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
+
+    async def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskId[Any]:
+        """Enqueue ``func(*args, **kwargs)`` to run now; return the task id.
+
+        The id is a :class:`TaskId`, a ``str``; for a type checker it also carries the
+        function's return type, which ``get_value`` then gives back.
+        """
         return await self._queue._submit(self, [(func, args, kwargs)], None)
+
+    @overload
+    async def enqueue_at(
+        self, when: datetime, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
+
+    @overload
+    async def enqueue_at(
+        self, when: datetime, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
 
     async def enqueue_at(
         self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> str:
+    ) -> TaskId[Any]:
         """Enqueue to run at ``when`` (a naive datetime means UTC); return the task id.
 
         ``when`` may be as late as ``sitq.models.MAX_ETA`` (9999-12-31 23:59:59.999999 UTC). A
@@ -154,9 +194,24 @@ class TaskOptionsView:
         """
         return await self._queue._submit(self, [(func, args, kwargs)], _to_timestamp(when))
 
+    @overload
+    async def enqueue_in(
+        self,
+        delay: float | timedelta,
+        func: Callable[P, Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskId[R]: ...
+
+    @overload
+    async def enqueue_in(
+        self, delay: float | timedelta, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
+
     async def enqueue_in(
         self, delay: float | timedelta, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> str:
+    ) -> TaskId[Any]:
         """Enqueue to run after ``delay`` (seconds or a timedelta); return the task id.
 
         ``delay`` is finite and >= 0, and must not carry the task past ``sitq.models.MAX_ETA``.
@@ -192,7 +247,9 @@ class TaskOptionsView:
     async def enqueue_many(self, calls: Iterable[CallSpec]) -> list[str]:
         """Enqueue many calls, ``(func, args)`` or ``(func, args, kwargs)``, in one step.
 
-        Returns the ids in order. With an explicit ``task_id`` option only one call is allowed.
+        Returns the ids in order, as plain strings: calls given as tuples carry no types for a
+        type checker to check or to pass on (``enqueue`` does both). With an explicit
+        ``task_id`` option only one call is allowed.
         """
         normalized: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         for i, spec in enumerate(calls):
@@ -383,10 +440,10 @@ class TaskQueue(TaskOptionsView):
         view: TaskOptionsView,
         calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
         eta: float | _Delay | None,
-    ) -> str:
+    ) -> TaskId[Any]:
         if isinstance(eta, _Delay):
             eta = eta.eta(self._clock())
-        return (await self._submit_many(view, calls, eta))[0]
+        return TaskId((await self._submit_many(view, calls, eta))[0])
 
     async def _submit_many(
         self,
@@ -436,8 +493,17 @@ class TaskQueue(TaskOptionsView):
             raise TaskNotFound(task_id)
         return Result.from_snapshot(snap) if snap.status.is_final else None
 
+    @overload
+    async def get_value(self, task_id: TaskId[R], timeout: float | None = None) -> R: ...
+
+    @overload
+    async def get_value(self, task_id: str, timeout: float | None = None) -> Any: ...
+
     async def get_value(self, task_id: str, timeout: float | None = None) -> Any:
         """The task's deserialized return value, waiting up to ``timeout`` seconds.
+
+        For a type checker, the value of a ``TaskId[R]`` (as ``enqueue`` returns it) is an
+        ``R``; of a plain ``str`` id, ``Any``.
 
         Raises :class:`TaskFailedError` if it failed or was cancelled, ``TimeoutError`` if it
         has not finished in time, :class:`TaskNotFound` for an unknown id.
@@ -459,6 +525,7 @@ class TaskQueue(TaskOptionsView):
     async def _read(self, task_id: str, wait: float) -> TaskSnapshot | None:
         """The task's snapshot; a stored record the backend cannot decode (damaged, or written
         by something else) is a :class:`BackendError` naming the task."""
+        task_id = _plain_id(task_id)
         try:
             if wait > 0:
                 return await self.backend.wait_for_result(task_id, wait)
@@ -475,7 +542,7 @@ class TaskQueue(TaskOptionsView):
         """Cancel a task: ``True`` if it was pending (now cancelled) or running (asked to
         stop), ``False`` if it had already finished. Raises :class:`TaskNotFound`."""
         await self.connect()
-        outcome = await self.backend.cancel(task_id, self._clock())
+        outcome = await self.backend.cancel(_plain_id(task_id), self._clock())
         if outcome is CancelOutcome.NOT_FOUND:
             raise TaskNotFound(task_id)
         return outcome is not CancelOutcome.ALREADY_FINISHED
@@ -519,7 +586,7 @@ class TaskQueue(TaskOptionsView):
         payload and options, attempts from 0, due now); ``False`` if it is pending, running or
         succeeded. Raises :class:`TaskNotFound` for an unknown or expired id."""
         await self.connect()
-        (outcome,) = await self.backend.requeue([task_id], self._clock())
+        (outcome,) = await self.backend.requeue([_plain_id(task_id)], self._clock())
         if outcome is RequeueOutcome.NOT_FOUND:
             raise TaskNotFound(task_id)
         return outcome is RequeueOutcome.REQUEUED

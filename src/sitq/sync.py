@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from sitq.backends.base import Backend
 from sitq.backends.memory import MemoryBackend
 from sitq.cron import CronInfo
 from sitq.errors import ConfigurationError, SitqError
 from sitq.locks import Lock
-from sitq.models import QueueStats, Result, TaskInfo, TaskPage, TaskStatus, WorkerInfo
+from sitq.models import QueueStats, Result, TaskId, TaskInfo, TaskPage, TaskStatus, WorkerInfo
 from sitq.queue import CallSpec, TaskOptionsView, TaskQueue
 from sitq.serializers import Serializer
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _Portal:
@@ -73,22 +75,56 @@ class SyncOptionsView:
         """A view with more options set on top of these."""
         return SyncOptionsView(self._call, self._view.options(**options))
 
-    def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-        """Enqueue ``func(*args, **kwargs)``; return the task id."""
+    @overload
+    def enqueue(
+        self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
+
+    @overload
+    def enqueue(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskId[R]: ...
+
+    def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskId[Any]:
+        """Enqueue ``func(*args, **kwargs)``; return the task id (a :class:`~sitq.TaskId`,
+        typed as :meth:`TaskQueue.enqueue`'s)."""
         return self._call(self._view.enqueue(func, *args, **kwargs))  # type: ignore[no-any-return]
+
+    @overload
+    def enqueue_at(
+        self, when: datetime, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
+
+    @overload
+    def enqueue_at(
+        self, when: datetime, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
 
     def enqueue_at(
         self, when: datetime, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> str:
+    ) -> TaskId[Any]:
         """Enqueue to run at ``when`` (naive means UTC); return the task id. The limits and
         the meaning of a past ``when`` are those of :meth:`TaskQueue.enqueue_at`."""
         return self._call(  # type: ignore[no-any-return]
             self._view.enqueue_at(when, func, *args, **kwargs)
         )
 
+    @overload
+    def enqueue_in(
+        self,
+        delay: float | timedelta,
+        func: Callable[P, Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskId[R]: ...
+
+    @overload
+    def enqueue_in(
+        self, delay: float | timedelta, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskId[R]: ...
+
     def enqueue_in(
         self, delay: float | timedelta, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> str:
+    ) -> TaskId[Any]:
         """Enqueue to run after ``delay`` (finite, >= 0); return the task id. See
         :meth:`TaskQueue.enqueue_in`."""
         return self._call(  # type: ignore[no-any-return]
@@ -241,8 +277,15 @@ class SyncTaskQueue(SyncOptionsView):
         """The task's :class:`Result`, waiting up to ``timeout`` seconds."""
         return self._portal_call(self._queue.get_result(task_id, timeout))
 
+    @overload
+    def get_value(self, task_id: TaskId[R], timeout: float | None = None) -> R: ...
+
+    @overload
+    def get_value(self, task_id: str, timeout: float | None = None) -> Any: ...
+
     def get_value(self, task_id: str, timeout: float | None = None) -> Any:
-        """The task's return value; see :meth:`TaskQueue.get_value`."""
+        """The task's return value (typed ``R`` for a ``TaskId[R]``); see
+        :meth:`TaskQueue.get_value`."""
         return self._portal_call(self._queue.get_value(task_id, timeout))
 
     def get_status(self, task_id: str) -> TaskStatus | None:

@@ -15,7 +15,7 @@ from redis.asyncio.connection import Connection
 from sitq.backends.redis import _scripts
 from sitq.backends.redis._keys import queue_keys
 from sitq.backends.redis._wire import Raw, encode_enqueue, pack
-from sitq.models import NewTask
+from sitq.models import NewTask, TaskId
 
 _REDIS_PY = Connection()
 
@@ -39,6 +39,7 @@ ARGS: list[Any] = [
     1722222222.123456,
     b"x" * 1_000_000,
     "ü" * 70_000,
+    TaskId("0b6e4c1e-8f7f-4d43-a8ae-4d6f2b0b7c11"),  # a str subclass: sent as its text
 ]
 
 

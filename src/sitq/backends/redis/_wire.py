@@ -69,6 +69,8 @@ def pack(commands: Sequence[Command]) -> bytes:
                 data = b"%d" % arg
             elif kind is float:
                 data = repr(arg).encode()
+            elif isinstance(arg, str):  # a subclass, as sitq.TaskId: the same text
+                data = str.encode(arg)
             else:  # pragma: no cover - a programming error
                 raise TypeError(f"cannot send {arg!r} to Redis")
             buf += b"$%d\r\n%b\r\n" % (len(data), data)
