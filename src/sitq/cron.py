@@ -22,7 +22,7 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -126,7 +126,16 @@ class CronExpression:
         """The last tick at or before ``ts``, or ``None`` if there is none within about a year
         and a half (an expression like ``0 0 31 2 *`` never fires)."""
         floor = math.floor(ts)
-        it = self._iter(self._wall(floor + 1))
+        start = floor + 1
+        here = datetime.fromtimestamp(start, self._zone)
+        if here.fold:
+            # The second pass of a repeated hour, which has no ticks of its own: the ticks of
+            # its wall times are the first pass's instants, all before ``ts``. Start the walk
+            # back from the end of the repeat, or they would be missed.
+            first = here.replace(fold=0).utcoffset() or timedelta(0)
+            second = here.utcoffset() or timedelta(0)
+            start += int((first - second).total_seconds())
+        it = self._iter(self._wall(start))
         limit = floor - 550 * 86400
         while True:
             try:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sitq.cron import (
@@ -135,6 +135,10 @@ def test_frequent_ticks_stay_strictly_increasing_across_both_changes() -> None:
     ),
     timezone=st.sampled_from(["UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe"]),
 )
+# The last second of the first pass through a repeated hour (01:59:59 EDT, 1 November 2026):
+# the latest tick is 01:59 EDT, not 00:59.
+@example(t=1793512799.0, expression="* * * * *", timezone="America/New_York")
+@example(t=1793512799.5, expression="*/5 * * * * *", timezone="America/New_York")
 def test_latest_and_next_bracket_any_time(t: float, expression: str, timezone: str) -> None:
     expr = CronExpression(expression, timezone)
     latest = expr.latest_at_or_before(t)
