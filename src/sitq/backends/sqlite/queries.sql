@@ -108,10 +108,9 @@ WHERE state >= 2 GROUP BY state, queue;
 SELECT queue, state, eta > ?, COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_expiry
 WHERE expires_at IS NOT NULL AND expires_at <= ? GROUP BY 1, 2, 3;
 
--- Debounce (enqueue_replacing): read what the id holds, then store or replace, in one write
--- transaction.
-
 -- name: replace_find
+-- Debounce (enqueue_replacing): what the id holds, read in the write transaction that then
+-- stores or replaces it.
 SELECT queue, state, expires_at, concurrency_key FROM sitq_tasks WHERE id = ?;
 
 -- name: replace_task
