@@ -30,7 +30,8 @@ if kind == '0' then
   redis.call('SET', KEYS[14], ARGV[3])
 else
   local claimed, token = string.match(kind, '^(%d+) (.*)$')
-  if math.floor(now * 1000) - tonumber(claimed) > 60000 then -- the claim window
+  local now_ms = math.floor(now * 1000)
+  if now_ms - tonumber(claimed) > 60000 then -- the claim window (CLAIM_WINDOW_MS)
     return 'S'
   elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then
     return 'F'
