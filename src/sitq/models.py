@@ -244,6 +244,22 @@ class RequeueOutcome(enum.Enum):
     """No task with this id (or its record has expired)."""
 
 
+class ReplaceOutcome(enum.Enum):
+    """What ``Backend.enqueue_replacing`` found under the task's id, and so what it did."""
+
+    STORED = "stored"
+    """The id was unknown (or its result had expired): the task is stored as new."""
+    REPLACED_PENDING = "replaced_pending"
+    """The id was pending (not claimed): its payload, options, priority and ETA are replaced."""
+    REPLACED_FINISHED = "replaced_finished"
+    """The id had finished, its record still kept: the record is replaced by the new task,
+    pending, with attempts, retries and the old result cleared (the fencing token goes on)."""
+    RUNNING = "running"
+    """The id is running (claimed): nothing changed."""
+    OTHER_QUEUE = "other_queue"
+    """The id is stored on another queue: nothing changed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """A running task's latest progress, saved with its worker's heartbeat."""

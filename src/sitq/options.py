@@ -34,6 +34,7 @@ OPTION_NAMES = frozenset(
         "max_deliveries",
         "concurrency_key",
         "concurrency_limit",
+        "debounce",
     }
 )
 
@@ -83,6 +84,9 @@ class TaskOptions:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    debounce: float | None = None
+    """Seconds: enqueueing ``task_id`` while it is pending moves it to now + ``debounce`` and
+    replaces its call (see docs/contract.md, Debounce). Read at enqueue, never stored."""
 
     def merge(self, **changes: Any) -> TaskOptions:
         """These options with ``changes`` applied, each one checked."""
@@ -160,6 +164,8 @@ def _check(name: str, value: Any) -> Any:
         return value
     if name == "task_id":
         return None if value is None else check_task_id(value)
+    if name == "debounce":
+        return check_seconds("debounce", value, allow_none=True)
     if name == "max_deliveries":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigurationError(f"max_deliveries must be an int >= 1, not {value!r}")

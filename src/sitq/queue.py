@@ -33,6 +33,7 @@ from sitq.models import (
     CancelOutcome,
     NewTask,
     QueueStats,
+    ReplaceOutcome,
     RequeueOutcome,
     Result,
     TaskId,
@@ -394,6 +395,10 @@ class TaskQueue(TaskOptionsView):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ConfigurationError(f"add_cron kwargs must be a dict, not {kwargs!r}")
         opts = view._options.merge(**options)
+        if opts.debounce is not None:
+            raise ConfigurationError(
+                "add_cron cannot take debounce: each tick is a task of its own, with its own id"
+            )
         if opts.task_id is not None:
             raise ConfigurationError(
                 "add_cron cannot take task_id: each tick's id is derived from the schedule name "
@@ -469,6 +474,8 @@ class TaskQueue(TaskOptionsView):
         eta: float | None,
         trace: str | None,
     ) -> list[str]:
+        if view._options.debounce is not None:
+            return [await self._debounce(view, calls, eta, trace)]
         now = self._clock()
         tasks = [self._build(view._options, f, a, k, eta, now, trace) for f, a, k in calls]
         await self.connect()
@@ -477,6 +484,52 @@ class TaskQueue(TaskOptionsView):
         else:
             await self.backend.enqueue(tasks)
         return [t.id for t in tasks]
+
+    async def _debounce(
+        self,
+        view: TaskOptionsView,
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        eta: float | None,
+        trace: str | None,
+    ) -> str:
+        """Store one call under its explicit id, due ``debounce`` seconds from now, replacing
+        the call its id holds while that one is pending (or has finished); see docs/contract.md,
+        Debounce. A call that finds its id running is dropped."""
+        opts = view._options
+        assert opts.debounce is not None
+        if opts.task_id is None:
+            raise ConfigurationError(
+                f"debounce={opts.debounce!r} needs an explicit task_id, the id every call of a "
+                "burst shares: queue.options(task_id='reindex:42', "
+                f"debounce={opts.debounce!r}).enqueue(...)"
+            )
+        if eta is not None:
+            raise ConfigurationError(
+                "debounce sets the task's ETA itself (now + debounce): use enqueue, not "
+                "enqueue_at or enqueue_in"
+            )
+        if view._connection is not None:
+            raise ConfigurationError(
+                "debounce cannot be combined with options(connection=...): a debounced call "
+                "replaces a stored task, which is not part of your transaction"
+            )
+        (func, args, kwargs) = calls[0]
+        now = self._clock()
+        if now + opts.debounce > MAX_ETA_TIMESTAMP:
+            raise ConfigurationError(
+                f"debounce={opts.debounce!r} would make the task due after {MAX_ETA_TEXT}, the "
+                "latest ETA a task can have: use fewer seconds"
+            )
+        task = self._build(opts, func, args, kwargs, now + opts.debounce, now, trace)
+        await self.connect()
+        outcome = await self.backend.enqueue_replacing(task)
+        if outcome is ReplaceOutcome.OTHER_QUEUE:
+            raise ConfigurationError(
+                f"task {task.id!r} is stored on another queue than {task.queue!r}: a debounced "
+                "id stays on the queue it was first enqueued on until its record expires or is "
+                "purged; enqueue it there"
+            )
+        return task.id
 
     # -- results ----------------------------------------------------------------------------
 

@@ -281,3 +281,18 @@ async def block_loop(seconds: float, then: float = 0.0) -> str:
     if then:
         await asyncio.sleep(then)
     return "unblocked"
+
+
+def record_start(log_dir: str, label: str, item: int) -> int:
+    """Append ``{"item": item, "start": <time.time() at the start>}`` to ``log_dir/label.log``."""
+    line = json.dumps({"item": item, "start": time.time(), "pid": os.getpid()})
+    with open(Path(log_dir) / f"{label}.log", "a") as f:
+        f.write(line + "\n")
+    return item
+
+
+def record_start_then_wait(log_dir: str, label: str, item: int, release: str) -> int:
+    """``record_start``, then run until the file ``release`` exists."""
+    record_start(log_dir, label, item)
+    _wait_for_file(release)
+    return item

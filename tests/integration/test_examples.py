@@ -101,3 +101,13 @@ PUBLISHED = {
 def test_examples_are_the_published_examples_verbatim(script: str) -> None:
     digest = hashlib.sha256((EXAMPLES / script).read_bytes()).hexdigest()
     assert digest == PUBLISHED[script], f"examples/{script} differs from the published example"
+
+
+def test_search_index_debounce_example(tmp_path: Path) -> None:
+    out = _run("search_index_debounce.py", tmp_path).splitlines()
+    assert out == [
+        "indexed doc 42: 'Debounce runs a burst of calls once'",
+        "index updates: 1, at least 0.5 s after the last save",
+        "indexed doc 42: 'Edited'",
+        "index updates: 2",
+    ]

@@ -108,6 +108,8 @@ def test_the_scripts_hold_the_windows_the_backend_names() -> None:
     enqueue = _scripts.SCRIPTS["enqueue"].source
     revoke = _scripts.SCRIPTS["revoke"].source
     assert f"now_ms - tonumber(claimed) > {_scripts.CLAIM_WINDOW_MS} then" in enqueue
+    replace = _scripts.SCRIPTS["replace"].source
+    assert f"now_ms - tonumber(claimed) > {_scripts.CLAIM_WINDOW_MS} then" in replace
     assert f"if now - tonumber(ARGV[2]) < {_scripts.FENCE_MS} then" in revoke
     assert f"redis.call('PEXPIRE', KEYS[2], {_scripts.FENCE_MS})" in revoke
     for script in _scripts.SCRIPTS.values():

@@ -26,6 +26,7 @@ from sitq.models import (
     NewTask,
     Progress,
     QueueStats,
+    ReplaceOutcome,
     RequeueOutcome,
     Settlement,
     SnapshotPage,
@@ -116,6 +117,28 @@ class Backend(abc.ABC):
         raise ConfigurationError(
             f"{type(self).__name__} cannot enqueue inside your own transaction: "
             "options(connection=...) works with PostgresBackend"
+        )
+
+    async def enqueue_replacing(self, task: NewTask) -> ReplaceOutcome:
+        """Store ``task`` (an explicit id) as pending, or replace what its id holds, in one
+        atomic step against claims, settlements, cancels, requeues and other enqueues.
+
+        What the id holds decides, and the outcome says which it was: unknown, or a result that
+        has expired: stored as new; pending (not claimed): its payload, options, priority,
+        concurrency key, ``function`` and ``result_ttl`` replaced and its ETA set to
+        ``task.eta``, its enqueue time kept; finished with its record kept: the record replaced
+        by the task as a new enqueue (attempts and retries from 0, result, error and progress
+        cleared), with its fencing token going on from where it was, so a claim of an earlier
+        life can never settle the new one; running: nothing changes. An id stored on another
+        queue than ``task.queue`` is left as it is (``OTHER_QUEUE``), whatever its state.
+
+        Guarantee: once this returns a replacement, no claim hands out the replaced payload;
+        a claim that won the race first is reported as ``RUNNING`` and the new payload is
+        dropped. Durable when it returns, as ``enqueue``.
+        """
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot replace a pending task (debounce): use one of "
+            "sitq's backends"
         )
 
     @abc.abstractmethod

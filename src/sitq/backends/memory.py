@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sitq.backends._options import UrlOptions
 from sitq.backends._waiting import Polls, ResultWaiters, wait_for_final
@@ -32,6 +32,7 @@ from sitq.models import (
     Progress,
     QueueStats,
     Release,
+    ReplaceOutcome,
     RequeueOutcome,
     Reschedule,
     Settlement,
@@ -183,6 +184,33 @@ class MemoryBackend(Backend):
             self._schedule(rec, now)
             stored.append(True)
         return stored
+
+    async def enqueue_replacing(self, task: NewTask) -> ReplaceOutcome:
+        """Store the task, or replace the pending or finished record of its id (one step: this
+        backend runs every step to its end on one event loop)."""
+        self._check()
+        now = self._clock()
+        old = self._live(task.id, now)
+        outcome = ReplaceOutcome.STORED
+        fence = 0
+        if old is not None:
+            if old.task.queue != task.queue:
+                return ReplaceOutcome.OTHER_QUEUE
+            if old.status is TaskStatus.RUNNING:
+                return ReplaceOutcome.RUNNING
+            fence = old.fence
+            if old.status is TaskStatus.PENDING:
+                outcome = ReplaceOutcome.REPLACED_PENDING
+                task = replace(task, enqueued_at=old.task.enqueued_at)
+            else:
+                outcome = ReplaceOutcome.REPLACED_FINISHED
+        # A new record under a new sequence number: the heap entries of the old one no longer
+        # match it and are dropped when they come up.
+        rec = _Record(task=task, seq=next(self._seq), eta=task.eta, payload=task.payload)
+        rec.fence = fence
+        self._tasks[task.id] = rec
+        self._schedule(rec, now)
+        return outcome
 
     def _promote_due(self, now: float) -> None:
         while self._scheduled and self._scheduled[0][0] <= now:

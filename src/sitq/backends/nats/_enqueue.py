@@ -84,6 +84,11 @@ class Enqueuer:
         subject = self._index.pending_subject(task.queue, task.priority, eta > now)
         return _Built(rec, subject)
 
+    def new_record(self, task: NewTask, now: float) -> _Built:
+        """The first record of a task as a new life of its id, and its listing entry's
+        subject (for ``_replace``)."""
+        return self._new_record(task, now)
+
     def generation(self) -> str:
         """A token unique to one life of a task id (its record and its message share it)."""
         self._generations += 1

@@ -140,6 +140,7 @@ from sitq.backends.nats._records import (
     split,
     task_key,
 )
+from sitq.backends.nats._replace import Replacer
 from sitq.backends.nats._requeue import Requeuer
 from sitq.backends.nats._settle import Settler
 from sitq.backends.nats._stats import count_tasks
@@ -154,6 +155,7 @@ from sitq.models import (
     NewTask,
     Progress,
     QueueStats,
+    ReplaceOutcome,
     RequeueOutcome,
     Settlement,
     SnapshotPage,
@@ -266,6 +268,9 @@ class NATSBackend(Backend):
         self._lister = Lister(self._client, self._index)
         self._requeuer = Requeuer(
             self._client, self._clock, self._consumers, self._index, self._enqueuer.generation
+        )
+        self._replacer = Replacer(
+            self._client, self._clock, self._consumers, self._index, self._enqueuer
         )
         self._workers = Workers(self._client, self._index)
         self._migrator = Migrator(self._client, self._clock, self._index, self._expiry)
@@ -499,6 +504,11 @@ class NATSBackend(Backend):
         """Store records and publish messages; an id still known is left alone (see
         ``_enqueue``)."""
         return await self._enqueuer.enqueue(tasks)
+
+    async def enqueue_replacing(self, task: NewTask) -> ReplaceOutcome:
+        """Store the task, or replace the pending or finished record of its id by a
+        conditioned write (see ``_replace``)."""
+        return await self._replacer.replace(task)
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float

@@ -62,6 +62,7 @@ from sitq.models import (
     Progress,
     QueueStats,
     Release,
+    ReplaceOutcome,
     RequeueOutcome,
     Reschedule,
     Settlement,
@@ -509,6 +510,60 @@ class PostgresBackend(Backend):
             raise BackendError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         return self._stored(tasks, fresh, rows)
 
+    async def enqueue_replacing(self, task: NewTask) -> ReplaceOutcome:
+        """Store the task, or replace the pending row or the result of its id, in one
+        transaction that locks the row it changes (see docs/backends/postgres.md, Debounce)."""
+        sql = _replace_statements(self.schema)
+        args = (
+            task.id,
+            task.priority,
+            task.eta,
+            task.payload,
+            task.options,
+            task.result_ttl,
+            task.concurrency_key,
+            task.concurrency_limit,
+            task.function,
+        )
+
+        async def look(conn: Any) -> ReplaceOutcome | None:
+            live = await conn.fetchrow(sql["replace_live"], task.id)
+            if live is not None:
+                if live[0] != task.queue:
+                    return ReplaceOutcome.OTHER_QUEUE
+                if live[1] != 0:
+                    return ReplaceOutcome.RUNNING
+                await conn.fetch(sql["replace_pending"], *args)
+                return ReplaceOutcome.REPLACED_PENDING
+            result = await conn.fetchrow(sql["replace_result"], task.id)
+            kept = result is not None and bool(result[1])
+            if result is not None and kept and result[0] != task.queue:
+                return ReplaceOutcome.OTHER_QUEUE
+            fence = (result[2] or 0) if result is not None and kept else 0
+            if await conn.fetch(sql["replace_insert"], *args, task.queue, fence):
+                return ReplaceOutcome.REPLACED_FINISHED if kept else ReplaceOutcome.STORED
+            return None  # another step stored the id after this one looked
+
+        async def put(conn: Any) -> ReplaceOutcome | None:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                outcome = await look(conn)
+            except BaseException:
+                await transaction.rollback()
+                raise
+            if outcome is None:
+                await transaction.rollback()
+            else:
+                await transaction.commit()
+            return outcome
+
+        for _ in range(_REPLACE_TRIES):
+            outcome = await self._call(put)
+            if outcome is not None:
+                return outcome
+        raise BackendError(f"PostgreSQL: task {task.id!r} kept changing while it was replaced")
+
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float
     ) -> list[Claim]:
@@ -777,6 +832,20 @@ async def _reset_connection(conn: Any) -> None:
 
 def _set_event(event: asyncio.Event, *_: Any) -> None:
     event.set()
+
+
+_REPLACE_TRIES = 20
+"""Looks ``enqueue_replacing`` takes at an id that other steps keep storing meanwhile."""
+
+
+@functools.lru_cache(maxsize=16)
+def _replace_statements(schema: str) -> dict[str, str]:
+    """The ``replace_*`` statements of queries.sql for one schema."""
+    return {
+        name: with_schema(text, schema)
+        for name, text in _QUERIES.items()
+        if name.startswith("replace_")
+    }
 
 
 class _Statements:

@@ -545,3 +545,38 @@ DELETE FROM "{schema}".workers WHERE worker_id = $1;
 
 -- name: list_workers
 SELECT worker_id, data, expires_at FROM "{schema}".workers WHERE expires_at > $1;
+
+-- name: replace_live
+-- Debounce (enqueue_replacing), one transaction of the statements replace_*: the live row of
+-- the id, locked (a claim skips it from here on; a claim that holds it is waited for, and then
+-- it reads as running).
+SELECT queue, state FROM "{schema}".tasks WHERE id = $1 FOR UPDATE;
+
+-- name: replace_pending
+-- The locked pending row becomes the new call, due at $3, with a new enqueue-order position;
+-- its enqueue time and fence are kept, what a retry left is cleared.
+UPDATE "{schema}".tasks SET priority = $2, eta = $3, payload = $4, options = $5,
+    result_ttl = $6, concurrency_key = $7, concurrency_limit = $8, function = $9,
+    attempts = 0, retries = 0, error = NULL, traceback = NULL, cancel_requested = false,
+    progress = NULL, progress_message = NULL, seq = DEFAULT
+WHERE id = $1 AND state = 0
+RETURNING pg_notify('sitq_work_{schema}', queue);
+
+-- name: replace_result
+-- The id's result, locked, whether it is still live, and its fence.
+SELECT queue, expires_at > (extract(epoch FROM clock_timestamp())::float8), fence
+FROM "{schema}".results WHERE id = $1 FOR UPDATE;
+
+-- name: replace_insert
+-- The new call as a new row (its result, expired or not, gone), its fence going on from $11;
+-- no row if another step stored the id meanwhile (the caller rolls back and looks again).
+WITH gone AS (DELETE FROM "{schema}".results WHERE id = $1),
+ins AS (
+    INSERT INTO "{schema}".tasks (id, queue, priority, eta, payload, options, enqueued_at,
+                           result_ttl, concurrency_key, concurrency_limit, function, fence)
+    VALUES ($1, $10, $2, $3, $4, $5, (extract(epoch FROM clock_timestamp())::float8), $6, $7,
+            $8, $9, $11)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING queue
+)
+SELECT pg_notify('sitq_work_{schema}', queue) FROM ins;

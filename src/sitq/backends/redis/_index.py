@@ -197,6 +197,55 @@ class IdIndex:
             f"{CLAIM_WINDOW_MS // 1000} s)"
         )
 
+    async def replace_claimed(self, task: NewTask, call: Callable[[str], Command]) -> str:
+        """Run ``scripts/replace.lua`` for an explicit id on a Redis Cluster (``call(kind)`` is
+        its command) under a claim of the id's index entry, as ``enqueue_claimed`` stores one:
+        claim the entry, run the script while the entry names the task's queue, or else revoke
+        the claim of the queue it names and take the entry over. Returns the script's reply,
+        or ``"Q"`` when the id is alive on the queue the entry names."""
+        key = self.key(task.id)
+        replace = ""
+        waited = False
+        for attempt in range(_CLAIM_TRIES):
+            (claimed,) = await self._wire.exec(
+                [evalsha("claim_index", [key], [task.queue, uuid.uuid4().hex[:16], replace])]
+            )
+            raise_errors([claimed])
+            raw, raw_now = claimed
+            entry = bytes(raw).decode()
+            queue, token, at = parse_entry(entry)
+            replace = ""
+            pause = False
+            if queue == task.queue:
+                (reply,) = await self._wire.exec([call(f"{at} {token}")])
+                raise_errors([reply])
+                flag = bytes(reply).decode()
+                if flag not in ("F", "S"):
+                    return flag
+                if flag == "F":
+                    replace = entry  # fenced by a takeover: the entry may be replaced
+                    pause = True
+            elif int(raw_now) - at < _FRESH_MS and not waited:
+                waited = pause = True  # likely still enqueueing there: look once more first
+            else:
+                k = self._queue_keys(queue)
+                (alive,) = await self._wire.exec(
+                    [evalsha("revoke", [k.task + task.id, k.fence + task.id], [token, at])]
+                )
+                raise_errors([alive])
+                if alive:
+                    self.remember(task.id, queue)
+                    return "Q"
+                replace = entry
+            if pause:
+                await asyncio.sleep(random.uniform(0.001, 0.002 * 2 ** min(attempt, 5)))
+        raise BackendError(
+            f"Redis at {self._describe()}: task id {task.id!r} was still contested after "
+            f"{_CLAIM_TRIES} rounds (enqueued on other queues at the same time again and "
+            "again, or the cluster nodes' clocks disagree by more than "
+            f"{CLAIM_WINDOW_MS // 1000} s)"
+        )
+
     async def unindex(self, removed: Sequence[tuple[str, str]], *, cluster: bool) -> None:
         """Drop the entries of purged ids (``(queue, id)`` pairs) and forget their queues."""
         if cluster:

@@ -50,6 +50,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "workers_list": (),
     "migrate": ("common",),
     "format_set": (),
+    "replace": ("common", "requeue", "keyed"),
 }
 
 

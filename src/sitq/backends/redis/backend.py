@@ -84,6 +84,7 @@ from sitq.models import (
     NewTask,
     Progress,
     QueueStats,
+    ReplaceOutcome,
     RequeueOutcome,
     Settlement,
     SnapshotPage,
@@ -93,6 +94,14 @@ from sitq.models import (
 )
 
 _ENQUEUE_CHUNK = 100
+# What scripts/replace.lua found, by its reply.
+_REPLACED = {
+    "1": ReplaceOutcome.STORED,
+    "2": ReplaceOutcome.REPLACED_PENDING,
+    "3": ReplaceOutcome.REPLACED_FINISHED,
+    "4": ReplaceOutcome.RUNNING,
+    "Q": ReplaceOutcome.OTHER_QUEUE,
+}
 _RANK_LEN = 34
 # At most this many keyed tasks parked by one claim script (each costs a few commands).
 _MAX_PARK = 1000
@@ -422,6 +431,40 @@ class RedisBackend(Backend):
         if explicit:
             await self._index.enqueue_claimed(tasks, explicit, stored, self._enqueue_calls)
         return stored
+
+    async def enqueue_replacing(self, task: NewTask) -> ReplaceOutcome:
+        """Store the task, or replace what its id holds, with one script on its queue
+        (``scripts/replace.lua``); on a Redis Cluster the script runs under a claim of the id's
+        index entry, as an explicit id's enqueue does (``IdIndex.replace_claimed``)."""
+        self._check()
+        k = self._queue_keys(task.queue)
+        keys = [
+            k.ready, k.sched, k.leases, k.seq, k.sl, k.pk, k.ck,
+            k.done_s, k.done_f, k.done_c, k.fin_s, k.fin_f, k.fin_c,
+        ]  # fmt: skip
+
+        def call(kind: str) -> Command:
+            args = [
+                k.task, k.work, task.queue, self.prefix, task.id, kind, task.priority,
+                repr(float(task.eta)), task.payload, task.options, repr(float(task.result_ttl)),
+                task.concurrency_key or b"",
+                b"" if task.concurrency_limit is None else task.concurrency_limit,
+                task.function,
+            ]  # fmt: skip
+            return evalsha("replace", keys if self.cluster else [*keys, k.index + task.id], args)
+
+        if task.queue not in self._registered:
+            raise_errors(await self._wire.exec([("SADD", queues_key(self.prefix), task.queue)]))
+            self._registered.add(task.queue)
+        if self.cluster:
+            flag = await self._index.replace_claimed(task, call)
+        else:
+            (reply,) = await self._wire.exec([call("0")])
+            raise_errors([reply])
+            flag = bytes(reply).decode()
+        if flag != "Q":
+            self._index.remember(task.id, task.queue)
+        return _REPLACED[flag]
 
     def _enqueue_calls(
         self,

@@ -60,6 +60,7 @@ from sitq.models import (
     Progress,
     QueueStats,
     Release,
+    ReplaceOutcome,
     RequeueOutcome,
     Reschedule,
     Settlement,
@@ -130,6 +131,8 @@ _STATS_PENDING = _QUERIES["stats_pending"]
 _STATS_RUNNING = _QUERIES["stats_running"]
 _STATS_FINISHED = _QUERIES["stats_finished"]
 _STATS_EXPIRED = _QUERIES["stats_expired"]
+_REPLACE_FIND = _QUERIES["replace_find"]
+_REPLACE_TASK = _QUERIES["replace_task"]
 # Appended to a settlement: most tasks have no key, and only a miss reads the key back.
 _UNKEYED = " AND concurrency_key IS NULL"
 _KEYED = " AND concurrency_key IS NOT NULL RETURNING queue, concurrency_key"
@@ -569,6 +572,51 @@ class SQLiteBackend(Backend):
             return stored
 
         return await self._run(lambda c: self._write(c, insert), wrote=True)
+
+    async def enqueue_replacing(self, task: NewTask) -> ReplaceOutcome:
+        """Store the task, or replace the pending or finished row of its id, in one write
+        transaction: a claim (also a write transaction) comes wholly before or after it."""
+        params = {
+            "id": task.id,
+            "priority": task.priority,
+            "eta": task.eta,
+            "payload": task.payload,
+            "options": task.options,
+            "enqueued_at": task.enqueued_at,
+            "result_ttl": task.result_ttl,
+            "concurrency_key": task.concurrency_key,
+            "concurrency_limit": task.concurrency_limit,
+            "function": task.function,
+        }
+
+        def put(conn: sqlite3.Connection) -> ReplaceOutcome:
+            row = conn.execute(_REPLACE_FIND, (task.id,)).fetchone()
+            if row is not None and row[2] is not None and row[2] <= time.time():
+                conn.execute("DELETE FROM sitq_tasks WHERE id = ?", (task.id,))
+                row = None
+            if row is None:
+                conn.execute(
+                    "INSERT INTO sitq_tasks (id, queue, state, priority, eta, payload, options, "
+                    "enqueued_at, result_ttl, concurrency_key, concurrency_limit, function) "
+                    "VALUES (:id, :queue, 0, :priority, :eta, :payload, :options, :enqueued_at, "
+                    ":result_ttl, :concurrency_key, :concurrency_limit, :function)",
+                    {**params, "queue": task.queue},
+                )
+                return ReplaceOutcome.STORED
+            queue, state, _, old_key = row
+            if queue != task.queue:
+                return ReplaceOutcome.OTHER_QUEUE
+            if state == _RUNNING:
+                return ReplaceOutcome.RUNNING
+            conn.execute(_REPLACE_TASK, params)
+            if state != _PENDING:
+                return ReplaceOutcome.REPLACED_FINISHED
+            if old_key is not None:
+                # It may have been the task a freed slot of its key was waiting for.
+                _unpark(conn, queue, old_key, time.time())
+            return ReplaceOutcome.REPLACED_PENDING
+
+        return await self._run(lambda c: self._write(c, put), wrote=True)
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease: float

@@ -107,3 +107,21 @@ WHERE state >= 2 GROUP BY state, queue;
 -- Tasks whose record has expired at ?, by queue, state and whether due after ?.
 SELECT queue, state, eta > ?, COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_expiry
 WHERE expires_at IS NOT NULL AND expires_at <= ? GROUP BY 1, 2, 3;
+
+-- name: replace_find
+-- Debounce (enqueue_replacing): what the id holds, read in the write transaction that then
+-- stores or replaces it.
+SELECT queue, state, expires_at, concurrency_key FROM sitq_tasks WHERE id = ?;
+
+-- name: replace_task
+-- A pending or finished task becomes the new call, pending, due at :eta, with a new
+-- enqueue-order position; a pending one keeps its enqueue time. Everything a run left is
+-- cleared; the fence goes on. Never a running task: its claim holds it.
+UPDATE sitq_tasks SET state = 0, priority = :priority, eta = :eta, payload = :payload,
+options = :options, enqueued_at = CASE WHEN state = 0 THEN enqueued_at ELSE :enqueued_at END,
+result_ttl = :result_ttl, concurrency_key = :concurrency_key,
+concurrency_limit = :concurrency_limit, function = :function, attempts = 0, retries = 0,
+cancel_requested = 0, started_at = NULL, finished_at = NULL, expires_at = NULL, value = NULL,
+error = NULL, traceback = NULL, progress = NULL, progress_message = NULL, worker_id = NULL,
+lease_until = NULL, parked = 0, seq = (SELECT MAX(seq) FROM sitq_tasks) + 1
+WHERE id = :id AND state <> 1;
