@@ -69,6 +69,20 @@ def check_batch(batch: object) -> int:
     return batch
 
 
+def check_movable(source: Backend, destination: Backend) -> None:
+    """Refuse, before anything changes, a store that lacks a step of moving."""
+    for backend, role, steps in (
+        (source, "the source", ("hold", "drop_held", "list_crons", "delete_cron")),
+        (destination, "the destination", ("put_stored", "put_cron")),
+    ):
+        missing = [s for s in steps if getattr(type(backend), s) is getattr(Backend, s)]
+        if missing:
+            raise ConfigurationError(
+                f"{role} ({backend.describe()}) cannot take part in a move: "
+                f"{type(backend).__name__} lacks {', '.join(missing)}"
+            )
+
+
 async def source_queues(source: Backend) -> list[str]:
     """Every queue the source has tasks in, by name."""
     return [s.queue for s in await source.stats(time.time())]
@@ -144,6 +158,7 @@ async def move(
     docstring. ``dry_run`` counts what would move and changes nothing. ``on_batch`` is called
     with the counts so far after each batch."""
     batch = check_batch(batch)
+    check_movable(source, destination)
     chosen = list(queues) if queues is not None else await source_queues(source)
     crons = await _crons(source, queues)
     if dry_run:

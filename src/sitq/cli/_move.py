@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sitq._move import DEFAULT_BATCH, HOLDER, MAX_BATCH, MoveReport, move
+from sitq._move import DEFAULT_BATCH, HOLDER, MAX_BATCH, MoveReport, check_movable, move
 from sitq.backends import backend_from_url, redact_url
 from sitq.cli._common import add_json, existing_store, print_json
 from sitq.errors import ConfigurationError
@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--queue",
         action="append",
         dest="queues",
+        metavar="QUEUE",
         help="only this queue's tasks and schedules; repeat for several (default: all)",
     )
     parser.add_argument(
@@ -72,6 +73,7 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"SRC_URL and DST_URL name the same store ({source.describe()}): give another DST_URL"
         )
+    check_movable(source, destination)
     await source.connect()
     try:
         await destination.connect()
