@@ -50,6 +50,9 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "workers_list": (),
     "migrate": ("common",),
     "format_set": (),
+    "hold": ("common", "listing"),
+    "put_stored": ("common",),
+    "drop_held": (),
 }
 
 
