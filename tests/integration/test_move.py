@@ -16,10 +16,19 @@ import pytest
 from sitq import FixedBackoff, RetryPolicy, TaskQueue, TaskStatus
 from sitq.models import Reschedule, TaskInfo
 from tests.conformance import tasks
-from tests.conftest import FACTORIES, REPO, WorkerProcesses, wait_until
+from tests.conftest import CLUSTER_FACTORIES, FACTORIES, REPO, WorkerProcesses, wait_until
 
-# The stores a SQLite store moves to and back from.
-DESTINATIONS = ["postgres"]
+# The stores a SQLite store moves to and back from; the Redis Cluster case runs only when
+# ``-m`` names the ``cluster`` marker (tests/conftest.py), on the session's cluster.
+DESTINATIONS = [
+    "postgres",
+    "redis",
+    "nats",
+    pytest.param("redis-cluster", marks=pytest.mark.cluster),
+]
+# (source, destination) of the move killed part way, and of the move with running tasks.
+KILLED_PAIRS = [("sqlite", "postgres"), ("redis", "nats")]
+RUNNING_PAIRS = [("sqlite", "sqlite"), ("nats", "redis")]
 
 
 def _sitq(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -46,8 +55,13 @@ def _counts(stdout: str) -> dict[str, int]:
     return counts
 
 
-def _store_url(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    url = FACTORIES[name](tmp_path, request).url
+def _store_url(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest, label: str = "store"
+) -> str:
+    """A new empty store of backend ``name`` (a SQLite one in the file ``<label>.db``)."""
+    if name == "sqlite":
+        return f"sqlite:///{tmp_path / label}.db"
+    url = {**FACTORIES, **CLUSTER_FACTORIES}[name](tmp_path, request).url
     assert url is not None
     return url
 
@@ -74,13 +88,18 @@ async def _crons(url: str) -> list[tuple[object, ...]]:
         ]
 
 
-@pytest.mark.parametrize("other", DESTINATIONS)
+@pytest.fixture(params=DESTINATIONS)
+def middle(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty store of each destination (made outside the test's event loop: the Redis
+    Cluster of the session starts on first use)."""
+    return _store_url(request.param, tmp_path, request)
+
+
 async def test_move_there_and_back_keeps_every_field_and_the_tasks_run(
-    other: str, tmp_path: Path, request: pytest.FixtureRequest, worker_processes: WorkerProcesses
+    middle: str, tmp_path: Path, worker_processes: WorkerProcesses
 ) -> None:
     log = str(tmp_path)
     first = f"sqlite:///{tmp_path / 'first.db'}"
-    middle = _store_url(other, tmp_path, request)
     last = f"sqlite:///{tmp_path / 'last.db'}"
     retry = RetryPolicy(max_attempts=3, backoff=FixedBackoff(0.01))
     async with TaskQueue(first) as queue:
@@ -142,11 +161,16 @@ async def _finished(queue: TaskQueue, task_id: str) -> bool:
     return (await queue.get_status(task_id)).is_final
 
 
+@pytest.mark.parametrize(("origin", "target"), KILLED_PAIRS)
 async def test_a_move_killed_part_way_and_run_again_loses_and_doubles_nothing(
-    tmp_path: Path, request: pytest.FixtureRequest, worker_processes: WorkerProcesses
+    origin: str,
+    target: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    worker_processes: WorkerProcesses,
 ) -> None:
-    source = f"sqlite:///{tmp_path / 'src.db'}"
-    destination = _store_url("postgres", tmp_path, request)
+    source = _store_url(origin, tmp_path, request, "src")
+    destination = _store_url(target, tmp_path, request, "dst")
     n = 600
     async with TaskQueue(source) as queue:
         ids = set(
@@ -209,11 +233,16 @@ async def _all_succeeded(queue: TaskQueue, n: int) -> bool:
     return sum(s.succeeded for s in await queue.stats()) == n
 
 
+@pytest.mark.parametrize(("origin", "target"), RUNNING_PAIRS)
 async def test_running_tasks_stay_and_are_counted_and_a_dry_run_changes_nothing(
-    tmp_path: Path, request: pytest.FixtureRequest, worker_processes: WorkerProcesses
+    origin: str,
+    target: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    worker_processes: WorkerProcesses,
 ) -> None:
-    source = f"sqlite:///{tmp_path / 'src.db'}"
-    destination = f"sqlite:///{tmp_path / 'dst.db'}"
+    source = _store_url(origin, tmp_path, request, "src")
+    destination = _store_url(target, tmp_path, request, "dst")
     release = tmp_path / "release"
     async with TaskQueue(source) as queue:
         busy = await queue.options(queue="busy").enqueue(tasks.wait_for_file, str(release))
