@@ -15,8 +15,9 @@ their cron schedules from SRC_URL to DST_URL: ids, ETAs, priorities, attempts, o
 payloads as stored (nothing is unpickled). Running tasks stay in SRC and are counted; finished
 tasks and their results stay in SRC until they expire. Safe to kill and run again: no task is
 lost or stored twice, and none is ever runnable in both stores (while a batch moves, its tasks
-show in SRC as running on worker {HOLDER!r}). Run one move at a time per source. SRC must
-exist; a SQLite DST is created if needed."""
+show in SRC as running on worker {HOLDER!r}). Run one move at a time per source. Works
+between every two of the memory, SQLite, PostgreSQL, Redis and NATS stores. SRC must exist; a
+SQLite DST is created if needed."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
