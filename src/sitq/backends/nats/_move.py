@@ -261,13 +261,11 @@ class Mover:
         found = await client.get_many([task_key(r.task_id) for r in refs])
         current: list[tuple[int, int, int]] = []  # (ref index, revision, listing entry)
         for i, (ref, got) in enumerate(zip(refs, found, strict=True)):
-            rec = None if got is None else got[0]
-            if (
-                rec is not None
-                and rec.get(STATE) == "running"
-                and rec.get(FENCE) == ref.fencing_token
-            ):
-                current.append((i, got[2], int(rec.get(LIST_SEQ) or 0)))
+            if got is None:
+                continue
+            rec, _, rev = got
+            if rec.get(STATE) == "running" and rec.get(FENCE) == ref.fencing_token:
+                current.append((i, rev, int(rec.get(LIST_SEQ) or 0)))
         dropped = [False] * len(refs)
         gone = await client.delete_many_each([rev for _, rev, _ in current])
         entries = []
