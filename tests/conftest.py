@@ -127,7 +127,8 @@ def shared_backends(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the cases on the session's clusters unless ``-m`` names the ``cluster`` marker,
+    """Deselect the cases on the session's clusters (and any other case marked ``cluster``)
+    unless ``-m`` names the ``cluster`` marker,
     and the chaos runs (``tests/faults/test_chaos.py``, minutes long) unless it names ``chaos``:
     each is a group of its own (README, "Two commands")."""
     markexpr = config.option.markexpr or ""
@@ -136,6 +137,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         on_cluster = any(params.get(name) in CLUSTER_FACTORIES for name in _BACKEND_FIXTURES)
+        on_cluster = on_cluster or item.get_closest_marker("cluster") is not None
         chaos = item.get_closest_marker("chaos") is not None
         if (on_cluster and "cluster" not in markexpr) or (chaos and "chaos" not in markexpr):
             dropped.append(item)

@@ -108,6 +108,29 @@ class NewTask:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredTask:
+    """A pending task's record as a backend stores it, for moving it to another store: the
+    task as enqueued (``payload`` and ``options`` as stored bytes and text, never read) with
+    its current ``eta``, and what its earlier attempts left (a task waiting for a retry has
+    ``attempts`` and ``retries`` above 0 and its last ``error``)."""
+
+    task: NewTask
+    attempts: int = 0
+    retries: int = 0
+    error: str | None = None
+    traceback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldTask:
+    """A task ``Backend.hold`` took out of workers' reach: its record and the claim it is
+    held under (``Backend.drop_held`` removes it by that claim)."""
+
+    record: StoredTask
+    ref: ClaimRef
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A task handed to one worker, held until ``lease`` runs out unless extended.
 

@@ -22,6 +22,7 @@ from sitq.models import (
     Claim,
     ClaimRef,
     CronRecord,
+    HeldTask,
     LeaseState,
     NewTask,
     Progress,
@@ -30,6 +31,7 @@ from sitq.models import (
     RequeueOutcome,
     Settlement,
     SnapshotPage,
+    StoredTask,
     TaskSnapshot,
     TaskStatus,
     WorkerRecord,
@@ -274,6 +276,34 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def list_workers(self, now: float) -> list[WorkerRecord]:
         """The worker records that have not expired by ``now``, sorted by worker id."""
+
+    # -- moving tasks between stores ------------------------------------------------------
+
+    async def hold(self, queues: Sequence[str], limit: int, holder: str) -> list[HeldTask]:
+        """Take up to ``limit`` tasks of ``queues`` out of every worker's reach, for moving
+        them to another store: first those already running under ``holder``, then pending ones
+        (scheduled ones included), in claim order.
+
+        Each one becomes running under a new claim by ``holder`` (its ``worker_id``) whose
+        lease ends at ``MAX_ETA_TIMESTAMP``: no worker claims it, and it stays held until
+        ``drop_held`` removes it. Its ``eta``, ``priority``, ``attempts``, ``retries``, error,
+        payload and options are left as they were and returned as stored. Atomic per task
+        against a worker's claim: a task is either claimed by a worker or held, never both.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot move tasks to another store")
+
+    async def put_stored(self, records: Sequence[StoredTask]) -> list[bool]:
+        """Store records taken from another store as pending tasks, each as it was: its id,
+        ``eta``, ``priority``, ``enqueued_at``, ``attempts``, ``retries``, last error, payload
+        and options. Like ``enqueue``: durable when it returns, and a task whose id the backend
+        still knows is left as it is; the returned list says which were newly stored."""
+        raise ConfigurationError(f"{type(self).__name__} cannot move tasks to another store")
+
+    async def drop_held(self, refs: Sequence[ClaimRef]) -> list[bool]:
+        """Remove the tasks still held (see ``hold``) under these claims, for good, in one step
+        where the store allows; a task whose claim is no longer current is left alone. The
+        returned list says which were removed."""
+        raise ConfigurationError(f"{type(self).__name__} cannot move tasks to another store")
 
     # -- cron -----------------------------------------------------------------------------------
 

@@ -22,11 +22,13 @@ from sitq.backends._waiting import Polls, ResultWaiters, wait_for_final
 from sitq.backends.base import Backend, stats_from_counts, stats_kind
 from sitq.errors import BackendError, ConfigurationError, check_clock
 from sitq.models import (
+    MAX_ETA_TIMESTAMP,
     CancelOutcome,
     Claim,
     ClaimRef,
     CronRecord,
     Finish,
+    HeldTask,
     LeaseState,
     NewTask,
     Progress,
@@ -37,6 +39,7 @@ from sitq.models import (
     Reschedule,
     Settlement,
     SnapshotPage,
+    StoredTask,
     TaskSnapshot,
     TaskStatus,
     WorkerRecord,
@@ -522,6 +525,79 @@ class MemoryBackend(Backend):
         for worker_id in [w for w, r in self._workers.items() if r.expires_at <= now]:
             del self._workers[worker_id]
         return sorted(self._workers.values(), key=lambda r: r.worker_id)
+
+    # -- moving tasks between stores --------------------------------------------------
+
+    async def hold(self, queues: Sequence[str], limit: int, holder: str) -> list[HeldTask]:
+        """Hold the tasks ``holder`` already holds, then pending ones in claim order."""
+        self._check()
+        now = self._clock()
+        wanted = set(queues)
+        mine = [
+            r for r in self._running.values() if r.worker_id == holder and r.task.queue in wanted
+        ]
+        pending = sorted(
+            (
+                r
+                for r in self._tasks.values()
+                if r.status is TaskStatus.PENDING
+                and r.task.queue in wanted
+                and (r.expires_at is None or r.expires_at > now)
+            ),
+            key=_list_key,
+        )
+        held = []
+        for rec in [*mine, *pending][:limit]:
+            rec.status = TaskStatus.RUNNING
+            rec.fence += 1
+            rec.lease_until = MAX_ETA_TIMESTAMP
+            rec.worker_id = holder
+            rec.started_at = now
+            self._running[rec.task.id] = rec
+            assert rec.payload is not None
+            task = replace(rec.task, eta=rec.eta, payload=rec.payload, fresh_id=False)
+            record = StoredTask(task, rec.attempts, rec.retries, rec.error, rec.traceback)
+            held.append(HeldTask(record, ClaimRef(rec.task.id, rec.fence)))
+        return held
+
+    async def put_stored(self, records: Sequence[StoredTask]) -> list[bool]:
+        """Store each record as a pending task, as it was; an id still known is left alone."""
+        self._check()
+        now = self._clock()
+        stored: list[bool] = []
+        for item in records:
+            task = item.task
+            if self._live(task.id, now) is not None:
+                stored.append(False)
+                continue
+            rec = _Record(
+                task=task,
+                seq=next(self._seq),
+                eta=task.eta,
+                payload=task.payload,
+                attempts=item.attempts,
+                retries=item.retries,
+                error=item.error,
+                traceback=item.traceback,
+            )
+            self._tasks[task.id] = rec
+            self._schedule(rec, now)
+            stored.append(True)
+        return stored
+
+    async def drop_held(self, refs: Sequence[ClaimRef]) -> list[bool]:
+        """Delete the records still held under these claims."""
+        self._check()
+        dropped = []
+        for ref in refs:
+            rec = self._current(ref)
+            if rec is None:
+                dropped.append(False)
+                continue
+            del self._running[ref.task_id]
+            del self._tasks[ref.task_id]
+            dropped.append(True)
+        return dropped
 
     # -- cron -----------------------------------------------------------------------------
 

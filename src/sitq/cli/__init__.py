@@ -1,6 +1,6 @@
 """The command line: ``sitq worker`` runs a worker; ``info``, ``tasks``, ``show`` and
 ``workers`` look at a backend; ``requeue``, ``cancel`` and ``purge`` act on its tasks;
-``web`` serves the dashboard (``sitq[web]``).
+``move`` moves queued work to another store; ``web`` serves the dashboard (``sitq[web]``).
 
 Exit status: 0 done, 1 not found or refused (or the backend failed), 2 a usage error.
 
@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import sitq
-from sitq.cli import _act, _inspect, _web, _worker
+from sitq.cli import _act, _inspect, _move, _web, _worker
 from sitq.cli._common import EXIT_REFUSED, EXIT_USAGE, Refused, fail
 from sitq.errors import ConfigurationError, SitqError
 
@@ -38,6 +38,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "requeue": _act.requeue,
     "cancel": _act.cancel,
     "purge": _act.purge,
+    "move": _move.run,
 }
 
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _worker.add_parser(sub)
     _inspect.add_parsers(sub)
     _act.add_parsers(sub)
+    _move.add_parser(sub)
     _web.add_parser(sub)
     return parser
 

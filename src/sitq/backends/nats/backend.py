@@ -121,6 +121,7 @@ from sitq.backends.nats._index import Index
 from sitq.backends.nats._jetstream import NS, ack_seq
 from sitq.backends.nats._listing import Lister
 from sitq.backends.nats._migrate import Migrator
+from sitq.backends.nats._move import Mover
 from sitq.backends.nats._records import (
     CANCEL_REQUESTED,
     EXPIRES_AT,
@@ -151,6 +152,7 @@ from sitq.models import (
     Claim,
     ClaimRef,
     CronRecord,
+    HeldTask,
     LeaseState,
     NewTask,
     Progress,
@@ -159,6 +161,7 @@ from sitq.models import (
     RequeueOutcome,
     Settlement,
     SnapshotPage,
+    StoredTask,
     TaskSnapshot,
     TaskStatus,
     WorkerRecord,
@@ -274,6 +277,14 @@ class NATSBackend(Backend):
         )
         self._workers = Workers(self._client, self._index)
         self._migrator = Migrator(self._client, self._clock, self._index, self._expiry)
+        self._mover = Mover(
+            self._client,
+            self._clock,
+            self._consumers,
+            self._index,
+            self._lister,
+            self._enqueuer.generation,
+        )
 
     @classmethod
     def from_url(cls, url: str) -> NATSBackend:
@@ -558,6 +569,20 @@ class NATSBackend(Backend):
                 return CancelOutcome.CANCELLED
             await self._index.drop_now([entry])
         raise BackendError(f"could not cancel task {task_id!r}: its record kept changing")
+
+    # -- moving tasks between stores --------------------------------------------------------
+
+    async def hold(self, queues: Sequence[str], limit: int, holder: str) -> list[HeldTask]:
+        """Hold tasks for a move by conditioned writes of their records (see ``_move``)."""
+        return await self._mover.hold(queues, limit, holder)
+
+    async def put_stored(self, records: Sequence[StoredTask]) -> list[bool]:
+        """Store moved tasks as an explicit id is enqueued; an id still known is left alone."""
+        return await self._mover.put_stored(records)
+
+    async def drop_held(self, refs: Sequence[ClaimRef]) -> list[bool]:
+        """Delete held records by the exact revision their claim's holder read."""
+        return await self._mover.drop_held(refs)
 
     # -- reads and waits --------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from sitq.backends._migrations import Migration, Migrations, load_queries, with_
 from sitq.backends._options import UrlOptions, as_int, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
 from sitq.backends.base import STATUS_CODE, Backend, stats_from_counts
-from sitq.backends.postgres import _psycopg
+from sitq.backends.postgres import _move, _psycopg
 from sitq.backends.postgres._listing import ListingStatements, page_of, page_query, snapshot
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
@@ -57,6 +57,7 @@ from sitq.models import (
     ClaimRef,
     CronRecord,
     Finish,
+    HeldTask,
     LeaseState,
     NewTask,
     Progress,
@@ -67,6 +68,7 @@ from sitq.models import (
     Reschedule,
     Settlement,
     SnapshotPage,
+    StoredTask,
     TaskSnapshot,
     TaskStatus,
     WorkerRecord,
@@ -178,6 +180,7 @@ class PostgresBackend(Backend):
         self._keyed_queues: set[tuple[str, ...]] = set()
         self._closing = False
         self._sql = _Statements(schema)
+        self._move_sql = _move.MoveStatements(schema)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -768,6 +771,18 @@ class PostgresBackend(Backend):
             [u.message for u in updates],
         ]
         await self._call(lambda c: c.execute(self._sql.save_progress, *args))
+
+    async def hold(self, queues: Sequence[str], limit: int, holder: str) -> list[HeldTask]:
+        """Hold tasks for a move, in one statement (see ``_move``)."""
+        return await self._call(lambda c: _move.hold(c, self._move_sql, queues, limit, holder))
+
+    async def put_stored(self, records: Sequence[StoredTask]) -> list[bool]:
+        """Insert moved tasks in one transaction; an id still known is left alone."""
+        return await self._call(lambda c: _move.put_stored(c, self._move_sql, records))
+
+    async def drop_held(self, refs: Sequence[ClaimRef]) -> list[bool]:
+        """Delete held tasks by their claims, in one statement."""
+        return await self._call(lambda c: _move.drop_held(c, self._move_sql, refs))
 
     async def put_worker(self, record: WorkerRecord) -> None:
         """Insert or replace the worker's row."""

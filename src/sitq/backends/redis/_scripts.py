@@ -51,6 +51,9 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "migrate": ("common",),
     "format_set": (),
     "replace": ("common", "requeue", "keyed"),
+    "hold": ("common", "listing"),
+    "put_stored": ("common",),
+    "drop_held": (),
 }
 
 

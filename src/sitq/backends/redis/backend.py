@@ -53,6 +53,7 @@ from sitq.backends import redact_url, require
 from sitq.backends._options import Convert, UrlOptions, as_bool, as_int, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, ResultWaiters, wait_for_final, wait_on
 from sitq.backends.base import STATUS_CODE, Backend
+from sitq.backends.redis import _move
 from sitq.backends.redis._index import IdIndex
 from sitq.backends.redis._keys import PREFIX, QueueKeys, queue_keys, queues_key, workers_key
 from sitq.backends.redis._listing import merge_pages, queue_page
@@ -80,6 +81,7 @@ from sitq.models import (
     ClaimRef,
     CronRecord,
     Finish,
+    HeldTask,
     LeaseState,
     NewTask,
     Progress,
@@ -88,6 +90,7 @@ from sitq.models import (
     RequeueOutcome,
     Settlement,
     SnapshotPage,
+    StoredTask,
     TaskSnapshot,
     TaskStatus,
     WorkerRecord,
@@ -1018,6 +1021,23 @@ class RedisBackend(Backend):
         )
         raise_errors([reply])
         return workers(reply)
+
+    # -- moving tasks between stores --------------------------------------------------------
+
+    async def hold(self, queues: Sequence[str], limit: int, holder: str) -> list[HeldTask]:
+        """Hold tasks for a move, one script per queue (see ``_move``)."""
+        self._check()
+        return await _move.hold(self, queues, limit, holder)
+
+    async def put_stored(self, records: Sequence[StoredTask]) -> list[bool]:
+        """Store moved tasks, one script per queue; an id still known is left alone."""
+        self._check()
+        return await _move.put_stored(self, records)
+
+    async def drop_held(self, refs: Sequence[ClaimRef]) -> list[bool]:
+        """Delete held tasks by their claims, one script per queue."""
+        self._check()
+        return await _move.drop_held(self, refs)
 
     # -- cron -------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from sitq.backends._migrations import Migration, Migrations, load_queries
 from sitq.backends._options import UrlOptions, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, wait_for_final, wait_on
 from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, stats_from_counts, stats_kind
-from sitq.backends.sqlite import _listing
+from sitq.backends.sqlite import _listing, _move
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -55,6 +55,7 @@ from sitq.models import (
     ClaimRef,
     CronRecord,
     Finish,
+    HeldTask,
     LeaseState,
     NewTask,
     Progress,
@@ -65,6 +66,7 @@ from sitq.models import (
     Reschedule,
     Settlement,
     SnapshotPage,
+    StoredTask,
     TaskSnapshot,
     TaskStatus,
     WorkerRecord,
@@ -985,6 +987,24 @@ class SQLiteBackend(Backend):
             return [WorkerRecord(worker_id=r[0], data=bytes(r[1]), expires_at=r[2]) for r in rows]
 
         return await self._run(read)
+
+    # -- moving tasks between stores ----------------------------------------------------
+
+    async def hold(self, queues: Sequence[str], limit: int, holder: str) -> list[HeldTask]:
+        """Hold tasks for a move, in one write transaction (see ``_move``)."""
+        return await self._run(
+            lambda c: self._write(c, lambda w: _move.hold(w, queues, limit, holder))
+        )
+
+    async def put_stored(self, records: Sequence[StoredTask]) -> list[bool]:
+        """Insert moved tasks in one write transaction; an id still known is left alone."""
+        return await self._run(
+            lambda c: self._write(c, lambda w: _move.put_stored(w, records)), wrote=True
+        )
+
+    async def drop_held(self, refs: Sequence[ClaimRef]) -> list[bool]:
+        """Delete held tasks by their claims, in one write transaction."""
+        return await self._run(lambda c: self._write(c, lambda w: _move.drop_held(w, refs)))
 
     # -- cron -------------------------------------------------------------------------------
 
