@@ -52,6 +52,12 @@ UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, worker_id = NULL,
 lease_until = NULL
 WHERE id = ? AND fence = ? AND state = 1;
 
+-- name: release_later
+-- A release due again later: at ? (this machine's now plus the release's delay).
+UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, eta = ?, worker_id = NULL,
+lease_until = NULL
+WHERE id = ? AND fence = ? AND state = 1;
+
 -- name: requeue
 -- A failed or cancelled task with its payload, whose record has not expired, becomes pending
 -- again, due now, with a new enqueue-order position; everything its runs left is cleared.
@@ -107,3 +113,14 @@ WHERE state >= 2 GROUP BY state, queue;
 -- Tasks whose record has expired at ?, by queue, state and whether due after ?.
 SELECT queue, state, eta > ?, COUNT(*) FROM sitq_tasks INDEXED BY sitq_tasks_expiry
 WHERE expires_at IS NOT NULL AND expires_at <= ? GROUP BY 1, 2, 3;
+
+-- name: locks_held
+-- Which of the locks named in a JSON array are held at ?, and until when.
+SELECT name, expires_at FROM sitq_locks
+WHERE name IN (SELECT value FROM json_each(?)) AND expires_at > ?;
+
+-- name: take_lock
+-- Take a lock that is free or whose TTL ran out (at the last parameter).
+INSERT INTO sitq_locks (name, token, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at
+WHERE sitq_locks.expires_at <= ?;
