@@ -52,12 +52,6 @@ UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, worker_id = NULL,
 lease_until = NULL
 WHERE id = ? AND fence = ? AND state = 1;
 
--- name: release_later
--- A release due again later: at ? (this machine's now plus the release's delay).
-UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, eta = ?, worker_id = NULL,
-lease_until = NULL
-WHERE id = ? AND fence = ? AND state = 1;
-
 -- name: requeue
 -- A failed or cancelled task with its payload, whose record has not expired, becomes pending
 -- again, due now, with a new enqueue-order position; everything its runs left is cleared.
@@ -124,3 +118,9 @@ WHERE name IN (SELECT value FROM json_each(?)) AND expires_at > ?;
 INSERT INTO sitq_locks (name, token, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at
 WHERE sitq_locks.expires_at <= ?;
+
+-- name: release_later
+-- A release due again later: at ? (this machine's now plus the release's delay).
+UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, eta = ?, worker_id = NULL,
+lease_until = NULL
+WHERE id = ? AND fence = ? AND state = 1;
