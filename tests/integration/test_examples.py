@@ -101,3 +101,13 @@ PUBLISHED = {
 def test_examples_are_the_published_examples_verbatim(script: str) -> None:
     digest = hashlib.sha256((EXAMPLES / script).read_bytes()).hexdigest()
     assert digest == PUBLISHED[script], f"examples/{script} differs from the published example"
+
+
+def test_rate_limited_api_example(tmp_path: Path) -> None:
+    out = _run("rate_limited_api.py", tmp_path).splitlines()
+    assert out == [
+        "12 pages fetched, 0 refused by the API",
+        "most calls in any second: 5",
+        "the twelve calls took over 2 s: True",
+        "the health check did not wait for them: True",
+    ]
