@@ -633,10 +633,10 @@ class Worker:
     async def _take_rate_slot(self, held: _Held, rate: RateLimit) -> float | None:
         """Take one of the rate's slots for this start (``None``), or say how many seconds
         until one may free. A slot is a lock held for the rate's period (and
-        ``RATE_START_MARGIN``) and never released:
-        at most ``rate.count`` starts hold one in any period, whichever workers they are on.
-        The backend judges the locks' times by its own clock; this worker's clock only
-        measures how long to leave the rate alone after every slot was found held."""
+        ``RATE_START_MARGIN``) and never released: at most ``rate.count`` starts hold one in
+        any period, whichever workers they are on. The backend judges the locks' times by its
+        own clock; this worker's clock only measures how long to leave the rate alone after
+        every slot was found held."""
         now = time.monotonic()
         until = self._rate_full.get(rate)
         if until is not None:
