@@ -90,10 +90,10 @@ FENCING: list[Mutant] = [
         "postgres-release-ignores-token",
         "a stale claim cannot release a task (PostgreSQL, no key)",
         _POSTGRES_SQL,
-        "FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)\n"
+        "AS r(id, fence, delay), now\n"
         "    WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1\n"
         "    RETURNING t.id, t.fence, t.queue",
-        "FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)\n"
+        "AS r(id, fence, delay), now\n"
         "    WHERE t.id = r.id AND t.state = 1\n"
         "    RETURNING t.id, r.fence, t.queue",
         _fence("postgres"),

@@ -210,12 +210,16 @@ class Reschedule:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Give a claimed task back, due now, without charging the attempt (fenced).
+    """Give a claimed task back without charging the attempt (fenced): due now, or ``delay``
+    seconds from now.
 
-    The backend decrements ``attempts``, since the attempt did not really happen.
+    The backend decrements ``attempts``, since the attempt did not really happen. With a
+    ``delay`` above 0 it sets the task's ETA to its own clock's now plus ``delay`` (the engine
+    defers a task that waits for a rate limit's slot so); with 0 the ETA is left as it was.
     """
 
     claim: ClaimRef
+    delay: float = 0.0
 
 
 Settlement = Finish | Reschedule | Release

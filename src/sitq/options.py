@@ -35,8 +35,16 @@ OPTION_NAMES = frozenset(
         "concurrency_key",
         "concurrency_limit",
         "debounce",
+        "rate_limit",
+        "rate_key",
     }
 )
+MAX_RATE_COUNT = 1000
+"""The most starts a ``rate_limit`` may allow per period (each is a slot lock the worker looks
+through when a task of the key starts)."""
+_RATE = re.compile(r"([0-9]{1,10})/([smh])")
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_KEY_MAX = 200
 
 
 def check_queue_name(name: Any, what: str = "queue") -> str:
@@ -87,6 +95,8 @@ class TaskOptions:
     debounce: float | None = None
     """Seconds: enqueueing ``task_id`` while it is pending moves it to now + ``debounce`` and
     replaces its call (see docs/contract.md, Debounce). Read at enqueue, never stored."""
+    rate_limit: str | None = None
+    rate_key: str | None = None
 
     def merge(self, **changes: Any) -> TaskOptions:
         """These options with ``changes`` applied, each one checked."""
@@ -104,6 +114,15 @@ class TaskOptions:
             raise ConfigurationError(
                 "concurrency_key and concurrency_limit go together: give both or neither"
             )
+        if (merged.rate_limit is None) != (merged.rate_key is None):
+            given, missing = ("rate_limit", "rate_key")
+            if merged.rate_limit is None:
+                given, missing = missing, given
+            raise ConfigurationError(
+                f"{given}={getattr(merged, given)!r} needs {missing}: rate_limit and rate_key "
+                "go together (e.g. options(rate_limit='100/m', rate_key='api.example.com')); "
+                "give both or neither"
+            )
         return merged
 
     def engine_options(self, trace: str | None = None) -> str:
@@ -111,6 +130,8 @@ class TaskOptions:
         ``trace`` is the task's trace context (a JSON object's text), stored last under
         ``"trace"`` when given."""
         text = _engine_options_text(self.timeout, self.retry, self.max_deliveries, self.failure_ttl)
+        if self.rate_limit is not None:
+            text = _with_rate(text, self.rate_limit, self.rate_key)
         return text if trace is None else f"{text[:-1]}{TRACE_MARK}{trace}}}"
 
 
@@ -139,6 +160,77 @@ def _engine_options_text(
         },
         separators=(",", ":"),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _with_rate(text: str, rate_limit: str, rate_key: str | None) -> str:
+    """The options text with the rate limit added (only tasks that have one carry it)."""
+    rate = json.dumps({"rate_limit": rate_limit, "rate_key": rate_key}, separators=(",", ":"))
+    return f"{text[:-1]},{rate[1:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A task's rate limit: at most ``count`` tasks with ``key`` start per ``period`` seconds,
+    across every worker (see docs/contract.md, Rate limits)."""
+
+    key: str
+    count: int
+    period: float
+    text: str
+    """The rate as given, e.g. ``"100/m"``."""
+
+    @property
+    def slot_names(self) -> tuple[str, ...]:
+        """The names of the rate's ``count`` slot locks; a start holds one for ``period``."""
+        return _slot_names(self.key, self.text, self.count)
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_names(key: str, text: str, count: int) -> tuple[str, ...]:
+    return tuple(f"sitq:rate:{key}:{text}:{i}" for i in range(count))
+
+
+def parse_rate(value: Any) -> tuple[int, float]:
+    """``(count, period in seconds)`` of a rate text such as ``"100/m"``, or
+    :class:`ConfigurationError` naming what is wrong."""
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"rate_limit must be a str such as '20/s', '100/m' or '5/h' (starts per second, "
+            f"minute or hour), not {value!r}"
+        )
+    match = _RATE.fullmatch(value)
+    if match is None:
+        raise ConfigurationError(
+            f"rate_limit={value!r} is not a rate: write '<count>/<period>', the period one of "
+            "s, m, h (e.g. '20/s', '100/m', '5/h')"
+        )
+    count = int(match.group(1))
+    if not 1 <= count <= MAX_RATE_COUNT:
+        hint = (
+            "; write a high rate over a shorter period ('100/s', not '6000/m')"
+            if count > MAX_RATE_COUNT
+            else ""
+        )
+        raise ConfigurationError(
+            f"rate_limit={value!r}: the count must be 1 to {MAX_RATE_COUNT} starts per period{hint}"
+        )
+    return count, _PERIODS[match.group(2)]
+
+
+def check_rate_key(value: Any) -> str:
+    """A valid ``rate_key``: 1-200 printable characters without whitespace."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= _RATE_KEY_MAX
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
+    ):
+        raise ConfigurationError(
+            f"rate_key={value!r} is not valid: use a str of 1-{_RATE_KEY_MAX} printable "
+            "characters without spaces (such as the API's host name)"
+        )
+    return value
 
 
 def _check(name: str, value: Any) -> Any:
@@ -180,6 +272,12 @@ def _check(name: str, value: Any) -> Any:
         ):
             raise ConfigurationError(f"concurrency_limit must be an int >= 1, not {value!r}")
         return value
+    if name == "rate_limit":
+        if value is not None:
+            parse_rate(value)
+        return value
+    if name == "rate_key":
+        return None if value is None else check_rate_key(value)
     raise AssertionError(name)  # pragma: no cover - names are checked by the caller
 
 
@@ -228,6 +326,8 @@ class EngineOptions:
     max_deliveries: int
     failure_ttl: float | None = DEFAULT_FAILURE_TTL
     """Seconds a failed task is kept (``None``: until requeued or purged)."""
+    rate: RateLimit | None = None
+    """The task's rate limit, or ``None``."""
 
 
 def parse_engine_options(text: str) -> EngineOptions:
@@ -294,4 +394,20 @@ def _parse_engine_options(text: str) -> EngineOptions:
         retry=NO_RETRY if retry is None else RetryPolicy.from_dict(retry),
         max_deliveries=max_deliveries,
         failure_ttl=None if failure_ttl is None else float(failure_ttl),
+        rate=_stored_rate(data),
     )
+
+
+def _stored_rate(data: dict[str, Any]) -> RateLimit | None:
+    """The rate limit stored in a task's options, or ``None`` if it has none."""
+    text, key = data.get("rate_limit"), data.get("rate_key")
+    if text is None and key is None:
+        return None
+    try:
+        count, period = parse_rate(text)
+        check_rate_key(key)
+    except ConfigurationError as exc:
+        raise ValueError(f"task options: {exc}") from None
+    assert isinstance(text, str)
+    assert isinstance(key, str)
+    return RateLimit(key=key, count=count, period=period, text=text)

@@ -49,6 +49,7 @@ from sitq.observe.metrics import TaskSeries, WorkerMetrics
 from sitq.options import (
     DEFAULT_FAILURE_TTL,
     DEFAULT_RESULT_TTL,
+    RateLimit,
     check_queue_name,
     parse_engine_options,
 )
@@ -60,6 +61,16 @@ PURGE_INTERVAL = 30.0
 """Default seconds between sweeps for expired results (they are removed within a minute)."""
 CONNECT_RETRY_MAX = 5.0
 """Longest wait (seconds) between attempts to connect an unreachable backend in ``run()``."""
+
+
+RATE_START_MARGIN = 0.1
+"""Seconds a rate limit's slot is held beyond its period: they cover the step from taking the
+slot to the task's first line (a thread or child process taking the task up), so that start
+times as tasks see them keep to the limit too."""
+_RATE_WAIT_MIN = 0.001
+"""The shortest wait (seconds) of a task whose rate limit had no free slot."""
+_RATE_FULL_MAX = 1024
+"""Rate limits remembered as full at most (the ones whose time has passed go first)."""
 
 
 class StopReason(enum.Enum):
@@ -193,7 +204,11 @@ class Worker:
             "lost": 0,
             "refused": 0,
             "purged": 0,
+            "rate_limited": 0,
         }
+        self._rate_full: dict[RateLimit, float] = {}
+        """Rate limits whose slots were all held when last asked, and (``time.monotonic``)
+        until when the first of them stays held: tasks of such a rate wait without asking."""
         self.metrics: WorkerMetrics | None = _metrics(metrics)
         """The worker's task metrics, or ``None`` when it counts none."""
         if self.metrics is not None:
@@ -571,6 +586,12 @@ class Worker:
             )
         if claim.cancel_requested:
             return self._finish(held, TaskStatus.CANCELLED, None, "cancelled while running", None)
+        if opts.rate is not None:
+            # The last step before the task starts: the slot counts this start.
+            wait = await self._take_rate_slot(held, opts.rate)
+            if wait is not None:
+                self.counters["rate_limited"] += 1
+                return Release(held.ref, delay=wait)
         context = TaskContext(
             task_id=claim.task_id,
             queue=claim.queue,
@@ -608,6 +629,44 @@ class Worker:
             return Reschedule(held.ref, eta, outcome.error, outcome.traceback)
         self.counters["failed"] += 1
         return self._finish(held, TaskStatus.FAILED, None, _error_line(outcome), outcome.traceback)
+
+    async def _take_rate_slot(self, held: _Held, rate: RateLimit) -> float | None:
+        """Take one of the rate's slots for this start (``None``), or say how many seconds
+        until one may free. A slot is a lock held for the rate's period (and
+        ``RATE_START_MARGIN``) and never released: at most ``rate.count`` starts hold one in
+        any period, whichever workers they are on. The backend judges the locks' times by its
+        own clock; this worker's clock only measures how long to leave the rate alone after
+        every slot was found held."""
+        now = time.monotonic()
+        until = self._rate_full.get(rate)
+        if until is not None:
+            if until > now:
+                return until - now
+            del self._rate_full[rate]
+        claim = held.claim
+        token = f"{self.worker_id}:{claim.task_id}:{claim.fencing_token}"
+        try:
+            taken, wait = await self.backend.acquire_any_lock(
+                rate.slot_names, token, rate.period + RATE_START_MARGIN
+            )
+        except Exception as exc:
+            log.warning(
+                "taking a slot of rate limit %s of key %r failed (%s); task %s waits %.1f s",
+                rate.text,
+                rate.key,
+                exc,
+                claim.task_id,
+                self.poll_interval,
+            )
+            return self.poll_interval
+        if taken is not None:
+            return None
+        # Never 0: the task goes back behind the ones already due.
+        wait = max(wait, _RATE_WAIT_MIN)
+        if len(self._rate_full) >= _RATE_FULL_MAX:
+            self._rate_full = {r: t for r, t in self._rate_full.items() if t > now}
+        self._rate_full[rate] = now + wait
+        return wait
 
     def _after_stop(self, held: _Held) -> Settlement | None:
         reason = held.stop_reason
@@ -792,6 +851,8 @@ def _status(held: _Held, settlement: Settlement) -> str:
         return "timed_out" if held.timed_out else "failed"
     if isinstance(settlement, Reschedule):
         return "retrying"
+    if settlement.delay > 0:
+        return "rate_limited"
     return "released"
 
 

@@ -111,3 +111,13 @@ def test_search_index_debounce_example(tmp_path: Path) -> None:
         "indexed doc 42: 'Edited'",
         "index updates: 2",
     ]
+
+
+def test_rate_limited_api_example(tmp_path: Path) -> None:
+    out = _run("rate_limited_api.py", tmp_path).splitlines()
+    assert out == [
+        "12 pages fetched, 0 refused by the API",
+        "most calls in any second: 5",
+        "the twelve calls took over 2 s: True",
+        "the health check did not wait for them: True",
+    ]

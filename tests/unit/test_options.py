@@ -324,3 +324,77 @@ def test_retry_policies_that_end_after_the_latest_eta_are_refused(policy: RetryP
         TaskOptions().merge(retry=policy)
     assert "retry=RetryPolicy(" in str(info.value)
     assert "lower max_attempts or the backoff" in str(info.value)
+
+
+# -- rate limits ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "period"),
+    [("20/s", 20, 1.0), ("100/m", 100, 60.0), ("5/h", 5, 3600.0), ("1000/s", 1000, 1.0)],
+)
+def test_rate_limit_is_stored_in_the_engine_options(text: str, count: int, period: float) -> None:
+    options = TaskOptions().merge(rate_limit=text, rate_key="api.example.com")
+    stored = json.loads(options.engine_options())
+    assert (stored["rate_limit"], stored["rate_key"]) == (text, "api.example.com")
+    rate = parse_engine_options(options.engine_options()).rate
+    assert rate is not None
+    assert (rate.key, rate.count, rate.period, rate.text) == (
+        "api.example.com",
+        count,
+        period,
+        text,
+    )
+    assert len(rate.slot_names) == count == len(set(rate.slot_names))
+
+
+def test_options_without_a_rate_limit_are_written_as_before() -> None:
+    assert "rate" not in TaskOptions().engine_options()
+    assert parse_engine_options(TaskOptions().engine_options()).rate is None
+
+
+def test_rate_limit_survives_a_trace_context() -> None:
+    options = TaskOptions().merge(rate_limit="20/s", rate_key="k")
+    rate = parse_engine_options(options.engine_options('{"traceparent":"x"}')).rate
+    assert rate is not None and rate.key == "k"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rate_limit": "20/x", "rate_key": "k"}, r"rate_limit='20/x' is not a rate.*s, m, h"),
+        ({"rate_limit": "0/s", "rate_key": "k"}, r"rate_limit='0/s': the count must be 1 to"),
+        ({"rate_limit": "1001/s", "rate_key": "k"}, r"1001/s.*shorter period"),
+        ({"rate_limit": "20 / s", "rate_key": "k"}, "is not a rate"),
+        ({"rate_limit": 20, "rate_key": "k"}, r"rate_limit must be a str such as '20/s'.*not 20"),
+        ({"rate_limit": "20/s"}, r"rate_limit='20/s' needs rate_key"),
+        ({"rate_key": "api"}, r"rate_key='api' needs rate_limit"),
+        ({"rate_limit": "20/s", "rate_key": ""}, "rate_key='' is not valid"),
+        ({"rate_limit": "20/s", "rate_key": "a b"}, "without spaces"),
+        ({"rate_limit": "20/s", "rate_key": 7}, "rate_key=7 is not valid"),
+        ({"rate_limit": "20/s", "rate_key": "k" * 201}, "1-200 printable"),
+    ],
+)
+def test_bad_rate_limits_are_refused_naming_the_problem(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        TaskOptions().merge(**changes)
+
+
+def test_rate_pair_can_be_cleared_together() -> None:
+    options = TaskOptions().merge(rate_limit="5/h", rate_key="k")
+    cleared = options.merge(rate_limit=None, rate_key=None)
+    assert (cleared.rate_limit, cleared.rate_key) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        '{"v":1,"timeout":null,"retry":null,"max_deliveries":5,"rate_limit":"9/x","rate_key":"k"}',
+        '{"v":1,"timeout":null,"retry":null,"max_deliveries":5,"rate_limit":"9/s"}',
+    ],
+)
+def test_a_damaged_stored_rate_limit_is_unreadable(stored: str) -> None:
+    with pytest.raises(ValueError, match="task options: rate_"):
+        parse_engine_options(stored)

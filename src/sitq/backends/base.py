@@ -335,6 +335,18 @@ class Backend(abc.ABC):
         holder's TTL has run out); ``True`` if taken. Atomic across every client; never waits."""
         raise ConfigurationError(f"{type(self).__name__} does not provide locks")
 
+    async def acquire_any_lock(
+        self, names: Sequence[str], token: str, ttl: float
+    ) -> tuple[str | None, float]:
+        """Take for ``token`` for ``ttl`` seconds the first of the locks ``names``, in their
+        order, that nobody holds (or whose holder's TTL has run out), as ``acquire_lock``
+        would: ``(name, 0.0)``. When every one is held: ``(None, wait)``, ``wait`` being the
+        seconds until the first of them frees, by the backend's own clock.
+
+        Atomic across every client for each lock (of racing clients, one takes a free lock);
+        takes at most one lock per call; never waits. ``names`` are distinct lock names."""
+        raise ConfigurationError(f"{type(self).__name__} does not provide locks")
+
     async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Extend the lock to ``now + ttl`` if ``token`` still holds it; ``True`` if it did."""
         raise ConfigurationError(f"{type(self).__name__} does not provide locks")

@@ -362,6 +362,8 @@ class MemoryBackend(Backend):
             elif isinstance(item, Release):
                 rec.status = TaskStatus.PENDING
                 rec.attempts -= 1
+                if item.delay > 0:
+                    rec.eta = now + item.delay
                 rec.seq = next(self._seq)
                 self._schedule(rec, now)
             applied.append(True)
@@ -638,6 +640,21 @@ class MemoryBackend(Backend):
             return False
         self._locks[name] = (token, now + ttl)
         return True
+
+    async def acquire_any_lock(
+        self, names: Sequence[str], token: str, ttl: float
+    ) -> tuple[str | None, float]:
+        """Take the first of the locks that is free or whose holder's TTL ran out."""
+        self._check()
+        now = self._clock()
+        first = math.inf
+        for name in names:
+            held = self._locks.get(name)
+            if held is None or held[1] <= now:
+                self._locks[name] = (token, now + ttl)
+                return name, 0.0
+            first = min(first, held[1])
+        return None, max(first - now, 0.0)
 
     async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Extend the lock if ``token`` holds it."""

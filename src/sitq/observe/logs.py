@@ -222,6 +222,15 @@ def outcome(
             error=settlement.error,
             retry_in=wait,
         )
+    elif isinstance(settlement, Release) and settlement.delay > 0:
+        _emit(
+            logging.DEBUG,
+            "rate_limited",
+            claim,
+            None,
+            f"its rate limit has no free slot; back to its queue for {settlement.delay:.3f} s",
+            retry_in=settlement.delay,
+        )
     elif isinstance(settlement, Release):
         _emit(logging.INFO, "released", claim, duration, "released back to its queue at shutdown")
 

@@ -73,6 +73,7 @@ STATUSES: tuple[str, ...] = (
     "cancelled",
     "retrying",
     "released",
+    "rate_limited",
     "lost",
     "abandoned",
     "refused",
@@ -86,6 +87,8 @@ STATUSES: tuple[str, ...] = (
 - ``cancelled``: cancelled before or while it ran.
 - ``retrying``: it failed or timed out, and runs again after its backoff.
 - ``released``: a graceful stop ran out of time; the task went back to its queue.
+- ``rate_limited``: it did not start, as its rate limit had no free slot; the task went back
+  to its queue, due when a slot frees.
 - ``lost``: the worker lost the lease (another claim may run the task); nothing recorded.
 - ``abandoned``: a hard stop (a second SIGINT), or a stop that could not record the outcome
   in time; the lease brings the task back.

@@ -314,7 +314,7 @@ def _describe(
     if isinstance(settlement, Reschedule):
         return "retrying", settlement.error or "failed"
     if isinstance(settlement, Release):
-        return "released", None
+        return ("rate_limited" if settlement.delay > 0 else "released"), None
     reason = getattr(stop, "value", None)
     if reason == "lost":
         return "lost", "the worker lost the task's lease: another claim runs it"

@@ -5,6 +5,8 @@ clock never matters. Every change is a write conditioned on the revision read.""
 
 from __future__ import annotations
 
+import math
+
 from sitq.backends.nats._client import CAS_TRIES, Client
 from sitq.backends.nats._clock import ServerClock
 from sitq.backends.nats._jetstream import ack_seq
@@ -36,6 +38,35 @@ async def acquire_lock(
         if ack_seq(await client.one(*client.write(key, data, entry.rev if entry else 0))):
             return True
     return False
+
+
+async def acquire_any_lock(
+    client: Client, clock: ServerClock, names: list[str], token: str, ttl: float
+) -> tuple[str | None, float]:
+    """Read every lock's record in one batch, then take the first one not held by a write
+    conditioned on the revision read, as ``acquire_lock`` does (a lock another client took
+    meanwhile is passed over for the next free one); ``(None, wait)`` when all are held,
+    ``wait`` by the server's clock."""
+    keys = [lock_key(name) for name in names]
+    for _ in range(CAS_TRIES):
+        entries = await client.read_meta(keys)
+        now = clock.now()
+        first = math.inf
+        free: list[tuple[str, str, Entry | None]] = []
+        for name, key, entry in zip(names, keys, entries, strict=True):
+            if _held(entry, now):
+                assert entry is not None
+                assert entry.head is not None
+                first = min(first, entry.stamp + float(entry.head[LOCK_TTL]))
+            else:
+                free.append((name, key, entry))
+        if not free:
+            return None, max(first - now, 0.0)
+        for name, key, entry in free:
+            data = encode({NAME: name, LOCK_TOKEN: token, LOCK_TTL: ttl})
+            if ack_seq(await client.one(*client.write(key, data, entry.rev if entry else 0))):
+                return name, 0.0
+    return None, 0.0
 
 
 async def extend_lock(

@@ -339,6 +339,15 @@ def released(rec: dict[str, Any], kept: tuple[bytes, str] | None) -> dict[str, A
     return new
 
 
+def released_until(
+    rec: dict[str, Any], kept: tuple[bytes, str] | None, eta: float
+) -> dict[str, Any]:
+    """The record of a task given back without counting the attempt, due again at ``eta``."""
+    new = released(rec, kept)
+    new[ETA] = eta
+    return new
+
+
 def cancel_flagged(rec: dict[str, Any]) -> dict[str, Any]:
     """The record of a running task asked to cancel."""
     return {**rec, CANCEL_REQUESTED: True}

@@ -35,12 +35,21 @@ from sitq.backends.nats._records import (
     keyed,
     leased,
     released,
+    released_until,
     rescheduled,
     split,
     task_key,
 )
 from sitq.backends.nats._slots import extend_slots, free_slots, slot_key
-from sitq.models import ClaimRef, Finish, LeaseState, Progress, Reschedule, Settlement
+from sitq.models import (
+    ClaimRef,
+    Finish,
+    LeaseState,
+    Progress,
+    Release,
+    Reschedule,
+    Settlement,
+)
 
 _State = tuple[Held | None, dict[str, Any] | None, int]
 """Per claim: (held, record to build on, its revision)."""
@@ -212,7 +221,7 @@ class Settler:
             if isinstance(item, Finish):
                 subject = index.state_subject(item.status, queue)
             else:
-                eta = item.eta if isinstance(item, Reschedule) else now
+                eta = item.eta if isinstance(item, Reschedule) else now + item.delay
                 subject = index.pending_subject(queue, int(rec[PRIORITY]), eta > now)
             token = index.token()
             todo.append((i, token))
@@ -274,6 +283,8 @@ class Settler:
                 )
             elif isinstance(item, Reschedule):
                 await client.nak(reply, max(item.eta - now, 0.0))
+            elif item.delay > 0:
+                await client.nak(reply, item.delay)
             elif reply:
                 await client.publish(reply, b"-NAK")
         if drops:
@@ -346,6 +357,9 @@ def _settler(
         return listed(rescheduled(rec, item, kept))
 
     def release(rec: dict[str, Any]) -> dict[str, Any]:
+        assert isinstance(item, Release)
+        if item.delay > 0:
+            return listed(released_until(rec, kept, now + item.delay))
         return listed(released(rec, kept))
 
     if isinstance(item, Finish):

@@ -659,6 +659,12 @@ class NATSBackend(Backend):
         """Create the lock's record, or replace one whose TTL ran out (see ``_locks``)."""
         return await _locks.acquire_lock(self._client, self._clock, name, token, ttl)
 
+    async def acquire_any_lock(
+        self, names: Sequence[str], token: str, ttl: float
+    ) -> tuple[str | None, float]:
+        """Read the locks' records in one batch and take the first free one (see ``_locks``)."""
+        return await _locks.acquire_any_lock(self._client, self._clock, list(names), token, ttl)
+
     async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Rewrite the record (restarting its TTL) if ``token`` holds the lock."""
         return await _locks.extend_lock(self._client, self._clock, name, token, ttl)

@@ -648,6 +648,7 @@ class PostgresBackend(Backend):
             [s.traceback for s in res],
             [s.claim.task_id for s in rel],
             [s.claim.fencing_token for s in rel],
+            [s.delay for s in rel],
         ]
         rows = await self._call(lambda c: c.fetch(self._sql.settle, *args))
         applied = {(r["kind"], r["id"], r["fence"]) for r in rows if r["kind"] != "n"}
@@ -827,6 +828,21 @@ class PostgresBackend(Backend):
         sql = self._sql.acquire_lock
         return bool(await self._call(lambda c: c.fetchval(sql, name, token, ttl)))
 
+    async def acquire_any_lock(
+        self, names: Sequence[str], token: str, ttl: float
+    ) -> tuple[str | None, float]:
+        """Take the first lock not held (server clock), one statement per look; a look that
+        another client beat to its lock looks again (at most once per lock)."""
+        sql = self._sql.acquire_any_lock
+        wanted = list(names)
+        for _ in range(len(wanted)):
+            row = await self._call(lambda c: c.fetchrow(sql, wanted, token, ttl))
+            if row["taken"] is not None:
+                return str(row["taken"]), 0.0
+            if row["tried"] is None:
+                return None, max(float(row["wait"] or 0.0), 0.0)
+        return None, 0.0
+
     async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Extend the lock to ``now + ttl`` if ``token`` holds it and its TTL has not run out."""
         sql = self._sql.extend_lock
@@ -885,6 +901,7 @@ class _Statements:
         self.list_crons = sql["list_crons"]
         self.advance_cron = sql["advance_cron"]
         self.acquire_lock = sql["acquire_lock"]
+        self.acquire_any_lock = sql["acquire_any_lock"]
         self.extend_lock = sql["extend_lock"]
         self.release_lock = sql["release_lock"]
         self.stats = sql["stats"]

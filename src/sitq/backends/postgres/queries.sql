@@ -198,9 +198,10 @@ rescheduled AS (
     RETURNING t.id, t.fence, t.queue
 ),
 released AS (
+    -- A release with a delay is due that many seconds after now; without one, as it was.
     UPDATE "{schema}".tasks t SET state = 0, attempts = t.attempts - 1, worker_id = NULL,
-        lease_until = NULL
-    FROM unnest($13::text[], $14::bigint[]) AS r(id, fence)
+        lease_until = NULL, eta = CASE WHEN r.delay > 0 THEN now.t + r.delay ELSE t.eta END
+    FROM unnest($13::text[], $14::bigint[], $15::float8[]) AS r(id, fence, delay), now
     WHERE t.id = r.id AND t.fence = r.fence AND t.state = 1
     RETURNING t.id, t.fence, t.queue
 ),
@@ -321,6 +322,31 @@ ON CONFLICT (name) DO UPDATE SET token = excluded.token,
     expires_at = excluded.expires_at
 WHERE l.expires_at <= now()
 RETURNING true;
+
+-- name: acquire_any_lock
+-- Of the locks named in $1, the first one not held (in $1's order) is taken for token $2
+-- for $3 seconds, as acquire_lock takes one; a client that took it in the meantime keeps it
+-- (then "taken" is null while "tried" names it: the caller looks again). "wait": seconds
+-- until the first held lock frees. Lock times are the server's, as in acquire_lock.
+WITH held AS (
+    SELECT name, expires_at FROM "{schema}".locks
+    WHERE name = ANY($1::text[]) AND expires_at > now()
+),
+pick AS (
+    SELECT w.name FROM unnest($1::text[]) WITH ORDINALITY AS w(name, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.name = w.name)
+    ORDER BY w.ord LIMIT 1
+),
+taken AS (
+    INSERT INTO "{schema}".locks AS l (name, token, expires_at)
+    SELECT name, $2, now() + $3 * interval '1 second' FROM pick
+    ON CONFLICT (name) DO UPDATE SET token = excluded.token,
+        expires_at = excluded.expires_at
+    WHERE l.expires_at <= now()
+    RETURNING l.name
+)
+SELECT (SELECT name FROM taken) AS taken, (SELECT name FROM pick) AS tried,
+       extract(epoch FROM (SELECT min(expires_at) FROM held) - now())::float8 AS wait;
 
 -- name: extend_lock
 UPDATE "{schema}".locks SET expires_at = now() + $3 * interval '1 second'

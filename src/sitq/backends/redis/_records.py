@@ -227,7 +227,8 @@ def unreadable_claim(task_id: str, queue: str, raw: Sequence[Any], now: float) -
 
 def settle_args(s: Settlement) -> list[Any]:
     """One settlement's arguments for the settle script: its kind (``F``inish,
-    ``R``eschedule, re``L``ease), the task id and fencing token, then what the kind needs."""
+    ``R``eschedule, re``L``ease, ``D``elayed release), the task id and fencing token, then
+    what the kind needs."""
     ref = s.claim
     if isinstance(s, Finish):
         return [
@@ -249,6 +250,8 @@ def settle_args(s: Settlement) -> list[Any]:
             opt(s.error),
             opt(s.traceback),
         ]
+    if isinstance(s, Release) and s.delay > 0:
+        return [b"D", ref.task_id, ref.fencing_token, repr(float(s.delay))]
     if isinstance(s, Release):
         return [b"L", ref.task_id, ref.fencing_token]
     raise TypeError(f"not a settlement: {s!r}")  # pragma: no cover

@@ -38,6 +38,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "revoke": (),
     "unindex": (),
     "lock_acquire": (),
+    "lock_acquire_any": (),
     "lock_extend": (),
     "lock_release": (),
     "cron_put": (),

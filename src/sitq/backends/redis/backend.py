@@ -1095,6 +1095,27 @@ class RedisBackend(Backend):
         server's clock): ``SET ... PX`` in a script, one round trip."""
         return await self._lock_step("lock_acquire", name, token, _millis(ttl))
 
+    async def acquire_any_lock(
+        self, names: Sequence[str], token: str, ttl: float
+    ) -> tuple[str | None, float]:
+        """Take the first free lock in one script over all their keys, one round trip; on a
+        Redis Cluster, whose lock keys lie in many slots, one script per lock in turn until
+        one is taken."""
+        self._check()
+        groups = [list(names)] if not self.cluster else [[name] for name in names]
+        first = -1
+        for group in groups:
+            keys = [self._lock_key(name) for name in group]
+            (reply,) = await self._wire.exec(
+                [evalsha("lock_acquire_any", keys, (token, _millis(ttl)))]
+            )
+            raise_errors([reply])
+            index, left = int(reply[0]), int(reply[1])
+            if index > 0:
+                return group[index - 1], 0.0
+            first = left if first < 0 else min(first, left)
+        return None, max(first, 0) / 1000
+
     async def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Reset the lock's TTL if ``token`` still holds it."""
         return await self._lock_step("lock_extend", name, token, _millis(ttl))

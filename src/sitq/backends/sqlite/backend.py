@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import sqlite3
@@ -123,6 +124,9 @@ _PARKED = _QUERIES["parked"]
 _FINISH = _QUERIES["finish"]
 _RESCHEDULE = _QUERIES["reschedule"]
 _RELEASE = _QUERIES["release"]
+_RELEASE_LATER = _QUERIES["release_later"]
+_LOCKS_HELD = _QUERIES["locks_held"]
+_TAKE_LOCK = _QUERIES["take_lock"]
 _REQUEUE = _QUERIES["requeue"]
 _PURGE_PENDING = _QUERIES["purge_pending"]
 _PURGE_FINISHED = _QUERIES["purge_finished"]
@@ -760,6 +764,9 @@ class SQLiteBackend(Backend):
                 elif isinstance(s, Reschedule):
                     sql = _RESCHEDULE
                     params = (s.eta, s.error, s.traceback, ref.task_id, ref.fencing_token)
+                elif isinstance(s, Release) and s.delay > 0:
+                    sql = _RELEASE_LATER
+                    params = (time.time() + s.delay, ref.task_id, ref.fencing_token)
                 elif isinstance(s, Release):
                     sql = _RELEASE
                     params = (ref.task_id, ref.fencing_token)
@@ -1068,6 +1075,23 @@ class SQLiteBackend(Backend):
                 (name, token, now + ttl, now),
             )
             return cur.rowcount == 1
+
+        return await self._run(lambda c: self._write(c, acquire))
+
+    async def acquire_any_lock(
+        self, names: Sequence[str], token: str, ttl: float
+    ) -> tuple[str | None, float]:
+        """Read which of the locks are held and take the first free one, in one write
+        transaction."""
+
+        def acquire(conn: sqlite3.Connection) -> tuple[str | None, float]:
+            now = time.time()
+            held = dict(conn.execute(_LOCKS_HELD, (json.dumps(list(names)), now)).fetchall())
+            for name in names:
+                if name not in held:
+                    conn.execute(_TAKE_LOCK, (name, token, now + ttl, now))
+                    return name, 0.0
+            return None, max(min(held.values(), default=now) - now, 0.0)
 
         return await self._run(lambda c: self._write(c, acquire))
 

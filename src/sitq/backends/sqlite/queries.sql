@@ -125,3 +125,19 @@ cancel_requested = 0, started_at = NULL, finished_at = NULL, expires_at = NULL, 
 error = NULL, traceback = NULL, progress = NULL, progress_message = NULL, worker_id = NULL,
 lease_until = NULL, parked = 0, seq = (SELECT MAX(seq) FROM sitq_tasks) + 1
 WHERE id = :id AND state <> 1;
+-- name: locks_held
+-- Which of the locks named in a JSON array are held at ?, and until when.
+SELECT name, expires_at FROM sitq_locks
+WHERE name IN (SELECT value FROM json_each(?)) AND expires_at > ?;
+
+-- name: take_lock
+-- Take a lock that is free or whose TTL ran out (at the last parameter).
+INSERT INTO sitq_locks (name, token, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at
+WHERE sitq_locks.expires_at <= ?;
+
+-- name: release_later
+-- A release due again later: at ? (this machine's now plus the release's delay).
+UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, eta = ?, worker_id = NULL,
+lease_until = NULL
+WHERE id = ? AND fence = ? AND state = 1;

@@ -4,6 +4,7 @@
 --   F id fence status(2|3|4) value error traceback ttl   (optional values: '' or '=' .. data)
 --   R id fence eta error traceback
 --   L id fence
+--   D id fence delay   (a release due again `delay` seconds from now)
 -- Returns one character per entry: '1' applied, '0' refused.
 -- The settle record keeps the request's answer for 10 s, so a retry whose first reply was lost
 -- gets the same answer (a new request with the same settlements is refused, as it must be).
@@ -76,6 +77,17 @@ while i <= #ARGV do
       work = true
     end
     i = i + 6
+  elseif kind == 'D' then
+    if ok then
+      local eta = now + tonumber(ARGV[i + 3])
+      redis.call('HSET', tk, 'st', 0, 'eta', eta)
+      redis.call('HINCRBY', tk, 'att', -1)
+      redis.call('HDEL', tk, 'lu', 'wid')
+      redis.call('ZREM', KEYS[3], id)
+      requeue(tk, id, tonumber(h[3]), eta, now)
+      work = true
+    end
+    i = i + 4
   else
     if ok then
       redis.call('HSET', tk, 'st', 0)
