@@ -185,6 +185,17 @@ class RateLimit:
         """The names of the rate's ``count`` slot locks; a start holds one for ``period``."""
         return _slot_names(self.key, self.text, self.count)
 
+    @property
+    def gap_name(self) -> str:
+        """The name of the lock a start holds for ``period / count``: starts are spread out,
+        one per such gap, rather than ``count`` at once."""
+        return f"sitq:rate:{self.key}:{self.text}:gap"
+
+    @property
+    def gap(self) -> float:
+        """Seconds between two starts of the rate: ``period / count``."""
+        return self.period / self.count
+
 
 @functools.lru_cache(maxsize=1024)
 def _slot_names(key: str, text: str, count: int) -> tuple[str, ...]:

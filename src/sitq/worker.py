@@ -631,12 +631,14 @@ class Worker:
         return self._finish(held, TaskStatus.FAILED, None, _error_line(outcome), outcome.traceback)
 
     async def _take_rate_slot(self, held: _Held, rate: RateLimit) -> float | None:
-        """Take one of the rate's slots for this start (``None``), or say how many seconds
-        until one may free. A slot is a lock held for the rate's period (and
-        ``RATE_START_MARGIN``) and never released: at most ``rate.count`` starts hold one in
-        any period, whichever workers they are on. The backend judges the locks' times by its
-        own clock; this worker's clock only measures how long to leave the rate alone after
-        every slot was found held."""
+        """Take the rate's gap and one of its slots for this start (``None``), or say how many
+        seconds until they may free. The gap is a lock held for ``period / count``: starts come
+        one per gap, spread over the period, not ``count`` at once. A slot is a lock held for
+        the rate's period (and ``RATE_START_MARGIN``): at most ``rate.count`` starts hold one in
+        any period, whichever workers they are on, however late a task takes up its start.
+        Neither is released. The backend judges the locks' times by its own clock; this
+        worker's clock only measures how long to leave the rate alone after finding them
+        held."""
         now = time.monotonic()
         until = self._rate_full.get(rate)
         if until is not None:
@@ -646,9 +648,11 @@ class Worker:
         claim = held.claim
         token = f"{self.worker_id}:{claim.task_id}:{claim.fencing_token}"
         try:
-            taken, wait = await self.backend.acquire_any_lock(
-                rate.slot_names, token, rate.period + RATE_START_MARGIN
-            )
+            taken, wait = await self.backend.acquire_any_lock((rate.gap_name,), token, rate.gap)
+            if taken is not None:
+                taken, wait = await self.backend.acquire_any_lock(
+                    rate.slot_names, token, rate.period + RATE_START_MARGIN
+                )
         except Exception as exc:
             log.warning(
                 "taking a slot of rate limit %s of key %r failed (%s); task %s waits %.1f s",
