@@ -820,3 +820,63 @@ async def test_a_store_of_the_previous_version_is_listed_after_connect(nats_url:
             assert await again.get_status("old-success") == TaskStatus.SUCCESS
     finally:
         await nc.close()
+
+
+class _RecordWritesHeld:
+    """The enqueuing client of a backend, with its second ``many`` call (an explicit id's
+    record writes, after its listing entry and work message went out) held until released."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._calls = 0
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def many(self, requests: Any) -> Any:
+        batch = list(requests)
+        self._calls += 1
+        if self._calls == 2:
+            self.reached.set()
+            await self.release.wait()
+        return await self._client.many(batch)
+
+
+async def test_an_expired_id_enqueued_again_runs_when_its_message_beats_its_record(
+    nats_url: str,
+) -> None:
+    """Enqueueing an explicit id whose result expired publishes the new work message before
+    the new record replaces the old one. A worker that gets the message in between must wait
+    for the record, not drop the message as an older life's: else the task never runs."""
+    client_backend, worker_backend = await _connected(nats_url, 2)
+    try:
+        queue = TaskQueue(client_backend)
+        task_id = await queue.options(task_id="again").enqueue(tasks.add, 1, 1)
+        (claim,) = await worker_backend.claim(["default"], 1, "w", 30)
+        now = time.time()
+        done = Finish(
+            claim.ref, TaskStatus.SUCCESS, queue.serializer.dumps(2), None, None, now, now
+        )
+        assert await worker_backend.settle([done]) == [True]
+        enqueuer = client_backend._enqueuer
+        held = _RecordWritesHeld(enqueuer._client)
+        enqueuer._client = held
+        again = asyncio.ensure_future(queue.options(task_id="again").enqueue(tasks.add, 2, 3))
+        await asyncio.wait_for(held.reached.wait(), 10)
+        # The message of the new life is out; the record is still the old, expired one.
+        assert await worker_backend.claim(["default"], 1, "w", 30) == []
+        held.release.set()
+        assert await again == task_id
+        claimed: list[Claim] = []
+
+        async def claimed_again() -> bool:
+            claimed.extend(await worker_backend.claim(["default"], 1, "w", 30))
+            return bool(claimed)
+
+        await wait_until(claimed_again, timeout=10, message="the task enqueued again to run")
+        assert queue.serializer.loads_call(claimed[0].payload)[1] == (2, 3)
+    finally:
+        await client_backend.close()
+        await worker_backend.close()

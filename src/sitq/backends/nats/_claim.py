@@ -34,6 +34,7 @@ from sitq.backends.nats._records import (
     claim_of,
     decode,
     encode,
+    expired,
     keyed,
     message_record,
     running,
@@ -403,9 +404,17 @@ class Claimer:
         """True if the delivery's task is due to be claimed; otherwise ack or nak it."""
         client = self._client
         rec, reply = d.rec, d.msg.reply
-        if rec is None:
-            if not d.stamp or now - d.stamp < ORPHAN_GRACE:
-                # Enqueue writes record and message at once: the record may not be there yet.
+        young = not d.stamp or now - d.stamp < ORPHAN_GRACE
+        if rec is None or (
+            young
+            and rec.get(GENERATION) != d.head.get(GENERATION)
+            and rec[STATE] in FINAL
+            and expired(rec, now)
+        ):
+            if young:
+                # Enqueue writes record and message at once, and an explicit id whose result
+                # expired is published before its new record replaces the old one: the
+                # record of this message's life may not be there yet.
                 delay = min(0.05 * 2 ** max(d.delivered - 1, 0), 2.0)
                 await client.nak(reply, delay)
             else:
