@@ -90,10 +90,10 @@ async def _keeps_killing_its_worker(
 
 
 #: The lease of the renewal tests, and a heartbeat at a third of it: a heartbeat late by more
-#: than 1.3 s on a loaded machine would lose it.
-LEASE = 2.0
+#: than 1 s on a loaded machine would lose it.
+LEASE = 1.5
 #: Long enough for the lease to have run out twice without a heartbeat.
-LONG_TASK = 4.0
+LONG_TASK = 3.0
 
 
 async def not_taken_over(queue: TaskQueue, thief: Backend, task_id: str) -> None:

@@ -179,15 +179,16 @@ async def test_lock_of_a_dead_holder_frees_itself_after_its_ttl(queue: TaskQueue
 
 
 async def test_extending_keeps_the_lock_past_its_first_ttl(queue: TaskQueue) -> None:
-    # Extended every 0.2 s with a TTL of 1.5 s: a stall of over a second on a loaded machine
-    # would still not let the lock go.
+    # Extended every 0.1 s with a TTL of 1.2 s: a stall of over a second on a loaded machine
+    # would still not let the lock go. Held for over two TTLs.
     backend = queue.backend
-    assert await backend.acquire_lock("kept", "holder", 1.5)
-    deadline = time.monotonic() + 3.5
+    ttl = 1.2
+    assert await backend.acquire_lock("kept", "holder", ttl)
+    deadline = time.monotonic() + 2.1 * ttl
     while time.monotonic() < deadline:
-        assert await backend.extend_lock("kept", "holder", 1.5)
+        assert await backend.extend_lock("kept", "holder", ttl)
         assert await backend.acquire_lock("kept", "other", 30) is False
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
 
 
 async def test_concurrent_acquire_has_one_winner(queue: TaskQueue, others: list[Backend]) -> None:

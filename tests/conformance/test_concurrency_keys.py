@@ -41,7 +41,7 @@ async def test_three_workers_never_run_more_than_the_limit(
         message="the three workers to start",
     )
     ids = await keyed.enqueue_many(
-        [(tasks.record, (str(tmp_path), "keyed", 0.2)) for _ in range(30)]
+        [(tasks.record, (str(tmp_path), "keyed", 0.1)) for _ in range(30)]
     )
     for task_id in ids:
         result = await shared_queue.get_result(task_id, timeout=120)

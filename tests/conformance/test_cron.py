@@ -40,16 +40,16 @@ async def test_three_worker_processes_run_each_tick_exactly_once(
     start = info.last_tick.timestamp()
 
     await wait_until(
-        lambda: len(tasks.executions(tmp_path, "tick")) >= 6,
+        lambda: len(tasks.executions(tmp_path, "tick")) >= 4,
         timeout=60,
-        message="six ticks to run",
+        message="four ticks to run",
     )
     for proc in procs:
         assert worker_processes.stop(proc) == 0
     (info,) = await shared_queue.list_crons()
     assert info.last_tick is not None
     last = info.last_tick.timestamp()
-    assert last - start >= 5
+    assert last - start >= 3
 
     ran = 0
     for tick in range(int(start) + 1, int(last) + 2):
@@ -67,6 +67,9 @@ async def test_schedules_added_changed_and_removed_while_workers_run(
 ) -> None:
     async with AsyncWorker(queue.backend, concurrency=2) as worker:
         driver = worker._cron_driver
+        # Passes every 0.2 s instead of every second: what is checked below counts passes and
+        # ticks, not seconds.
+        driver.refresh = 0.2
         await queue.add_cron("job", "0 0 1 1 *", tasks.record, args=(str(tmp_path), "job"))
         await queue.add_cron(
             "job", EVERY_SECOND, tasks.record, args=(str(tmp_path), "job"), priority=5
@@ -82,9 +85,15 @@ async def test_schedules_added_changed_and_removed_while_workers_run(
         assert await queue.list_crons() == []
         passes = driver.passes
         await wait_until(lambda: driver.passes >= passes + 2, timeout=30, message="two passes")
+        # A tick enqueued by a pass that began before the removal has run by now, or is stored.
         settled = len(tasks.executions(tmp_path, "job"))
+        due = int(time.time()) + 1  # the next tick the schedule would have had
+        await wait_until(lambda: time.time() >= due, timeout=30, message="the next second")
         passes = driver.passes
         await wait_until(lambda: driver.passes >= passes + 2, timeout=30, message="two passes")
+        # A whole pass began after that tick was due: had the schedule been kept, it would
+        # have stored it.
+        assert await queue.get_status(tick_task_id("job", due)) is None, "a removed schedule ran"
         assert len(tasks.executions(tmp_path, "job")) == settled, "a removed schedule ran"
 
 

@@ -85,9 +85,9 @@ async def test_lock_timeout_names_the_lock(queue: TaskQueue) -> None:
 
 
 async def test_a_held_lock_is_extended_past_its_ttl(queue: TaskQueue) -> None:
-    # The holder extends every ttl / 3 = 0.8 s, so a stall of up to 1.6 s (a loaded CI machine)
+    # The holder extends every ttl / 3 = 0.5 s, so a stall of up to 1 s (a loaded CI machine)
     # does not lose the lock; the work lasts over two TTLs, so it outlives two extensions.
-    ttl = 2.4
+    ttl = 1.5
     async with queue.lock("long", ttl=ttl) as lock:
         held_until = time.monotonic() + 2.1 * ttl
         while time.monotonic() < held_until:

@@ -43,9 +43,11 @@ WORK_DEADLINE = 10.0
 #: finishes the task right after a re-read of the waiter that came ``GAP`` seconds or more after
 #: the one before, or once the waiter has not read for ``QUIET`` seconds: a waiter's fallback
 #: re-reads only ever grow further apart, so its next one is ``GAP`` seconds away at least.
-RESULT_DEADLINE = 1.5
-GAP = 2.0
-QUIET = 3.0
+#: ``QUIET`` is longer than any re-read interval shorter than ``GAP`` (SQLite's and NATS's grow
+#: by doubling), so it only ends the wait of a waiter whose re-reads are far apart already.
+RESULT_DEADLINE = 0.9
+GAP = 1.0
+QUIET = 1.5
 #: The queue of the tasks whose results are waited for (the worker does not serve it).
 RESULTS = "results"
 

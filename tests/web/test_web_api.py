@@ -71,7 +71,14 @@ async def test_every_endpoint_on_every_backend(
         )
         assert await queue.cancel(hostile)
 
-        worker = worker_processes.start(url, queues=("web",), extra=("--import", "tests.web.tasks"))
+        # A lease of 3 s: the worker saves the running task's progress at its heartbeat, every
+        # second (every 2 s under the default lease).
+        worker = worker_processes.start(
+            url, lease=3.0, queues=("web",), extra=("--import", "tests.web.tasks")
+        )
+        # The server starts up while the worker does: nothing below asks it anything before
+        # every task has reached the state it is counted in.
+        server = processes.web(url)
         assert await queue.get_result(ids["success"], timeout=60) is not None
         assert await queue.get_result(ids["failed"], timeout=60) is not None
 
@@ -80,8 +87,6 @@ async def test_every_endpoint_on_every_backend(
             return info is not None and info.progress == 0.4
 
         await wait_until(progress_reported, timeout=60, message="the running task's progress")
-
-        server = processes.web(url)
 
         # -- GET /api/queues: the counts of `sitq info`, per queue ----------------------------
         expected = {
