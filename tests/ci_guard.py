@@ -1,7 +1,7 @@
 """A pytest plugin: when the ``CI`` environment variable is set, every skip is a failure.
 
 A skipped test proves nothing, and in CI everything a test needs (services, programs, Python
-packages, the seed description beside the checkout) is there, so a skip there means a promise went
+packages, Chromium) is there, so a skip there means a promise went
 unchecked. Each skip, whether it happens while collecting a module (``importorskip``, a
 module-level ``pytest.skip``) or while setting up or running a test, is reported as a failure
 that names the test and the reason it gave. Expected failures (``xfail``) are left alone.
