@@ -264,8 +264,8 @@ EXPLICIT_IDS: list[Mutant] = [
     Mutant(
         "redis-explicit-id-unchecked",
         "an explicit id names one task across queues (Redis: the index written without its check)",
-        f"{_REDIS_LUA}/enqueue.lua",
-        "if owner and owner ~= ARGV[3] and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1"
+        f"{_REDIS_LUA}/lib/explicit.lua",
+        "if owner and owner ~= queue and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1"
         " then",
         "if false then",
         (_ACROSS_QUEUES,),
@@ -274,9 +274,9 @@ EXPLICIT_IDS: list[Mutant] = [
     Mutant(
         "redis-cluster-explicit-id-unfenced",
         "an explicit id names one task across queues (Redis Cluster: a fenced claim still stores)",
-        f"{_REDIS_LUA}/enqueue.lua",
-        "    elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then",
-        "    elseif false then",
+        f"{_REDIS_LUA}/lib/explicit.lua",
+        "  elseif redis.call('SISMEMBER', queue_key(queue, 'f:' .. id), token) == 1 then",
+        "  elseif false then",
         (_ACROSS_QUEUES,),
         pytest_args=("-m", "cluster", "-k", "redis-cluster"),
     ),

@@ -23,9 +23,10 @@ FENCE_MS = 600_000
 # Each script and the fragments of scripts/lib/ it is preceded by, in this order: `common`
 # (the server's time, ready ranks), `requeue` (moving due tasks to `ready`, the next due
 # time: declares `SL`), `keyed` (concurrency keys: declares `CK` and `PK`), `listing` (rows of
-# a listing: declares `FIELDS`); the script then sets what they declare.
+# a listing: declares `FIELDS`), `explicit` (`queue_key` and the id index's verdict on an
+# explicit id); the script then sets what they declare.
 LAYOUT: dict[str, tuple[str, ...]] = {
-    "enqueue": ("common",),
+    "enqueue": ("common", "explicit"),
     "claim": ("common", "requeue", "keyed"),
     "peek": ("common", "requeue"),
     "next_due": ("common", "requeue"),
@@ -51,9 +52,9 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "workers_list": (),
     "migrate": ("common",),
     "format_set": (),
-    "replace": ("common", "requeue", "keyed"),
+    "replace": ("common", "requeue", "keyed", "explicit"),
     "hold": ("common", "listing"),
-    "put_stored": ("common",),
+    "put_stored": ("common", "explicit"),
     "drop_held": (),
 }
 

@@ -18,9 +18,6 @@ local ready = {}
 local added = 0
 local n = (#ARGV - 4) / 10
 local indexed = #KEYS > 6
-local function queue_key(queue, part)
-  return ARGV[4] .. ':{' .. ARGV[4] .. ':' .. queue .. '}:' .. part
-end
 -- sequence numbers for the whole call at once (unused ones are simply skipped)
 local seq = redis.call('INCRBY', KEYS[3], n) - n
 local sl = queue_key(ARGV[3], 'sl')
@@ -33,23 +30,10 @@ for i = 5, #ARGV, 10 do
   if kind == '1' then
     -- a generated id is indexed with its task
     if indexed then redis.call('SET', KEYS[7 + (i - 5) / 10], ARGV[3]) end
-  elseif kind == '0' then
+  else
     -- An explicit id still known on the queue its index entry names is left alone; else
     -- the entry names this queue, in the same step as the check (known here or stored).
-    local ik = KEYS[7 + (i - 5) / 10]
-    local owner = redis.call('GET', ik)
-    if owner and owner ~= ARGV[3] and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1 then
-      verdict = '0'
-    else
-      redis.call('SET', ik, ARGV[3])
-    end
-  else
-    local claimed, token = string.match(kind, '^(%d+) (.*)$')
-    if now_ms - tonumber(claimed) > 60000 then -- the claim window (CLAIM_WINDOW_MS)
-      verdict = 'S'
-    elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then
-      verdict = 'F'
-    end
+    verdict = id_verdict(kind, KEYS[7 + (i - 5) / 10], ARGV[3], id, now_ms)
   end
   if verdict then
     out[#out + 1] = verdict

@@ -14,32 +14,13 @@ local now_ms = math.floor(now * 1000)
 local out = {}
 local added = 0
 local n = (#ARGV - 4) / 15
-local function queue_key(queue, part)
-  return ARGV[4] .. ':{' .. ARGV[4] .. ':' .. queue .. '}:' .. part
-end
 local seq = redis.call('INCRBY', KEYS[3], n) - n
 local sl = queue_key(ARGV[3], 'sl')
 for i = 5, #ARGV, 15 do
   local id = ARGV[i]
   local kind = ARGV[i + 1]
   local tk = ARGV[1] .. id
-  local verdict = nil
-  if kind == '0' then
-    local ik = KEYS[7 + (i - 5) / 15]
-    local owner = redis.call('GET', ik)
-    if owner and owner ~= ARGV[3] and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1 then
-      verdict = '0'
-    else
-      redis.call('SET', ik, ARGV[3])
-    end
-  else
-    local claimed, token = string.match(kind, '^(%d+) (.*)$')
-    if now_ms - tonumber(claimed) > 60000 then -- the claim window (CLAIM_WINDOW_MS)
-      verdict = 'S'
-    elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then
-      verdict = 'F'
-    end
-  end
+  local verdict = id_verdict(kind, KEYS[7 + (i - 5) / 15], ARGV[3], id, now_ms)
   if verdict then
     out[#out + 1] = verdict
   elseif redis.call('EXISTS', tk) == 1 then

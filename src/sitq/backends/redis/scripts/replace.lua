@@ -19,23 +19,11 @@ local now = now_s()
 local id = ARGV[5]
 local tk = ARGV[1] .. id
 local kind = ARGV[6]
-local function queue_key(queue, part)
-  return ARGV[4] .. ':{' .. ARGV[4] .. ':' .. queue .. '}:' .. part
-end
-if kind == '0' then
-  local owner = redis.call('GET', KEYS[14])
-  if owner and owner ~= ARGV[3] and redis.call('EXISTS', queue_key(owner, 't:' .. id)) == 1 then
-    return 'Q'
-  end
-  redis.call('SET', KEYS[14], ARGV[3])
-else
-  local claimed, token = string.match(kind, '^(%d+) (.*)$')
-  local now_ms = math.floor(now * 1000)
-  if now_ms - tonumber(claimed) > 60000 then -- the claim window (CLAIM_WINDOW_MS)
-    return 'S'
-  elseif redis.call('SISMEMBER', queue_key(ARGV[3], 'f:' .. id), token) == 1 then
-    return 'F'
-  end
+local verdict = id_verdict(kind, KEYS[14], ARGV[3], id, math.floor(now * 1000))
+if verdict == '0' then
+  return 'Q'
+elseif verdict then
+  return verdict
 end
 local h = redis.call('HMGET', tk, 'st', 'rk', 'ck', 'enq')
 local out = '1'
