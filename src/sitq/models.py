@@ -120,6 +120,29 @@ class StoredTask:
     error: str | None = None
     traceback: str | None = None
 
+    def row(self) -> tuple[Any, ...]:
+        """Its fields as one row, in the order the SQL backends' ``put_stored`` statements
+        take them: id, queue, priority, eta, payload, options, enqueued_at, result_ttl,
+        concurrency_key, concurrency_limit, function, attempts, retries, error, traceback."""
+        t = self.task
+        return (
+            t.id,
+            t.queue,
+            t.priority,
+            t.eta,
+            t.payload,
+            t.options,
+            t.enqueued_at,
+            t.result_ttl,
+            t.concurrency_key,
+            t.concurrency_limit,
+            t.function,
+            self.attempts,
+            self.retries,
+            self.error,
+            self.traceback,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HeldTask:

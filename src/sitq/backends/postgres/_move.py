@@ -55,25 +55,7 @@ async def put_stored(conn: Any, sql: MoveStatements, records: Sequence[StoredTas
         return []
     columns: list[list[Any]] = [[] for _ in range(15)]
     for item in records:
-        t = item.task
-        values = (
-            t.id,
-            t.queue,
-            t.priority,
-            t.eta,
-            t.payload,
-            t.options,
-            t.enqueued_at,
-            t.result_ttl,
-            t.concurrency_key,
-            t.concurrency_limit,
-            t.function,
-            item.attempts,
-            item.retries,
-            item.error,
-            item.traceback,
-        )
-        for column, value in zip(columns, values, strict=True):
+        for column, value in zip(columns, item.row(), strict=True):
             column.append(value)
     async with conn.transaction():
         rows = await conn.fetch(sql.put_stored, *columns)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from sitq.backends._migrations import load_queries
+from sitq.backends.sqlite._ids import id_is_free
 from sitq.models import MAX_ETA_TIMESTAMP, ClaimRef, HeldTask, NewTask, StoredTask
 
 _QUERIES = load_queries(__package__ or "sitq.backends.sqlite", "move.sql")
@@ -60,33 +61,10 @@ def put_stored(conn: sqlite3.Connection, records: Sequence[StoredTask]) -> list[
     now = time.time()
     stored: list[bool] = []
     for item in records:
-        t = item.task
-        row = (
-            t.id,
-            t.queue,
-            t.priority,
-            t.eta,
-            t.payload,
-            t.options,
-            t.enqueued_at,
-            t.result_ttl,
-            t.concurrency_key,
-            t.concurrency_limit,
-            t.function,
-            item.attempts,
-            item.retries,
-            item.error,
-            item.traceback,
-        )
-        exists = conn.execute("SELECT expires_at FROM sitq_tasks WHERE id = ?", (t.id,)).fetchone()
-        if exists is not None and exists[0] is not None and exists[0] <= now:
-            conn.execute("DELETE FROM sitq_tasks WHERE id = ?", (t.id,))
-            exists = None
-        if exists is not None:
-            stored.append(False)
-            continue
-        conn.execute(sql, row)
-        stored.append(True)
+        free = id_is_free(conn, item.task.id, now)
+        if free:
+            conn.execute(sql, item.row())
+        stored.append(free)
     return stored
 
 

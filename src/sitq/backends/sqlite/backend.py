@@ -49,6 +49,7 @@ from sitq.backends._options import UrlOptions, as_seconds, as_str
 from sitq.backends._waiting import ChangeSignal, Polls, wait_for_final, wait_on
 from sitq.backends.base import CODE_STATUS, STATUS_CODE, Backend, stats_from_counts, stats_kind
 from sitq.backends.sqlite import _listing, _move
+from sitq.backends.sqlite._ids import id_is_free
 from sitq.errors import BackendError, ConfigurationError, check_seconds
 from sitq.models import (
     CancelOutcome,
@@ -563,18 +564,10 @@ class SQLiteBackend(Backend):
             now = time.time()
             stored = []
             for row in rows:
-                exists = conn.execute(
-                    "SELECT expires_at FROM sitq_tasks WHERE id = ?", (row[0],)
-                ).fetchone()
-                if exists is not None and exists[0] is not None and exists[0] <= now:
-                    conn.execute("DELETE FROM sitq_tasks WHERE id = ?", (row[0],))
+                free = id_is_free(conn, row[0], now)
+                if free:
                     conn.execute(sql, row)
-                    stored.append(True)
-                else:
-                    inserted = exists is None
-                    if inserted:  # pragma: no cover - a duplicate inside this batch
-                        conn.execute(sql, row)
-                    stored.append(inserted)
+                stored.append(free)
             return stored
 
         return await self._run(lambda c: self._write(c, insert), wrote=True)

@@ -141,3 +141,11 @@ WHERE sitq_locks.expires_at <= ?;
 UPDATE sitq_tasks SET state = 0, attempts = attempts - 1, eta = ?, worker_id = NULL,
 lease_until = NULL
 WHERE id = ? AND fence = ? AND state = 1;
+
+-- name: id_expires
+-- Whether an id is stored, and when its result expires (NULL while it is not finished).
+SELECT expires_at FROM sitq_tasks WHERE id = ?;
+
+-- name: drop_expired_id
+-- Forget an id whose result expired at or before ?, so that it can be stored again.
+DELETE FROM sitq_tasks WHERE id = ? AND expires_at IS NOT NULL AND expires_at <= ?;
